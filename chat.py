@@ -1,0 +1,102 @@
+"""Chat with a base model plus a LoRA adapter (or several), or with a merged model.
+
+    # one question, greedy, then exit
+    python chat.py --adapter weights/simple_math_4op --query "计算 3 + 94 等于多少？"
+
+    # interactive, streaming, multi-turn ("clear" forgets the history, "exit" quits)
+    python chat.py --adapter weights/simple_math_4op
+
+    # two adapters mixed 70/30 (peft weighted combination); a merged model needs no --adapter
+    python chat.py --adapter weights/a --adapter weights/b --adapter_weights 0.7,0.3
+    python chat.py --base weights/merged
+
+The base model and chat template default to what the adapter was trained with (its
+llm_tuning.json); the prompt is built by the same function that built the training prompts.
+"""
+
+import argparse
+
+from llm_tuning.cli import UserError, exits_on_user_error, parse_bool
+from llm_tuning.generation import GenerationSettings, generate_reply, stream_reply
+from llm_tuning.modeling import adapter_base_model, load_adapters, load_model, load_tokenizer, read_model_type
+from llm_tuning.templates import get_template, guess_template
+from llm_tuning.training import read_run_config
+
+EXIT_COMMANDS = {"exit", "quit", "stop"}
+CLEAR_COMMANDS = {"clear", "reset"}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", default=None, help="base or merged model (default: the adapter's base)")
+    parser.add_argument("--adapter", action="append", default=[], help="LoRA adapter directory; repeat for several")
+    parser.add_argument("--adapter_weights", default=None, help="comma-separated weights to mix several adapters")
+    parser.add_argument("--template", default=None, help="chat template (default: the adapter's, else from the model type)")
+    parser.add_argument("--system", default=None, help="system prompt (default: the template's)")
+    parser.add_argument("--query", action="append", default=[], help="ask this and exit; repeat for several")
+    parser.add_argument("--max_new_tokens", type=int, default=512)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 for greedy decoding")
+    parser.add_argument("--top_p", type=float, default=1.0)
+    parser.add_argument("--repetition_penalty", type=float, default=1.0)
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--trust_remote_code", type=parse_bool, default=False)
+    return parser.parse_args(argv)
+
+
+def load_chat_model(args: argparse.Namespace):
+    """(model, tokenizer, template) for the given base/adapters, as chat.py and others use them."""
+    base = args.base or (adapter_base_model(args.adapter[0]) if args.adapter else None)
+    if base is None:
+        raise UserError("pass --base (a model) or --adapter (a trained adapter)")
+    run_config = read_run_config(args.adapter[0] if args.adapter else base)
+    # The adapter directory holds the tokenizer it was trained with.
+    tokenizer = load_tokenizer(args.adapter[0] if args.adapter else base, args.trust_remote_code)
+    template_name = args.template or run_config.get("template") or guess_template(
+        read_model_type(base, args.trust_remote_code), base)
+    weights = [float(w) for w in args.adapter_weights.split(",")] if args.adapter_weights else None
+    model = load_model(base, args.dtype, args.trust_remote_code)
+    model = load_adapters(model, args.adapter, weights)
+    model.eval()
+    return model, tokenizer, get_template(template_name)
+
+
+def interactive(model, tokenizer, template, system, settings) -> None:
+    history: list[tuple[str, str]] = []
+    print("Type a message; 'clear' forgets the conversation, 'exit' quits.")
+    while True:
+        try:
+            query = input("\nUser: ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return
+        if query.lower() in EXIT_COMMANDS:
+            return
+        if query.lower() in CLEAR_COMMANDS:
+            history = []
+            print("(history cleared)")
+            continue
+        if not query:
+            continue
+        print("Assistant: ", end="", flush=True)
+        reply = ""
+        for piece in stream_reply(model, tokenizer, template, query, history, system, settings):
+            print(piece, end="", flush=True)
+            reply += piece
+        print()
+        history.append((query, reply))
+
+
+@exits_on_user_error
+def main(args: argparse.Namespace) -> None:
+    model, tokenizer, template = load_chat_model(args)
+    settings = GenerationSettings(args.max_new_tokens, args.temperature, args.top_p, args.repetition_penalty)
+    if args.query:
+        for query in args.query:
+            print(f"User: {query}")
+            print(f"Assistant: {generate_reply(model, tokenizer, template, query, system=args.system, settings=settings)}")
+        return
+    interactive(model, tokenizer, template, args.system, settings)
+
+
+if __name__ == "__main__":
+    main(parse_args())

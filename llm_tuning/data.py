@@ -1,0 +1,342 @@
+"""Instruction data: read and validate json/jsonl, tokenize with label masking, save to disk, collate.
+
+The on-disk format (`data/tokenized_data/<name>/`) is a `datasets` dataset with `input_ids` and
+`labels` columns plus `metadata.json`, which records the tokenizer's fingerprint and the template
+so a recipe can refuse data made for another model.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .cli import UserError
+from .templates import Template, encode_turns, get_template
+
+IGNORE_INDEX = -100
+METADATA_FILE = "metadata.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Conversation:
+    """One training sample: (question, answer) turns in order, and an optional system prompt."""
+
+    turns: list[tuple[str, str]]
+    system: str | None = None
+
+
+@dataclass
+class RecordKeys:
+    prompt: str = "q"
+    target: str = "a"
+    history: str | None = None
+    system: str | None = None
+
+
+# --- Reading -------------------------------------------------------------------------------------
+
+
+def read_records(path: str | Path) -> list[tuple[str, dict]]:
+    """Records of a .jsonl (one object a line) or .json (a list of objects) file, each with its
+    location for error messages (`file:line` or `file: record N`)."""
+    path = Path(path)
+    if path.suffix not in {".json", ".jsonl"}:
+        raise UserError(f"{path}: expected a .json or .jsonl file")
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise UserError(
+            f"{path}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}); "
+            "re-save the file as UTF-8"
+        ) from None
+    if not text.strip():
+        raise UserError(f"{path}: the file is empty")
+
+    if path.suffix == ".json":
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+        if not isinstance(records, list):
+            raise UserError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
+        located = [(f"{path}: record {i}", record) for i, record in enumerate(records, start=1)]
+    else:
+        located = []
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                located.append((f"{path}:{lineno}", json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise UserError(f"{path}:{lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
+    if not located:
+        raise UserError(f"{path}: no records in the file")
+    for where, record in located:
+        if not isinstance(record, dict):
+            raise UserError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    return located
+
+
+def _text_field(record: dict, key: str, where: str, what: str, flag: str) -> str:
+    if key not in record:
+        found = ", ".join(record) or "no keys"
+        raise UserError(f"{where}: no key {key!r} (found: {found}); pass {flag} <key>")
+    value = record[key]
+    if not isinstance(value, str):
+        raise UserError(f"{where}: {key!r} must be a string, got {type(value).__name__}")
+    if what == "answer" and not value.strip():
+        raise UserError(f"{where}: empty answer in {key!r}")
+    return value
+
+
+def record_to_conversation(record: dict, keys: RecordKeys, where: str) -> Conversation:
+    """Validate one q/a record (optionally with `history` pairs) and return its turns."""
+    query = _text_field(record, keys.prompt, where, "question", "--prompt_key")
+    answer = _text_field(record, keys.target, where, "answer", "--target_key")
+    turns: list[tuple[str, str]] = []
+    if keys.history is not None:
+        history = record.get(keys.history) or []
+        if not isinstance(history, list) or not all(
+            isinstance(pair, list | tuple) and len(pair) == 2 and all(isinstance(t, str) for t in pair)
+            for pair in history
+        ):
+            raise UserError(f"{where}: {keys.history!r} must be a list of [question, answer] string pairs")
+        for past_query, past_answer in history:
+            if not past_answer.strip():
+                raise UserError(f"{where}: empty answer in {keys.history!r}")
+            turns.append((past_query, past_answer))
+    turns.append((query, answer))
+    system = None
+    if keys.system is not None and record.get(keys.system) is not None:
+        system = _text_field(record, keys.system, where, "system", "--system_key")
+    return Conversation(turns=turns, system=system)
+
+
+def load_conversations(path: str | Path, keys: RecordKeys) -> list[Conversation]:
+    return [record_to_conversation(record, keys, where) for where, record in read_records(path)]
+
+
+# --- Tokenizing ----------------------------------------------------------------------------------
+
+
+@dataclass
+class TokenizedRow:
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool = False
+
+
+def _fit_prompt_and_answer(
+    prompt_ids: list[int], answer_ids: list[int], max_len: int, keep_head: int
+) -> tuple[list[int], list[int]]:
+    """Shrink the prompt first (keeping its first `keep_head` tokens and its end, where the
+    question ends and the answer cue sits), never below half the budget; then cut the answer's end."""
+    overflow = len(prompt_ids) + len(answer_ids) - max_len
+    prompt_floor = min(len(prompt_ids), max_len // 2)
+    cut = min(overflow, len(prompt_ids) - prompt_floor)
+    if cut > 0:
+        head = min(keep_head, len(prompt_ids) - cut)
+        prompt_ids = prompt_ids[:head] + prompt_ids[head + cut:]
+    return prompt_ids, answer_ids[: max_len - len(prompt_ids)]
+
+
+def tokenize_conversation(
+    tokenizer,
+    template: Template,
+    conversation: Conversation,
+    max_seq_length: int,
+    skip_overlength: bool = False,
+    last_turn_only: bool = False,
+) -> TokenizedRow | None:
+    """input_ids and labels for one conversation; None if it is too long and `skip_overlength`.
+
+    Labels are IGNORE_INDEX on every prompt token; each assistant answer (or only the last one,
+    with `last_turn_only`) is supervised together with the stop token that ends it. A conversation
+    that does not fit loses its oldest turns first, then its last prompt is shortened, then the
+    end of its answer.
+    """
+    turns = list(conversation.turns)
+    encoded = encode_turns(tokenizer, template, turns, conversation.system)
+    total = sum(len(p) + len(a) for p, a in encoded)
+    if total > max_seq_length and skip_overlength:
+        return None
+    truncated = total > max_seq_length
+    while len(turns) > 1 and sum(len(p) + len(a) for p, a in encoded) > max_seq_length:
+        turns = turns[1:]
+        encoded = encode_turns(tokenizer, template, turns, conversation.system)
+    if len(encoded) == 1 and len(encoded[0][0]) + len(encoded[0][1]) > max_seq_length:
+        keep_head = len(tokenizer.encode(template.prefix, add_special_tokens=False)) + int(template.add_bos)
+        encoded = [_fit_prompt_and_answer(*encoded[0], max_seq_length, keep_head)]
+
+    input_ids: list[int] = []
+    labels: list[int] = []
+    for index, (prompt_ids, answer_ids) in enumerate(encoded):
+        supervised = not last_turn_only or index == len(encoded) - 1
+        input_ids += prompt_ids + answer_ids
+        labels += [IGNORE_INDEX] * len(prompt_ids) + (answer_ids if supervised else [IGNORE_INDEX] * len(answer_ids))
+    return TokenizedRow(input_ids=input_ids, labels=labels, truncated=truncated)
+
+
+def _tokenize_batch(batch, *, tokenizer, template_name, max_seq_length, skip_overlength, last_turn_only):
+    template = get_template(template_name)
+    out = {"input_ids": [], "labels": [], "truncated": []}
+    for turns, system in zip(batch["turns"], batch["system"]):
+        conversation = Conversation(turns=[tuple(t) for t in turns], system=system)
+        row = tokenize_conversation(tokenizer, template, conversation, max_seq_length, skip_overlength, last_turn_only)
+        if row is not None:
+            out["input_ids"].append(row.input_ids)
+            out["labels"].append(row.labels)
+            out["truncated"].append(row.truncated)
+    return out
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of what decides token ids: the vocabulary and the special tokens."""
+    payload = json.dumps(
+        {"vocab": sorted(tokenizer.get_vocab().items()), "special": tokenizer.special_tokens_map},
+        ensure_ascii=False, sort_keys=True, default=str,
+    )
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@dataclass
+class TokenizeConfig:
+    tokenizer_path: str
+    template: str
+    max_seq_length: int
+    skip_overlength: bool
+    last_turn_only: bool
+    keys: RecordKeys = field(default_factory=RecordKeys)
+    num_proc: int = 1
+    max_samples: int | None = None
+
+
+def tokenize_file(input_file: str | Path, tokenizer, config: TokenizeConfig):
+    """Read, validate and tokenize a json/jsonl file; returns (dataset, metadata)."""
+    from datasets import Dataset
+
+    conversations = load_conversations(input_file, config.keys)[: config.max_samples]
+    raw = Dataset.from_dict({
+        "turns": [[list(turn) for turn in c.turns] for c in conversations],
+        "system": [c.system for c in conversations],
+    })
+    tokenize = functools.partial(
+        _tokenize_batch, tokenizer=tokenizer, template_name=config.template,
+        max_seq_length=config.max_seq_length, skip_overlength=config.skip_overlength,
+        last_turn_only=config.last_turn_only,
+    )
+    dataset = raw.map(
+        tokenize, batched=True, batch_size=256, num_proc=config.num_proc if config.num_proc > 1 else None,
+        remove_columns=raw.column_names, desc="Tokenizing",
+    )
+    truncated = sum(dataset["truncated"])
+    dataset = dataset.remove_columns("truncated")
+    if len(dataset) == 0:
+        raise UserError(
+            f"{input_file}: every row is longer than --max_seq_length {config.max_seq_length}; "
+            "raise it or pass --skip_overlength false to truncate"
+        )
+    metadata = {
+        "format_version": FORMAT_VERSION,
+        "tokenizer": config.tokenizer_path,
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+        "template": config.template,
+        "max_seq_length": config.max_seq_length,
+        "skip_overlength": config.skip_overlength,
+        "last_turn_only": config.last_turn_only,
+        "keys": {"prompt": config.keys.prompt, "target": config.keys.target,
+                 "history": config.keys.history, "system": config.keys.system},
+        "max_samples": config.max_samples,
+        "rows": {"read": len(conversations), "kept": len(dataset),
+                 "skipped": len(conversations) - len(dataset), "truncated": truncated},
+        "source": {"path": str(input_file), "sha256": file_sha256(input_file)},
+    }
+    return dataset, metadata
+
+
+# --- Saving and loading --------------------------------------------------------------------------
+
+
+def save_tokenized(dataset, metadata: dict, out_dir: str | Path) -> Path:
+    """Save to a temporary sibling directory, then rename: an interrupted run leaves nothing behind."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        dataset.save_to_disk(str(tmp_dir))
+        (tmp_dir / METADATA_FILE).write_text(json.dumps(metadata, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        if out_dir.exists():
+            old_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+            os.replace(out_dir, old_dir / out_dir.name)
+            os.replace(tmp_dir, out_dir)
+            shutil.rmtree(old_dir)
+        else:
+            os.replace(tmp_dir, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def load_tokenized(path: str | Path):
+    """(dataset, metadata) saved by `tokenize_dataset_rows.py`."""
+    from datasets import load_from_disk
+
+    path = Path(path)
+    metadata_path = path / METADATA_FILE
+    if not metadata_path.is_file():
+        raise UserError(
+            f"{path}: no tokenized dataset here; make one with tokenize_dataset_rows.py (sh tokenize.sh)"
+        )
+    metadata = json.loads(metadata_path.read_text(encoding="utf-8"))
+    if metadata.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"{path}: made by another version of tokenize_dataset_rows.py; tokenize the data again")
+    return load_from_disk(str(path)), metadata
+
+
+def check_tokenizer_matches(metadata: dict, tokenizer, tokenizer_path: str, dataset_path: str | Path) -> None:
+    """Refuse to train on ids made by a different tokenizer: they would mean other tokens."""
+    if metadata["tokenizer_fingerprint"] != tokenizer_fingerprint(tokenizer):
+        raise UserError(
+            f"{dataset_path} was tokenized with {metadata['tokenizer']}, whose tokenizer differs from "
+            f"{tokenizer_path}'s; tokenize the data again with --model_checkpoint {tokenizer_path}"
+        )
+
+
+# --- Batching and inspection ---------------------------------------------------------------------
+
+
+def make_collator(tokenizer, pad_to_multiple_of: int | None = None):
+    """Dynamic padding to the longest row of each batch: ids with the pad token, labels with
+    IGNORE_INDEX, and an attention mask that hides the padding."""
+    from transformers import DataCollatorForSeq2Seq
+
+    return DataCollatorForSeq2Seq(
+        tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX, pad_to_multiple_of=pad_to_multiple_of
+    )
+
+
+def supervised_ids(labels: Sequence[int]) -> list[int]:
+    return [token for token in labels if token != IGNORE_INDEX]
+
+
+def print_data_example(row: dict, tokenizer) -> None:
+    """Show one row as the model sees it, so a wrong template or mask is caught before training."""
+    print("input_ids:", row["input_ids"])
+    print("input:", repr(tokenizer.decode(row["input_ids"])))
+    print("labels (supervised part):", repr(tokenizer.decode(supervised_ids(row["labels"]))))

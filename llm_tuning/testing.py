@@ -1,0 +1,222 @@
+"""Tiny random models of real architectures, with a tokenizer trained on the shipped data.
+
+Everything in the test suite and the demo runs offline on these: the same model classes, configs
+and chat special tokens as the real checkpoints, a few hundred thousand parameters, built in
+about a second. A user never needs this module to train a real model.
+
+    python -m llm_tuning.testing --arch qwen2 --out models/tiny-qwen2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerFast
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CORPUS_DIR = REPO_ROOT / "data"
+
+# Qwen2's split rule: digits one by one, which keeps arithmetic learnable for a tiny model.
+PRETOKENIZE_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' and default_system %}"
+    "<|im_start|>system\n{{ default_system }}<|im_end|>\n"
+    "{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+LLAMA2_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}"
+    "{% set system = '<<SYS>>\n' + messages[0]['content'] + '\n<</SYS>>\n\n' %}"
+    "{% set messages = messages[1:] %}{% else %}{% set system = '' %}{% endif %}"
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}"
+    "[INST] {{ (system if loop.first else '') + message['content'] }} [/INST]"
+    "{% else %} {{ message['content'] }} {{ eos_token }}{% endif %}"
+    "{% endfor %}"
+)
+GLM4_TEMPLATE = (
+    "[gMASK]<sop>"
+    "{% for message in messages %}"
+    "<|{{ message['role'] }}|>\n{{ message['content'] }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """What a tiny stand-in copies from the real family: model type and chat special tokens."""
+
+    model_type: str
+    special_tokens: tuple[str, ...]
+    bos_token: str | None
+    eos_token: str
+    pad_token: str
+    chat_template: str
+    default_system: str | None = None
+    # Extra ids that end a reply in the real generation_config.
+    extra_stop_tokens: tuple[str, ...] = ()
+
+
+_CHATML = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+_LLAMA = ("<unk>", "<s>", "</s>")
+_GLM = ("<|endoftext|>", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>", "<|user|>",
+        "<|assistant|>", "<|observation|>")
+
+ARCHS: dict[str, ArchSpec] = {
+    # Qwen2/2.5-Instruct: no BOS, <|im_end|> ends a reply, <|endoftext|> pads.
+    "qwen2": ArchSpec("qwen2", _CHATML, None, "<|im_end|>", "<|endoftext|>", CHATML_TEMPLATE,
+                      default_system="You are a helpful assistant.",
+                      extra_stop_tokens=("<|endoftext|>",)),
+    "qwen3": ArchSpec("qwen3", _CHATML, None, "<|im_end|>", "<|endoftext|>", CHATML_TEMPLATE,
+                      extra_stop_tokens=("<|endoftext|>",)),
+    # LLaMA-2 has no pad token; fine-tuning recipes pad with <unk>.
+    "llama": ArchSpec("llama", _LLAMA, "<s>", "</s>", "<unk>", LLAMA2_TEMPLATE),
+    "mistral": ArchSpec("mistral", _LLAMA, "<s>", "</s>", "<unk>", LLAMA2_TEMPLATE),
+    "glm": ArchSpec("glm", _GLM, None, "<|endoftext|>", "<|endoftext|>", GLM4_TEMPLATE,
+                    extra_stop_tokens=("<|user|>", "<|observation|>")),
+    "glm4": ArchSpec("glm4", _GLM, None, "<|endoftext|>", "<|endoftext|>", GLM4_TEMPLATE,
+                     extra_stop_tokens=("<|user|>", "<|observation|>")),
+}
+
+
+def iter_corpus_texts(corpus_dir: Path = DEFAULT_CORPUS_DIR) -> Iterator[str]:
+    """Every string value of every json/jsonl file under `corpus_dir`, in a fixed order."""
+
+    def strings(value) -> Iterator[str]:
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, dict):
+            for item in value.values():
+                yield from strings(item)
+        elif isinstance(value, list):
+            for item in value:
+                yield from strings(item)
+
+    for path in sorted(corpus_dir.rglob("*.json*")):
+        if path.suffix not in {".json", ".jsonl"} or "tokenized_data" in path.parts:
+            continue
+        text = path.read_text(encoding="utf-8")
+        records = json.loads(text) if path.suffix == ".json" else [
+            json.loads(line) for line in text.splitlines() if line.strip()
+        ]
+        yield from strings(records)
+
+
+def build_tokenizer(
+    arch: str, vocab_size: int = 2000, corpus_dir: Path = DEFAULT_CORPUS_DIR
+) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on the shipped data, with the family's special tokens."""
+    spec = ARCHS[arch]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(spec.special_tokens),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(iter_corpus_texts(corpus_dir), trainer=trainer)
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=spec.bos_token,
+        eos_token=spec.eos_token,
+        pad_token=spec.pad_token,
+        unk_token="<unk>" if "<unk>" in spec.special_tokens else None,
+        additional_special_tokens=[t for t in spec.special_tokens
+                                   if t not in {spec.bos_token, spec.eos_token, spec.pad_token}],
+        model_max_length=2048,
+    )
+    template = spec.chat_template
+    if spec.default_system:
+        template = "{% set default_system = " + json.dumps(spec.default_system) + " %}" + template
+    else:
+        template = "{% set default_system = '' %}" + template
+    wrapped.chat_template = template
+    return wrapped
+
+
+
+def build_model(
+    arch: str,
+    tokenizer: PreTrainedTokenizerFast,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    seed: int = 0,
+):
+    """A randomly initialised causal LM of the real architecture, sized for a CPU test."""
+    spec = ARCHS[arch]
+    num_heads = 4
+    config = AutoConfig.for_model(
+        spec.model_type,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=2,
+        head_dim=hidden_size // num_heads,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    stop_ids = [tokenizer.eos_token_id] + tokenizer.convert_tokens_to_ids(list(spec.extra_stop_tokens))
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=stop_ids if len(stop_ids) > 1 else stop_ids[0],
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return model
+
+
+def save_tiny_model(arch: str, out: str | Path, hidden_size: int = 64, num_layers: int = 2,
+                    seed: int = 0, vocab_size: int = 2000) -> Path:
+    """Build and save a tiny model + tokenizer that `from_pretrained(out)` loads offline."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of: {', '.join(ARCHS)}")
+    out = Path(out)
+    tokenizer = build_tokenizer(arch, vocab_size=vocab_size)
+    model = build_model(arch, tokenizer, hidden_size=hidden_size, num_layers=num_layers, seed=seed)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", choices=sorted(ARCHS), default="qwen2")
+    parser.add_argument("--out", required=True, help="directory to save the model and tokenizer to")
+    parser.add_argument("--hidden_size", type=int, default=64)
+    parser.add_argument("--num_layers", type=int, default=2)
+    parser.add_argument("--vocab_size", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    out = save_tiny_model(args.arch, args.out, hidden_size=args.hidden_size,
+                          num_layers=args.num_layers, seed=args.seed, vocab_size=args.vocab_size)
+    print(f"saved a tiny {args.arch} model and tokenizer to {out}")
+
+
+if __name__ == "__main__":
+    main()

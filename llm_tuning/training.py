@@ -1,0 +1,164 @@
+"""What every recipe shares around `transformers.Trainer`: arguments, LoRA wiring, callbacks, saving."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import HfArgumentParser, TrainerCallback, TrainingArguments
+
+from .cli import UserError, parse_bool
+from .modeling import resolve_lora_targets
+
+RUN_CONFIG_FILE = "llm_tuning.json"
+TRAINER_LOG_FILE = "trainer_log.jsonl"
+LOSS_PLOT_FILE = "loss.png"
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Base model (hub id or path). Default: the one the dataset was tokenized with."}
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Run the model's own code (ChatGLM, Baichuan, Qwen v1)."})
+    dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16 or float16 for the base weights."})
+    quantization_bit: int | None = field(default=None, metadata={"help": "4 or 8: QLoRA over a bitsandbytes-quantized base."})
+
+
+@dataclass
+class DataArguments:
+    tokenized_dataset: str = field(
+        metadata={"help": "Name under data/tokenized_data/ (or a path) written by tokenize_dataset_rows.py."}
+    )
+
+
+@dataclass
+class FinetuneArguments:
+    lora_rank: int = field(default=8, metadata={"help": "LoRA rank r."})
+    lora_alpha: float = field(default=32.0, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.1)
+    lora_target: str | None = field(
+        default=None, metadata={"help": "Comma-separated module names, or all-linear. Default: the family's."}
+    )
+    use_rslora: bool = field(default=False, metadata={"help": "Rank-stabilised scaling alpha / sqrt(r)."})
+    use_dora: bool = field(default=False, metadata={"help": "Weight-decomposed LoRA (DoRA)."})
+
+
+def parse_args(*dataclass_types, argv: list[str] | None = None):
+    """Parse recipe arguments with HfArgumentParser: every TrainingArguments flag works.
+
+    A single `.yaml`/`.json` argument is read as a config file. `--resume_from_checkpoint true`
+    means "the last checkpoint in --output_dir"."""
+    parser = HfArgumentParser(dataclass_types)
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(argv[0], allow_extra_keys=False)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(argv[0], allow_extra_keys=False)
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def resume_argument(training_args: TrainingArguments) -> str | bool | None:
+    """What to hand to `Trainer.train(resume_from_checkpoint=...)`."""
+    value = training_args.resume_from_checkpoint
+    if value is None:
+        return None
+    try:
+        return parse_bool(value) or None
+    except Exception:
+        return value  # a checkpoint path
+
+
+def resolve_dataset_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    return Path("data/tokenized_data") / name_or_path
+
+
+def attach_lora(model, args: FinetuneArguments, default_targets: str, gradient_checkpointing: bool = False):
+    """Wrap the model with a LoRA adapter on checked target modules (quantized bases prepared first)."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    elif gradient_checkpointing:
+        model.enable_input_require_grads()  # frozen embeddings would otherwise cut the graph
+    config = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=args.lora_rank,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules=resolve_lora_targets(model, args.lora_target or default_targets),
+        use_rslora=args.use_rslora,
+        use_dora=args.use_dora,
+    )
+    return get_peft_model(model, config)
+
+
+class TrainerLogCallback(TrainerCallback):
+    """Append every log (step, loss, lr, …) to output_dir/trainer_log.jsonl; a resumed run appends."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+            with open(Path(args.output_dir) / TRAINER_LOG_FILE, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+
+class LossPlotCallback(TrainerCallback):
+    """Save output_dir/loss.png from the logged training (and eval) losses when training ends."""
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            plot_loss(state.log_history, Path(args.output_dir) / LOSS_PLOT_FILE)
+
+
+def plot_loss(log_history: list[dict], out_file: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {key: [(log["step"], log[key]) for log in log_history if key in log and "step" in log]
+              for key in ("loss", "eval_loss")}
+    if not series["loss"]:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, points in series.items():
+        if points:
+            ax.plot(*zip(*points), label=key, marker="." if len(points) < 50 else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_file, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return out_file
+
+
+def save_run_config(output_dir: str, **config) -> None:
+    """Record what chat.py / merge_lora.py need to use the adapter: template, base model, data."""
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(output_dir) / RUN_CONFIG_FILE).write_text(json.dumps(config, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+
+def read_run_config(adapter_dir: str) -> dict:
+    path = Path(adapter_dir) / RUN_CONFIG_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def check_template_allowed(template: str, allowed: set[str], dataset_path: Path, recipe: str) -> None:
+    if template not in allowed:
+        raise UserError(
+            f"{dataset_path} was tokenized with the {template!r} template, but {recipe} trains "
+            f"{' / '.join(sorted(allowed))}; tokenize again with --template {sorted(allowed)[0]}"
+        )
+
+
+def require_output_dir(training_args: TrainingArguments) -> None:
+    if not training_args.output_dir:
+        raise UserError("pass --output_dir, the directory to save the adapter to (e.g. weights/my_run)")

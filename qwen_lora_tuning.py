@@ -1,0 +1,67 @@
+"""LoRA / QLoRA fine-tuning of Qwen chat models (Qwen1.5, Qwen2, Qwen2.5, Qwen3; Qwen-7B v1).
+
+Checkpoints: Qwen/Qwen2.5-7B-Instruct, Qwen/Qwen2.5-0.5B-Instruct, Qwen/Qwen3-8B, Qwen/Qwen1.5-7B-Chat
+(native in transformers); Qwen/Qwen-7B-Chat (v1, needs --trust_remote_code true).
+Tested with transformers 5.23-5.24, peft 0.21, torch 2.13.
+
+Step 1 tokenizes the data with the model's tokenizer (see tokenize.sh), step 2 is this script:
+
+    python tokenize_dataset_rows.py --model_checkpoint Qwen/Qwen2.5-7B-Instruct \
+        --input_file data/simple_math_4op.jsonl --save_name simple_math_4op --max_seq_length 512
+
+    # LoRA, one GPU (~17 GB in bf16 for 7B at batch 4 x 512 tokens)
+    python qwen_lora_tuning.py --tokenized_dataset simple_math_4op --output_dir weights/simple_math_4op \
+        --lora_rank 8 --per_device_train_batch_size 4 --gradient_accumulation_steps 4 \
+        --num_train_epochs 3 --learning_rate 2e-4 --bf16 true --logging_steps 10 --save_steps 200
+
+    # QLoRA: a 4-bit base (~7 GB for 7B); add --gradient_checkpointing true for longer rows
+    python qwen_lora_tuning.py ... --quantization_bit 4
+
+    # Several GPUs, data parallel
+    torchrun --nproc_per_node 4 qwen_lora_tuning.py ...
+
+    # Continue an interrupted run from the last checkpoint in --output_dir
+    python qwen_lora_tuning.py ... --resume_from_checkpoint true
+
+Offline smoke test on a tiny random Qwen2 (what demo.sh does):
+    python -m llm_tuning.testing --arch qwen2 --out models/tiny-qwen2 && sh tokenize.sh && sh train.sh
+
+The base model defaults to the one the dataset was tokenized with (its metadata.json); data made
+with a different tokenizer is refused. Every transformers TrainingArguments flag works.
+Writes to --output_dir: the adapter (safetensors), the tokenizer, llm_tuning.json (template, base),
+trainer_log.jsonl, loss.png and tensorboard logs under runs/.
+"""
+
+from transformers import TrainingArguments
+
+from llm_tuning.finetune import Family, finetune
+from llm_tuning.training import DataArguments, FinetuneArguments, ModelArguments, parse_args
+
+# --- The Qwen family ---------------------------------------------------------------------------
+# Qwen1.5+ and Qwen3 are LLaMA-shaped: separate q/k/v/o projections and a gated MLP.
+LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+# Qwen-7B v1 (remote code, model_type "qwen") fuses q/k/v into c_attn and names its MLP w1/w2.
+LORA_TARGETS_V1 = "c_attn,c_proj,w1,w2"
+
+
+def lora_targets(model) -> str:
+    return LORA_TARGETS_V1 if model.config.model_type == "qwen" else LORA_TARGETS
+
+
+def fix_tokenizer(tokenizer):
+    """Qwen-7B v1's tokenizer has no pad token; it pads with <|endoftext|> (its eod_id)."""
+    if getattr(tokenizer, "eod_id", None) is not None and tokenizer.pad_token_id is None:
+        tokenizer.pad_token_id = tokenizer.eod_id
+    return tokenizer
+
+
+QWEN = Family(
+    script="qwen_lora_tuning.py",
+    templates=frozenset({"qwen", "qwen3"}),  # ChatML; Qwen3 answers carry an empty <think> block
+    lora_targets=lora_targets,
+    padding_side="right",  # training pads on the right; the attention mask hides the padding
+    fix_tokenizer=fix_tokenizer,
+)
+
+if __name__ == "__main__":
+    finetune(QWEN, *parse_args(ModelArguments, DataArguments, FinetuneArguments, TrainingArguments))

@@ -1,0 +1,28 @@
+#!/bin/sh
+# Step 1 of 2: tokenize the instruction data once and save it under data/tokenized_data/$SAVE_NAME.
+# Every setting is an environment variable; the defaults run the offline tiny model. For a real one:
+#   MODEL=Qwen/Qwen2.5-7B-Instruct sh tokenize.sh
+set -e
+MODEL=${MODEL:-models/tiny-qwen2}                 # hub id or local path; its tokenizer is used
+INPUT_FILE=${INPUT_FILE:-data/simple_math_4op.jsonl}
+PROMPT_KEY=${PROMPT_KEY:-q}
+TARGET_KEY=${TARGET_KEY:-a}
+SAVE_NAME=${SAVE_NAME:-simple_math_4op}
+MAX_SEQ_LENGTH=${MAX_SEQ_LENGTH:-512}
+SKIP_OVERLENGTH=${SKIP_OVERLENGTH:-false}         # false: truncate long rows; true: drop them
+TEMPLATE=${TEMPLATE:-auto}                        # auto: read from the model's config
+NUM_PROC=${NUM_PROC:-1}
+
+python tokenize_dataset_rows.py \
+    --model_checkpoint "$MODEL" \
+    --input_file "$INPUT_FILE" \
+    --prompt_key "$PROMPT_KEY" \
+    --target_key "$TARGET_KEY" \
+    --save_name "$SAVE_NAME" \
+    --max_seq_length "$MAX_SEQ_LENGTH" \
+    --skip_overlength "$SKIP_OVERLENGTH" \
+    --template "$TEMPLATE" \
+    --num_proc "$NUM_PROC" \
+    ${HISTORY_KEY:+--history_key "$HISTORY_KEY"} \
+    ${MAX_SAMPLES:+--max_samples "$MAX_SAMPLES"} \
+    "$@"
