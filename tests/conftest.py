@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny offline models built once per session, and a way to run scripts as users do."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llm_tuning.testing import save_tiny_model
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """`tiny_model("qwen2")` -> path of a tiny random model + tokenizer, built once per session."""
+    built: dict[tuple, Path] = {}
+
+    def build(arch: str = "qwen2", **kwargs) -> Path:
+        key = (arch, tuple(sorted(kwargs.items())))
+        if key not in built:
+            out = tmp_path_factory.mktemp(f"tiny-{arch}")
+            built[key] = save_tiny_model(arch, out, **kwargs)
+        return built[key]
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2(tiny_model) -> Path:
+    return tiny_model("qwen2")
+
+
+def run_script(*args: str | Path, cwd: Path = REPO_ROOT, env: dict | None = None,
+               timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `python <args>` (or a shell script when args[0] ends in .sh) the way a user would."""
+    args = [str(a) for a in args]
+    command = ["sh", *args] if args[0].endswith(".sh") else [sys.executable, *args]
+    full_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
+                # scripts call `python`: make it this interpreter
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+                **(env or {})}
+    return subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def run():
+    return run_script
