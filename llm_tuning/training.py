@@ -9,7 +9,7 @@ from pathlib import Path
 
 from transformers import HfArgumentParser, TrainerCallback, TrainingArguments
 
-from .cli import UserError, parse_bool
+from .cli import UserError
 from .modeling import resolve_lora_targets
 
 RUN_CONFIG_FILE = "llm_tuning.json"
@@ -60,15 +60,24 @@ def parse_args(*dataclass_types, argv: list[str] | None = None):
     return parser.parse_args_into_dataclasses(args=argv)
 
 
-def resume_argument(training_args: TrainingArguments) -> str | bool | None:
-    """What to hand to `Trainer.train(resume_from_checkpoint=...)`."""
+def resume_argument(training_args: TrainingArguments) -> str | None:
+    """What to hand to `Trainer.train(resume_from_checkpoint=...)`: a checkpoint path or None.
+
+    `true` means the last checkpoint in --output_dir, and it is a mistake if there is none."""
+    from transformers.trainer_utils import get_last_checkpoint
+
     value = training_args.resume_from_checkpoint
-    if value is None:
+    if value is None or value.strip().lower() in {"false", "0", "no", "none", ""}:
         return None
-    try:
-        return parse_bool(value) or None
-    except Exception:
-        return value  # a checkpoint path
+    if value.strip().lower() in {"true", "1", "yes"}:
+        output_dir = Path(training_args.output_dir)
+        last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+        if last is None:
+            raise UserError(f"--resume_from_checkpoint true, but {output_dir} has no checkpoint-* directory to resume from")
+        return last
+    if not Path(value).is_dir():
+        raise UserError(f"--resume_from_checkpoint {value}: no such checkpoint directory")
+    return value
 
 
 def resolve_dataset_path(name_or_path: str) -> Path:
