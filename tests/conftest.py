@@ -46,6 +46,6 @@ def run_script(*args: str | Path, cwd: Path = REPO_ROOT, env: dict | None = None
     return subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def run():
     return run_script
