@@ -140,8 +140,9 @@ class TokenizedRow:
 def _fit_prompt_and_answer(
     prompt_ids: list[int], answer_ids: list[int], max_len: int, keep_head: int
 ) -> tuple[list[int], list[int]]:
-    """Shrink the prompt first (keeping its first `keep_head` tokens and its end, where the
-    question ends and the answer cue sits), never below half the budget; then cut the answer's end."""
+    """Shrink the prompt first by cutting the question's middle: its first `keep_head` tokens (the
+    template's header) and its end (the question's end and the answer cue) stay. The prompt keeps at
+    least half the budget; then the answer's end is cut."""
     overflow = len(prompt_ids) + len(answer_ids) - max_len
     prompt_floor = min(len(prompt_ids), max_len // 2)
     cut = min(overflow, len(prompt_ids) - prompt_floor)
@@ -149,6 +150,14 @@ def _fit_prompt_and_answer(
         head = min(keep_head, len(prompt_ids) - cut)
         prompt_ids = prompt_ids[:head] + prompt_ids[head + cut:]
     return prompt_ids, answer_ids[: max_len - len(prompt_ids)]
+
+
+def _prompt_head_length(tokenizer, template: Template, system: str | None) -> int:
+    """Tokens before the question in a first-turn prompt (BOS, prefix, system block, user header)."""
+    sentinel = "\x00"
+    head_text = template.render_turns([(sentinel, None)], system)[0][0].split(sentinel)[0]
+    bos = int(template.add_bos and tokenizer.bos_token_id is not None)
+    return bos + len(tokenizer.encode(head_text, add_special_tokens=False))
 
 
 def tokenize_conversation(
@@ -176,7 +185,7 @@ def tokenize_conversation(
         turns = turns[1:]
         encoded = encode_turns(tokenizer, template, turns, conversation.system)
     if len(encoded) == 1 and len(encoded[0][0]) + len(encoded[0][1]) > max_seq_length:
-        keep_head = len(tokenizer.encode(template.prefix, add_special_tokens=False)) + int(template.add_bos)
+        keep_head = _prompt_head_length(tokenizer, template, conversation.system)
         encoded = [_fit_prompt_and_answer(*encoded[0], max_seq_length, keep_head)]
 
     input_ids: list[int] = []

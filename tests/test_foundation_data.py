@@ -1,0 +1,232 @@
+"""Step 1 of the workflow: reading, validating, tokenizing with label masks, saving to disk."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+import tokenize_dataset_rows
+from llm_tuning.data import (
+    IGNORE_INDEX, Conversation, RecordKeys, TokenizeConfig, load_conversations, load_tokenized, make_collator,
+    save_tokenized, supervised_ids, tokenize_conversation, tokenize_file,
+)
+from llm_tuning.modeling import load_tokenizer
+from llm_tuning.templates import encode_prompt, get_template
+
+REPO = Path(__file__).resolve().parent.parent
+MATH = REPO / "data" / "simple_math_4op.jsonl"
+MULTI_TURN = REPO / "data" / "multi_turn_sample.jsonl"
+QWEN = get_template("qwen")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_qwen2):
+    return load_tokenizer(str(tiny_qwen2))
+
+
+def config(tiny_qwen2, **overrides) -> TokenizeConfig:
+    values = dict(tokenizer_path=str(tiny_qwen2), template="qwen", max_seq_length=512,
+                  skip_overlength=False, last_turn_only=False, keys=RecordKeys(history="history"))
+    return TokenizeConfig(**{**values, **overrides})
+
+
+def tokenize_cli(tiny_qwen2, input_file, out_dir, *extra) -> None:
+    tokenize_dataset_rows.main(tokenize_dataset_rows.parse_args([
+        "--model_checkpoint", str(tiny_qwen2), "--input_file", str(input_file),
+        "--save_name", "data", "--output_dir", str(out_dir), *extra]))
+
+
+# --- label masking -------------------------------------------------------------------------------
+
+def test_supervised_tokens_are_exactly_the_answers_and_their_stop_tokens(tiny_qwen2, tokenizer):
+    dataset, _ = tokenize_file(MULTI_TURN, tokenizer, config(tiny_qwen2))
+    records = [json.loads(line) for line in MULTI_TURN.read_text(encoding="utf-8").splitlines()]
+    for row, record in zip(dataset, records, strict=True):
+        answers = [a for _, a in record["history"]] + [record["a"]]
+        expected = "".join(answer + "<|im_end|>" for answer in answers)
+        assert tokenizer.decode(supervised_ids(row["labels"])) == expected
+        assert len(row["input_ids"]) == len(row["labels"])
+
+
+def test_last_turn_only_supervises_the_last_answer_alone(tiny_qwen2, tokenizer):
+    dataset, _ = tokenize_file(MULTI_TURN, tokenizer, config(tiny_qwen2, last_turn_only=True))
+    records = [json.loads(line) for line in MULTI_TURN.read_text(encoding="utf-8").splitlines()]
+    for row, record in zip(dataset, records, strict=True):
+        assert tokenizer.decode(supervised_ids(row["labels"])) == record["a"] + "<|im_end|>"
+
+
+def test_masked_positions_are_the_prompt_and_the_rest_is_the_answer(tokenizer):
+    conversation = Conversation(turns=[("计算 3 + 9 等于多少？", "3 + 9 = 12")])
+    row = tokenize_conversation(tokenizer, QWEN, conversation, max_seq_length=512)
+    prompt = encode_prompt(tokenizer, QWEN, "计算 3 + 9 等于多少？")
+    assert row.labels[: len(prompt)] == [IGNORE_INDEX] * len(prompt)
+    assert row.input_ids[: len(prompt)] == prompt
+    assert row.labels[len(prompt):] == row.input_ids[len(prompt):]
+    assert row.labels[-1] == tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+
+# --- template parity: the chat prompt is the training prompt ------------------------------------
+
+def test_chat_prompt_is_token_for_token_the_training_prompt(tiny_qwen2, tokenizer):
+    dataset, _ = tokenize_file(MULTI_TURN, tokenizer, config(tiny_qwen2, last_turn_only=True))
+    records = [json.loads(line) for line in MULTI_TURN.read_text(encoding="utf-8").splitlines()]
+    for row, record in zip(dataset, records, strict=True):
+        first_supervised = next(i for i, label in enumerate(row["labels"]) if label != IGNORE_INDEX)
+        history = [tuple(pair) for pair in record["history"]]
+        assert encode_prompt(tokenizer, QWEN, record["q"], history) == row["input_ids"][:first_supervised]
+
+
+def test_qwen_template_matches_the_tokenizers_own_chat_template(tokenizer):
+    history = [("你好，请问法国在哪个洲？", "法国位于欧洲西部。")]
+    messages = [{"role": "user", "content": history[0][0]}, {"role": "assistant", "content": history[0][1]},
+                {"role": "user", "content": "那它的首都是哪里？"}]
+    expected = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)["input_ids"]
+    assert encode_prompt(tokenizer, QWEN, "那它的首都是哪里？", history) == expected
+
+
+# --- over-long rows --------------------------------------------------------------------------------
+
+def test_truncation_shortens_the_prompt_first_and_keeps_the_answer_start(tokenizer):
+    question = "请把下面的数字加起来：" + " + ".join(str(i) for i in range(60)) + "，结果是多少？"
+    answer = "结果是 1770。"
+    row = tokenize_conversation(tokenizer, QWEN, Conversation([(question, answer)]), max_seq_length=64)
+    assert row.truncated and len(row.input_ids) == 64
+    supervised = tokenizer.decode(supervised_ids(row.labels))
+    assert supervised == answer + "<|im_end|>"  # the answer fits whole once the prompt is cut
+    prompt_text = tokenizer.decode(row.input_ids[: row.labels.index(supervised_ids(row.labels)[0])])
+    # the question's middle goes; the template header and the question's end stay
+    assert prompt_text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n")
+    assert prompt_text.endswith("多少？<|im_end|>\n<|im_start|>assistant\n")
+    assert "请把下面的数字加起来" not in prompt_text
+
+
+def test_a_long_answer_keeps_its_start(tokenizer):
+    answer = "".join(f"第{i}步。" for i in range(80))
+    row = tokenize_conversation(tokenizer, QWEN, Conversation([("讲一讲步骤。", answer)]), max_seq_length=48)
+    assert len(row.input_ids) == 48
+    assert answer.startswith(tokenizer.decode(supervised_ids(row.labels)))
+
+
+def test_multi_turn_rows_lose_their_oldest_turns_first(tokenizer):
+    turns = [(f"问题{i}：" + "很长的背景。" * 6, f"回答{i}") for i in range(5)]
+    row = tokenize_conversation(tokenizer, QWEN, Conversation(turns), max_seq_length=80)
+    text = tokenizer.decode(row.input_ids)
+    assert len(row.input_ids) <= 80 and "回答4<|im_end|>" in text and "问题0" not in text
+
+
+def test_skip_overlength_drops_rows_and_counts_them(tiny_qwen2, tokenizer, tmp_path):
+    tokenize_cli(tiny_qwen2, MATH, tmp_path, "--max_seq_length", "62", "--skip_overlength", "true")
+    dataset, metadata = load_tokenized(tmp_path / "data")
+    rows = metadata["rows"]
+    assert rows["read"] == 1000 and rows["skipped"] > 0 and rows["truncated"] == 0
+    assert rows["kept"] == len(dataset) == 1000 - rows["skipped"]
+    assert max(len(ids) for ids in dataset["input_ids"]) <= 62
+
+
+def test_skip_overlength_false_is_false(tiny_qwen2, tmp_path):
+    # The original script's `type=bool` read the string "False" as true.
+    tokenize_cli(tiny_qwen2, MATH, tmp_path, "--max_seq_length", "62", "--skip_overlength", "False")
+    _, metadata = load_tokenized(tmp_path / "data")
+    assert metadata["skip_overlength"] is False
+    assert metadata["rows"]["skipped"] == 0 and metadata["rows"]["truncated"] > 0
+
+
+# --- the on-disk format ----------------------------------------------------------------------------
+
+def test_metadata_records_tokenizer_template_and_source(tiny_qwen2, tmp_path):
+    tokenize_cli(tiny_qwen2, MULTI_TURN, tmp_path, "--history_key", "history", "--num_proc", "2")
+    dataset, metadata = load_tokenized(tmp_path / "data")
+    assert len(dataset) == 10 and dataset.column_names == ["input_ids", "labels"]
+    assert metadata["template"] == "qwen"  # from the model type, --template auto
+    assert metadata["tokenizer"] == str(tiny_qwen2) and len(metadata["tokenizer_fingerprint"]) == 16
+    assert metadata["source"]["path"] == str(MULTI_TURN) and len(metadata["source"]["sha256"]) == 64
+    assert metadata["rows"] == {"read": 10, "kept": 10, "skipped": 0, "truncated": 0}
+
+
+def test_a_failed_save_leaves_nothing_half_written(tiny_qwen2, tokenizer, tmp_path):
+    dataset, metadata = tokenize_file(MATH, tokenizer, config(tiny_qwen2, max_samples=4))
+    out = save_tokenized(dataset, metadata, tmp_path / "data")
+    before = sorted(p.name for p in out.iterdir())
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupted_save(path):
+        Path(path, "partial.arrow").write_text("x")
+        raise Interrupted
+
+    dataset.save_to_disk = interrupted_save
+    with pytest.raises(Interrupted):
+        save_tokenized(dataset, metadata, tmp_path / "data")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no temp dirs left behind
+    assert sorted(p.name for p in out.iterdir()) == before  # the old dataset is intact
+
+
+def test_collator_pads_dynamically_with_a_mask_and_ignored_labels(tokenizer):
+    rows = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}]
+    batch = make_collator(tokenizer)(rows)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, tokenizer.pad_token_id, tokenizer.pad_token_id]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
+
+
+# --- bad input: one clear line, exit code 2 --------------------------------------------------------
+
+def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    return path
+
+
+GOOD_LINE = '{"q": "1 + 1 等于几？", "a": "1 + 1 = 2"}\n'
+BAD_INPUTS = [
+    ("bad.jsonl", GOOD_LINE * 16 + '{"q": "x", "a": }\n', ":17: not valid JSON"),
+    ("keys.jsonl", GOOD_LINE * 4 + '{"question": "x", "answer": "y"}\n',
+     ":5: no key 'q' (found: question, answer); pass --prompt_key <key>"),
+    ("empty_answer.jsonl", '{"q": "x", "a": "  "}\n', ":1: empty answer in 'a'"),
+    ("number.jsonl", GOOD_LINE + '{"q": "x", "a": 42}\n', ":2: 'a' must be a string, got int"),
+    ("empty.jsonl", "\n\n", ": the file is empty"),
+    ("latin1.jsonl", '{"q": "caf\xe9", "a": "x"}\n'.encode("latin-1"), ": not UTF-8 text"),
+    ("object.json", '{"q": "x", "a": "y"}', ": expected a JSON list of records, got dict"),
+    ("record.json", '[{"q": "x", "a": "y"}, ["x", "y"]]', ": record 2: expected a JSON object, got list"),
+    ("history.jsonl", '{"q": "x", "a": "y", "history": [["only one"]]}\n',
+     ":1: 'history' must be a list of [question, answer] string pairs"),
+    ("data.csv", "q,a\n", ": expected a .json or .jsonl file"),
+]
+
+
+@pytest.mark.parametrize("name,content,message", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_gives_one_clear_line_and_exit_code_2(tiny_qwen2, tmp_path, capsys, name, content, message):
+    path = write(tmp_path, name, content)
+    with pytest.raises(SystemExit) as exit_info:
+        tokenize_cli(tiny_qwen2, path, tmp_path / "out", "--history_key", "history")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {path}{message}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_command_line_errors_carry_no_traceback(tiny_qwen2, tmp_path, run):
+    path = write(tmp_path, "keys.jsonl", GOOD_LINE * 4 + '{"question": "x", "answer": "y"}\n')
+    result = run("tokenize_dataset_rows.py", "--model_checkpoint", tiny_qwen2, "--input_file", path,
+                 "--save_name", "x", "--output_dir", tmp_path / "out")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {path}:5: no key 'q' (found: question, answer); pass --prompt_key <key>")
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_template_and_missing_model_are_user_errors(tiny_qwen2, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        tokenize_cli(tiny_qwen2, MATH, tmp_path, "--template", "nope")
+    assert exit_info.value.code == 2 and "unknown template 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        tokenize_cli(tmp_path / "no-model", MATH, tmp_path)
+    assert exit_info.value.code == 2 and "cannot load a tokenizer from" in capsys.readouterr().err
+
+
+def test_json_list_files_read_like_jsonl(tmp_path):
+    records = [{"q": "你好", "a": "你好！"}, {"q": "Hi", "a": "Hello!"}]
+    path = write(tmp_path, "list.json", json.dumps(records, ensure_ascii=False))
+    conversations = load_conversations(path, RecordKeys())
+    assert [c.turns for c in conversations] == [[("你好", "你好！")], [("Hi", "Hello!")]]
