@@ -330,14 +330,13 @@ def check_tokenizer_matches(metadata: dict, tokenizer, tokenizer_path: str, data
 # --- Batching and inspection ---------------------------------------------------------------------
 
 
-def make_collator(tokenizer, pad_to_multiple_of: int | None = None):
-    """Dynamic padding to the longest row of each batch: ids with the pad token, labels with
-    IGNORE_INDEX, and an attention mask that hides the padding."""
-    from transformers import DataCollatorForSeq2Seq
+def make_collator(tokenizer, pad_to_multiple_of: int | None = None, max_length: int | None = None):
+    """Dynamic padding to the longest row of each batch (or to `max_length`): ids with the pad
+    token, labels with IGNORE_INDEX, and an attention mask that hides the padding. Packed rows
+    (with `position_ids`, see llm_tuning/batching.py) are padded so samples never see each other."""
+    from .batching import PaddingCollator
 
-    return DataCollatorForSeq2Seq(
-        tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX, pad_to_multiple_of=pad_to_multiple_of
-    )
+    return PaddingCollator(tokenizer.pad_token_id, tokenizer.padding_side, pad_to_multiple_of, max_length)
 
 
 def supervised_ids(labels: Sequence[int]) -> list[int]:

@@ -32,6 +32,19 @@ class DataArguments:
     tokenized_dataset: str = field(
         metadata={"help": "Name under data/tokenized_data/ (or a path) written by tokenize_dataset_rows.py."}
     )
+    # Batching (llm_tuning/batching.py): default is dynamic padding to each batch's longest row.
+    packing: bool = field(
+        default=False,
+        metadata={"help": "Pack samples into full rows of --packing_max_length tokens; samples never attend "
+                          "to each other. Fastest on data with mixed lengths."},
+    )
+    packing_max_length: int | None = field(
+        default=None, metadata={"help": "Tokens per packed row. Default: the dataset's --max_seq_length."}
+    )
+    group_by_length: bool = field(
+        default=False,
+        metadata={"help": "Batch rows of similar length together (= --train_sampling_strategy group_by_length)."},
+    )
 
 
 @dataclass
