@@ -1,0 +1,167 @@
+"""Small fine-tuning experiments in one process, through the same path as the two commands.
+
+Scripts that compare several runs (projects/RulaiGPT, projects/ChatBaichuan-HC3, SDE/run_sde.py)
+do, for each run:
+
+    tokenize_records(...)   # what tokenize_dataset_rows.py does: tokenize_file + save_tokenized
+    train_adapter(...)      # what `python <recipe>.py ...` does: the recipe's Family + finetune()
+    load_adapted(...)       # base model + adapter, as chat.py loads them
+    answer_all(...)         # greedy replies, batched, with the training prompt format
+    answer_nll(...)         # per-token loss of given answers (how far a model moved)
+
+Nothing here is specific to a project; a real checkpoint and a tiny stand-in go through the
+same calls.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import TrainingArguments
+
+from .cli import UserError
+from .data import IGNORE_INDEX, RecordKeys, TokenizeConfig, save_tokenized, tokenize_file
+from .finetune import Family, finetune
+from .modeling import load_adapters, load_model, load_tokenizer, read_model_type
+from .templates import Template, encode_prompt, encode_turns, get_template, guess_template, stop_token_ids
+from .training import DataArguments, FinetuneArguments, ModelArguments, parse_args, read_run_config
+
+
+def write_jsonl(records: Iterable[dict], path: str | Path) -> Path:
+    """Write records one JSON object a line (UTF-8, readable Chinese), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def resolve_template(model: str, template: str = "auto", trust_remote_code: bool = False) -> str:
+    if template == "auto":
+        template = guess_template(read_model_type(model, trust_remote_code), model)
+    get_template(template)  # an unknown name fails before any work
+    return template
+
+
+def tokenize_records(
+    jsonl_file: str | Path, model: str, save_dir: str | Path, template: str = "auto",
+    max_seq_length: int = 512, supervise_prompt: bool = False, trust_remote_code: bool = False,
+) -> Path:
+    """Tokenize a q/a jsonl file for `model` and save it as tokenize_dataset_rows.py does.
+
+    `supervise_prompt` puts the prompt tokens in the loss too ("input modeling"): labels become
+    a copy of input_ids. Recorded in metadata.json."""
+    tokenizer = load_tokenizer(model, trust_remote_code)
+    template = resolve_template(model, template, trust_remote_code)
+    config = TokenizeConfig(tokenizer_path=model, template=template, max_seq_length=max_seq_length,
+                            skip_overlength=False, last_turn_only=False, keys=RecordKeys("q", "a"))
+    dataset, metadata = tokenize_file(jsonl_file, tokenizer, config)
+    if supervise_prompt:
+        dataset = dataset.map(lambda row: {"labels": list(row["input_ids"])}, desc="Supervising prompts")
+    metadata["supervise_prompt"] = supervise_prompt
+    return save_tokenized(dataset, metadata, save_dir)
+
+
+def load_recipe_family(recipe: str | Path) -> Family:
+    """The `Family` a recipe script declares (e.g. QWEN in qwen_lora_tuning.py), without running it."""
+    path = Path(recipe)
+    if not path.is_file():
+        raise UserError(f"{recipe}: no such recipe; pass a <family>_lora_tuning.py script")
+    spec = importlib.util.spec_from_file_location(f"_recipe_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    families = [value for value in vars(module).values() if isinstance(value, Family)]
+    if len(families) != 1:
+        raise UserError(f"{recipe}: expected one Family in the recipe, found {len(families)}")
+    return families[0]
+
+
+def train_adapter(recipe: str | Path, dataset_dir: str | Path, output_dir: str | Path, argv: Sequence[str] = ()) -> Path:
+    """Train a LoRA adapter exactly as `python <recipe> --tokenized_dataset D --output_dir O <argv>`."""
+    family = load_recipe_family(recipe)
+    args = parse_args(ModelArguments, DataArguments, FinetuneArguments, TrainingArguments,
+                      argv=["--tokenized_dataset", str(dataset_dir), "--output_dir", str(output_dir), *argv])
+    finetune(family, *args)
+    return Path(output_dir)
+
+
+def load_adapted(base: str | None = None, adapter: str | Path | None = None, trust_remote_code: bool = False):
+    """(model, tokenizer, template) in eval mode: a base model, or a base + adapter as chat.py loads them."""
+    run_config = read_run_config(str(adapter)) if adapter else {}
+    base = base or run_config.get("base_model")
+    if base is None:
+        raise UserError("pass a base model or a trained adapter")
+    tokenizer = load_tokenizer(str(adapter) if adapter else base, trust_remote_code)
+    template = get_template(run_config.get("template") or resolve_template(base, "auto", trust_remote_code))
+    model = load_model(base, "auto", trust_remote_code)
+    model = load_adapters(model, [str(adapter)] if adapter else [])
+    model.eval()
+    return model, tokenizer, template
+
+
+@torch.no_grad()
+def answer_all(
+    model, tokenizer, template: Template, queries: Sequence[str], max_new_tokens: int = 128,
+    batch_size: int = 16, desc: str = "Answering",
+) -> list[str]:
+    """Greedy replies to each query (no history), left-padded in batches; the order is kept."""
+    stops = stop_token_ids(tokenizer, template)
+    replies: list[str] = []
+    for start in tqdm(range(0, len(queries), batch_size), desc=desc, leave=False):
+        prompts = [encode_prompt(tokenizer, template, q) for q in queries[start:start + batch_size]]
+        width = max(map(len, prompts))
+        pad = tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
+        output = model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
+                                do_sample=False, temperature=None, top_p=None, top_k=None,
+                                eos_token_id=stops, pad_token_id=pad)
+        replies += tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+    return [reply.strip() for reply in replies]
+
+
+@torch.no_grad()
+def answer_nll(model, tokenizer, template: Template, pairs: Sequence[tuple[str, str]]) -> list[float]:
+    """Mean per-token negative log-likelihood of each answer (with its stop token) after its prompt."""
+    losses = []
+    for query, answer in pairs:
+        ((prompt_ids, answer_ids),) = encode_turns(tokenizer, template, [(query, answer)])
+        input_ids = torch.tensor([prompt_ids + answer_ids], device=model.device)
+        labels = torch.tensor([[IGNORE_INDEX] * len(prompt_ids) + answer_ids], device=model.device)
+        loss = model(input_ids=input_ids, labels=labels).loss.item()
+        losses.append(loss if math.isfinite(loss) else float("nan"))
+    return losses
+
+
+def build_tiny_stand_in(out: str | Path, corpus_dir: str | Path, arch: str = "qwen2", hidden_size: int = 64,
+                        num_layers: int = 2, vocab_size: int = 2000, seed: int = 0) -> Path:
+    """A tiny random model whose tokenizer was trained on `corpus_dir` (json/jsonl): the offline
+    stand-in for a real checkpoint when the data is not the shipped data/ sample."""
+    from .testing import build_model, build_tokenizer
+
+    out = Path(out)
+    tokenizer = build_tokenizer(arch, vocab_size=vocab_size, corpus_dir=Path(corpus_dir))
+    model = build_model(arch, tokenizer, hidden_size=hidden_size, num_layers=num_layers, seed=seed)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
