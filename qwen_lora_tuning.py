@@ -35,17 +35,17 @@ trainer_log.jsonl, loss.png and tensorboard logs under runs/.
 from transformers import TrainingArguments
 
 from llm_tuning.finetune import Family, finetune
+from llm_tuning.modeling import LLAMA_PROJECTIONS
 from llm_tuning.training import DataArguments, FinetuneArguments, ModelArguments, parse_args
 
 # --- The Qwen family ---------------------------------------------------------------------------
-# Qwen1.5+ and Qwen3 are LLaMA-shaped: separate q/k/v/o projections and a gated MLP.
-LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
-# Qwen-7B v1 (remote code, model_type "qwen") fuses q/k/v into c_attn and names its MLP w1/w2.
-LORA_TARGETS_V1 = "c_attn,c_proj,w1,w2"
-
-
-def lora_targets(model) -> str:
-    return LORA_TARGETS_V1 if model.config.model_type == "qwen" else LORA_TARGETS
+LORA_TARGETS = {
+    # Qwen1.5+ and Qwen3 are LLaMA-shaped: separate q/k/v/o projections and a gated MLP.
+    "qwen2": LLAMA_PROJECTIONS, "qwen3": LLAMA_PROJECTIONS,
+    "qwen2_moe": LLAMA_PROJECTIONS, "qwen3_moe": LLAMA_PROJECTIONS,  # the same names in every expert
+    # Qwen-7B v1 (remote code) fuses q/k/v into c_attn; c_proj is both attention output and MLP out.
+    "qwen": "c_attn,c_proj,w1,w2",
+}
 
 
 def fix_tokenizer(tokenizer):
@@ -58,7 +58,8 @@ def fix_tokenizer(tokenizer):
 QWEN = Family(
     script="qwen_lora_tuning.py",
     templates=frozenset({"qwen", "qwen3"}),  # ChatML; Qwen3 answers carry an empty <think> block
-    lora_targets=lora_targets,
+    lora_targets=LORA_TARGETS,
+    trust_remote_code=False,  # Qwen1.5+ are native; Qwen-7B v1 needs --trust_remote_code true
     padding_side="right",  # training pads on the right; the attention mask hides the padding
     fix_tokenizer=fix_tokenizer,
 )

@@ -1,23 +1,27 @@
 """The supervised fine-tuning flow every `<family>_lora_tuning.py` recipe runs.
 
-A recipe declares its `Family` (templates, LoRA targets, padding side, quirk hooks) and calls
-`finetune(family, *parse_args(...))`. The flow, top to bottom:
-data (load, check template) → tokenizer (must match the data) → model (+ quantization, adapter)
-→ Trainer → train (or resume) → save adapter, tokenizer and llm_tuning.json.
+A recipe declares its `Family` (templates, LoRA targets, remote code, padding side, quirk hooks)
+and calls `finetune(family, *parse_args(...))`. The flow, top to bottom:
+data (load, check template) → tokenizer (must match the data) → model (+ quantization, RoPE
+scaling, family quirks) → the tuning method's trainable parameters → Trainer → train (or resume)
+→ save adapter or model, tokenizer, generation stop tokens and llm_tuning.json.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from transformers import Trainer, TrainingArguments, set_seed
 
 from .cli import exits_on_user_error
-from .data import check_tokenizer_matches, load_tokenized, make_collator, print_data_example
+from .batching import prepare_batching
+from .data import check_tokenizer_matches, load_tokenized, print_data_example
+from .methods import check_method, count_parameters, method_callbacks, prepare_trainable, training_steps
 from .modeling import load_model, load_tokenizer
+from .templates import get_template, stop_token_ids
 from .training import (
-    DataArguments, FinetuneArguments, LossPlotCallback, ModelArguments, TrainerLogCallback, attach_lora,
+    DataArguments, FinetuneArguments, LossPlotCallback, ModelArguments, TrainerLogCallback,
     check_template_allowed, require_output_dir, resolve_dataset_path, resume_argument, save_run_config,
 )
 
@@ -32,52 +36,105 @@ class Family:
 
     script: str                      # the recipe's file name, for messages
     templates: frozenset[str]        # templates its chat models use
-    lora_targets: Callable[[object], str]  # model -> default comma-separated LoRA target names
+    # config.model_type -> comma-separated LoRA target names. A model of another type (a
+    # LLaMA-format conversion, a stand-in) gets all-linear, with a note saying so.
+    lora_targets: Mapping[str, str]
+    trust_remote_code: bool = False  # its real checkpoints ship their own modeling code
     padding_side: str = "right"
     # Quirk hooks, each documented in the recipe that sets it.
     fix_tokenizer: Callable = field(default=_unchanged)
     prepare_model: Callable = field(default=_unchanged)
 
 
-@exits_on_user_error
-def finetune(family: Family, model_args: ModelArguments, data_args: DataArguments,
-             finetune_args: FinetuneArguments, training_args: TrainingArguments) -> None:
+def default_lora_targets(family: Family, model) -> str:
+    model_type = model.config.model_type
+    if model_type in family.lora_targets:
+        return family.lora_targets[model_type]
+    print(f"note: {family.script} knows model types {', '.join(sorted(family.lora_targets))}, not "
+          f"{model_type!r}; LoRA goes on all linear layers (choose with --lora_target)")
+    return "all-linear"
+
+
+@dataclass
+class Run:
+    """A ready Trainer plus what saving needs to know."""
+
+    trainer: Trainer
+    tokenizer: object
+    base_model: str
+    metadata: dict
+    dataset_path: str
+
+
+def build_trainer(family: Family, model_args: ModelArguments, data_args: DataArguments,
+                  finetune_args: FinetuneArguments, training_args: TrainingArguments) -> Run:
+    """Everything up to `trainer.train()`: data, tokenizer, model, trainable parameters."""
     require_output_dir(training_args)
+    quantization_bit = check_method(finetune_args, model_args.quantization_bit)
     set_seed(training_args.seed)
+    main_process = training_args.process_index == 0
 
     # Data first: it names the tokenizer and template it was made with.
     dataset_path = resolve_dataset_path(data_args.tokenized_dataset)
     dataset, metadata = load_tokenized(dataset_path)
     check_template_allowed(metadata["template"], family.templates, dataset_path, family.script)
     base_model = model_args.model_name_or_path or metadata["tokenizer"]
+    remote_code = model_args.trust_remote_code or family.trust_remote_code
 
     # Tokenizer: must be the one that made the data.
-    tokenizer = load_tokenizer(base_model, model_args.trust_remote_code, family.padding_side)
+    tokenizer = load_tokenizer(base_model, remote_code, family.padding_side)
     tokenizer = family.fix_tokenizer(tokenizer)
     check_tokenizer_matches(metadata, tokenizer, base_model, dataset_path)
-    if training_args.process_index == 0:
+    if main_process:
         print_data_example(dataset[0], tokenizer)
+    # Batching: dynamic padding, or --group_by_length / --packing (llm_tuning/batching.py).
+    dataset, collator = prepare_batching(dataset, tokenizer, data_args, training_args, metadata["max_seq_length"])
 
-    # Model: base (optionally 4/8-bit), family quirks, then LoRA on checked target modules.
-    model = load_model(base_model, model_args.dtype, model_args.trust_remote_code, model_args.quantization_bit)
+    # Model: base (optionally 4/8-bit, RoPE-scaled), family quirks, then the method's parameters.
+    model = load_model(base_model, model_args.dtype, remote_code, quantization_bit,
+                       rope_scaling=model_args.rope_scaling, rope_factor=model_args.rope_factor)
     model = family.prepare_model(model, tokenizer)
-    model = attach_lora(model, finetune_args, family.lora_targets(model), training_args.gradient_checkpointing)
-    if training_args.process_index == 0:
-        model.print_trainable_parameters()
+    steps = training_steps(len(dataset), training_args.per_device_train_batch_size,
+                           training_args.gradient_accumulation_steps, training_args.world_size,
+                           training_args.num_train_epochs, training_args.max_steps)
+    model = prepare_trainable(model, finetune_args, default_lora_targets(family, model), tokenizer, steps,
+                              training_args.gradient_checkpointing)
+    if main_process:
+        trainable, total = count_parameters(model)
+        print(f"{finetune_args.finetuning_type}: training {trainable:,} of {total:,} parameters "
+              f"({100 * trainable / total:.4f}%)")
 
     trainer = Trainer(
         model=model,
         args=training_args,
         train_dataset=dataset,
-        data_collator=make_collator(tokenizer),
+        data_collator=collator,
         processing_class=tokenizer,
-        callbacks=[TrainerLogCallback(), LossPlotCallback()],
+        callbacks=[TrainerLogCallback(), LossPlotCallback(), *method_callbacks(model, finetune_args)],
     )
-    trainer.train(resume_from_checkpoint=resume_argument(training_args))
+    return Run(trainer, tokenizer, base_model, metadata, str(dataset_path))
 
-    # Save the adapter (safetensors) + tokenizer, and what chat.py / merge_lora.py need to use them.
-    trainer.save_model(training_args.output_dir)
+
+@exits_on_user_error
+def finetune(family: Family, model_args: ModelArguments, data_args: DataArguments,
+             finetune_args: FinetuneArguments, training_args: TrainingArguments) -> None:
+    run = build_trainer(family, model_args, data_args, finetune_args, training_args)
+    run.trainer.train(resume_from_checkpoint=resume_argument(training_args))
+    save(run, family, model_args, finetune_args)
+
+
+def save(run: Run, family: Family, model_args: ModelArguments, finetune_args: FinetuneArguments) -> None:
+    """Adapter (or whole model for freeze/full) as safetensors, the tokenizer, and the stop tokens
+    generate() needs, so chat.py, merge_lora.py and a plain `from_pretrained` all stop on time."""
+    trainer, output_dir = run.trainer, run.trainer.args.output_dir
+    stops = stop_token_ids(run.tokenizer, get_template(run.metadata["template"]))
+    trainer.model.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
+    trainer.save_model(output_dir)
     if trainer.is_world_process_zero():
-        save_run_config(training_args.output_dir, base_model=base_model, template=metadata["template"],
-                        tokenized_dataset=str(dataset_path), recipe=family.script)
-        print(f"saved the adapter to {training_args.output_dir}")
+        rope = {"rope_scaling": model_args.rope_scaling, "rope_factor": model_args.rope_factor} if model_args.rope_scaling else {}
+        save_run_config(output_dir, base_model=run.base_model, template=run.metadata["template"],
+                        tokenized_dataset=run.dataset_path, recipe=family.script,
+                        finetuning_type=finetune_args.finetuning_type,
+                        trust_remote_code=model_args.trust_remote_code or family.trust_remote_code, **rope)
+        what = "model" if finetune_args.finetuning_type in {"freeze", "full"} else "adapter"
+        print(f"saved the {what} to {output_dir}")

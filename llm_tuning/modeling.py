@@ -41,34 +41,82 @@ def read_model_type(path: str, trust_remote_code: bool = False) -> str | None:
         raise UserError(f"cannot read the model config of {path}: {first_line(err)}") from None
 
 
+ROPE_SCALINGS = ("linear", "dynamic", "yarn")
+# The linear layers of every LLaMA-shaped decoder (LLaMA, Mistral, Qwen1.5+, InternLM, Baichuan's MLP).
+LLAMA_PROJECTIONS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+
+
 def load_model(
     path: str,
     dtype: str = "auto",
     trust_remote_code: bool = False,
     quantization_bit: int | None = None,
     device_map: str | dict | None = None,
+    rope_scaling: str | None = None,
+    rope_factor: float = 2.0,
 ):
-    """A causal LM as users load it: by hub id or local path, in the asked dtype, 4/8-bit if asked."""
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    """A causal LM as users load it: by hub id or local path, in the asked dtype, 4/8-bit if asked,
+    with its RoPE stretched by `rope_factor` if `rope_scaling` is given."""
+    from transformers import AutoModelForCausalLM
 
     kwargs: dict = {"trust_remote_code": trust_remote_code}
+    if dtype != "auto" and dtype not in DTYPES:
+        raise UserError(f"--dtype {dtype!r} is unknown; choose auto, {', '.join(DTYPES)}")
     kwargs["dtype"] = "auto" if dtype == "auto" else DTYPES[dtype]
     if quantization_bit is not None:
-        if quantization_bit == 4:
-            kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=torch.bfloat16 if dtype in {"bf16", "bfloat16"} else torch.float32,
-            )
-        elif quantization_bit == 8:
-            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
-        else:
-            raise UserError(f"--quantization_bit must be 4 or 8, got {quantization_bit}")
+        kwargs["quantization_config"] = quantization_config(quantization_bit, dtype)
     if device_map is not None:
         kwargs["device_map"] = device_map
+    if rope_scaling is not None:
+        kwargs["config"] = scaled_rope_config(path, rope_scaling, rope_factor, trust_remote_code)
     try:
         return AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as err:
         raise UserError(f"cannot load a model from {path}: {first_line(err)}") from None
+
+
+def quantization_config(bits: int, dtype: str = "auto"):
+    """bitsandbytes settings for QLoRA: NF4 with double quantization, or LLM.int8()."""
+    import importlib.util
+
+    from transformers import BitsAndBytesConfig
+
+    if bits not in (4, 8):
+        raise UserError(f"--quantization_bit must be 4 or 8, got {bits}")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise UserError(f"--quantization_bit {bits} needs bitsandbytes (pip install 'bitsandbytes>=0.45'; "
+                        "0.45+ also runs on CPU)")
+    if bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16 if dtype in {"bf16", "bfloat16"} else torch.float32,
+    )
+
+
+def scaled_rope_config(path: str, kind: str, factor: float, trust_remote_code: bool = False):
+    """The model's config with RoPE scaled for a context `factor` times its trained length.
+
+    linear: positions divided by factor (needs some fine-tuning at the new length);
+    dynamic: NTK-aware base stretch that grows only past the trained length (works without training);
+    yarn: NTK-by-parts interpolation plus attention temperature."""
+    from transformers import AutoConfig
+
+    if kind not in ROPE_SCALINGS:
+        raise UserError(f"--rope_scaling {kind!r} is unknown; choose one of: {', '.join(ROPE_SCALINGS)}")
+    if factor <= 1:
+        raise UserError(f"--rope_factor must be above 1 (how many times longer the context gets), got {factor}")
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read the model config of {path}: {first_line(err)}") from None
+    rope = getattr(config, "rope_parameters", None)
+    if not isinstance(rope, dict) or "rope_theta" not in rope:
+        raise UserError(f"--rope_scaling works on models with standard RoPE settings; {path} "
+                        f"({config.model_type}) has none (remote-code models configure RoPE their own way)")
+    config.rope_parameters = {**rope, "rope_type": kind, "factor": float(factor),
+                              "original_max_position_embeddings": config.max_position_embeddings}
+    return config
 
 
 def linear_module_names(model) -> list[str]:
@@ -131,6 +179,14 @@ def adapter_base_model(adapter_path: str) -> str:
     if not base:
         raise UserError(f"{adapter_path}: the adapter does not record its base model; pass --base")
     return base
+
+
+def require_single_tokens(tokenizer, words: list[str], why: str) -> None:
+    """Stop if the tokenizer splits a marker the template relies on being one (special) token."""
+    split = [word for word in words if len(tokenizer.encode(word, add_special_tokens=False)) != 1]
+    if split:
+        raise UserError(f"this tokenizer splits {', '.join(split)} into several tokens, but {why}; "
+                        "is it the family's own tokenizer?")
 
 
 def first_line(err: BaseException) -> str:

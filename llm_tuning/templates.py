@@ -5,7 +5,7 @@ prompt a model sees when chatting is token-for-token the prompt it was trained o
 encoded on its own (prompt text, then answer text), which also gives the exact label boundaries.
 
 Texts may contain the tokenizer's special tokens as strings (`<|im_start|>`); `{eos}` in an answer
-suffix stands for the tokenizer's own EOS token, whatever it is called.
+suffix and `{bos}` in a turn separator stand for the tokenizer's own EOS / BOS tokens.
 """
 
 from __future__ import annotations
@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 from .cli import UserError
 
 EOS_PLACEHOLDER = "{eos}"
+BOS_PLACEHOLDER = "{bos}"
 
 
 @dataclass(frozen=True)
 class Template:
     name: str
-    # `{query}` is the user's message; `{round}` (if present) the 0-based turn index + round_offset.
+    # `{query}` is the user's message; `{round}` (if present) the 0-based turn index + round_offset;
+    # `{system}` (if present) where the first turn holds the system block (LLaMA-2's [INST] <<SYS>>).
     user_format: str
     # Appended to every answer and supervised with it: the token(s) that end an assistant turn.
     answer_suffix: str = EOS_PLACEHOLDER
@@ -44,15 +46,16 @@ class Template:
         """Render (query, answer) turns to (prompt_text, answer_text) pairs; a None answer renders as ""."""
         system = self.default_system if system is None else system
         rendered = []
+        system_block = self.system_format.format(system=system) if system else ""
+        inline_system = "{system}" in self.user_format
         for index, (query, answer) in enumerate(turns):
             prompt = ""
             if index == 0:
-                prompt += self.prefix
-                if system:
-                    prompt += self.system_format.format(system=system)
+                prompt += self.prefix + ("" if inline_system else system_block)
             else:
                 prompt += self.turn_separator
-            prompt += self.user_format.format(query=query, round=index + self.round_offset)
+            prompt += self.user_format.format(query=query, round=index + self.round_offset,
+                                              system=system_block if index == 0 else "")
             answer_text = "" if answer is None else answer + self.answer_suffix
             rendered.append((prompt, answer_text))
         return rendered
@@ -84,6 +87,7 @@ def encode_turns(
     """Token ids of each turn as (prompt_ids, answer_ids); the answer ids end with the stop token."""
     encoded = []
     for index, (prompt, answer) in enumerate(template.render_turns(turns, system)):
+        prompt = prompt.replace(BOS_PLACEHOLDER, tokenizer.bos_token or "")
         prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
         if index == 0 and template.add_bos and tokenizer.bos_token_id is not None:
             prompt_ids = [tokenizer.bos_token_id] + prompt_ids
@@ -143,13 +147,15 @@ register(Template(
 ))
 register(Template(
     name="chatglm",
-    notes="THUDM/chatglm-6b: [Round N] 问/答 with 0-based rounds; the tokenizer adds [gMASK]<sop>.",
-    user_format="[Round {round}]\n问：{query}\n答：",
+    notes="THUDM/chatglm-6b: [Round N] 问/答 with 0-based rounds; its tokenizer ends a prompt with "
+    "[gMASK]<sop> and the answer with <eop> (its EOS). Its chat() puts [gMASK]<sop> only before the "
+    "last answer, so train it on single-turn data (or --last_turn_only true).",
+    user_format="[Round {round}]\n问：{query}\n答：[gMASK]<sop>",
     turn_separator="\n",
 ))
 register(Template(
     name="chatglm2",
-    notes="THUDM/chatglm2-6b: 1-based rounds, blank lines, [gMASK]sop prefix.",
+    notes="THUDM/chatglm2-6b: 1-based rounds, blank lines, [gMASK]sop prefix, </s> ends an answer.",
     prefix="[gMASK]sop",
     user_format="[Round {round}]\n\n问：{query}\n\n答：",
     turn_separator="\n\n",
@@ -157,20 +163,19 @@ register(Template(
 ))
 register(Template(
     name="chatglm3",
-    notes="THUDM/chatglm3-6b role tokens.",
+    notes="THUDM/chatglm3-6b role tokens (its SentencePiece adds the space after each newline); "
+    "chat() stops at the next role token, training appends EOS so a LoRA learns to stop.",
     prefix="[gMASK]sop",
     system_format="<|system|>\n {system}",
     user_format="<|user|>\n {query}<|assistant|>\n ",
-    answer_suffix="",
     stop_words=("<|user|>", "<|observation|>"),
 ))
 register(Template(
     name="glm4",
-    notes="THUDM/glm-4-9b-chat(-hf) role tokens.",
+    notes="THUDM/glm-4-9b-chat(-hf) role tokens; <|endoftext|> (EOS) ends a trained answer.",
     prefix="[gMASK]<sop>",
     system_format="<|system|>\n{system}",
     user_format="<|user|>\n{query}<|assistant|>\n",
-    answer_suffix="",
     stop_words=("<|user|>", "<|observation|>", "<|endoftext|>"),
 ))
 register(Template(
@@ -188,19 +193,21 @@ register(Template(
 ))
 register(Template(
     name="llama2",
-    notes="meta-llama/Llama-2-*-chat [INST] format with <<SYS>> block.",
+    notes="meta-llama/Llama-2-*-chat: <s>[INST] q [/INST] a </s> per turn, <<SYS>> inside the first [INST].",
     system_format="<<SYS>>\n{system}\n<</SYS>>\n\n",
-    user_format="[INST] {query} [/INST]",
+    user_format="[INST] {system}{query} [/INST]",
     answer_suffix=" {eos}",
+    turn_separator="{bos}",
     add_bos=True,
 ))
 register(Template(
     name="chinese-llama2",
     notes="ymcui/Chinese-LLaMA-Alpaca-2: the llama2 format with its own default system prompt.",
-    system_format="[INST] <<SYS>>\n{system}\n<</SYS>>\n\n",
+    system_format="<<SYS>>\n{system}\n<</SYS>>\n\n",
     default_system="You are a helpful assistant. 你是一个乐于助人的助手。",
-    user_format="{query} [/INST]",
+    user_format="[INST] {system}{query} [/INST]",
     answer_suffix=" {eos}",
+    turn_separator="{bos}",
     add_bos=True,
 ))
 register(Template(
@@ -212,15 +219,16 @@ register(Template(
 ))
 register(Template(
     name="internlm",
-    notes="internlm/internlm-chat-7b: <|User|>/<|Bot|> with <eoh>/<eoa>.",
+    notes="internlm/internlm-chat-7b: <|User|>/<|Bot|> with <eoh>/<eoa>; <eoa> ends a reply.",
     user_format="<|User|>:{query}<eoh>\n<|Bot|>:",
-    answer_suffix="<eoa>\n",
+    answer_suffix="<eoa>",
+    turn_separator="\n",
     add_bos=True,
     stop_words=("<eoa>",),
 ))
 register(Template(
     name="internlm2",
-    notes="internlm/internlm2-chat-7b: ChatML-like with <|im_start|>/<|im_end|>.",
+    notes="internlm/internlm2-chat-7b / internlm2_5-7b-chat: <s> then ChatML <|im_start|>/<|im_end|>.",
     system_format="<|im_start|>system\n{system}<|im_end|>\n",
     user_format="<|im_start|>user\n{query}<|im_end|>\n<|im_start|>assistant\n",
     answer_suffix="<|im_end|>",

@@ -37,17 +37,27 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+# As in meta-llama/Llama-2-7b-chat-hf: <s> before every [INST], <<SYS>> inside the first one.
 LLAMA2_TEMPLATE = (
     "{% if messages[0]['role'] == 'system' %}"
     "{% set system = '<<SYS>>\n' + messages[0]['content'] + '\n<</SYS>>\n\n' %}"
     "{% set messages = messages[1:] %}{% else %}{% set system = '' %}{% endif %}"
-    "{{ bos_token }}"
     "{% for message in messages %}"
     "{% if message['role'] == 'user' %}"
-    "[INST] {{ (system if loop.first else '') + message['content'] }} [/INST]"
+    "{{ bos_token }}[INST] {{ (system if loop.first else '') + message['content'] }} [/INST]"
     "{% else %} {{ message['content'] }} {{ eos_token }}{% endif %}"
     "{% endfor %}"
 )
+# As in mistralai/Mistral-7B-Instruct-v0.1: one <s>, no system block, </s> right after each answer.
+MISTRAL_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}[INST] {{ message['content'] }} [/INST]"
+    "{% else %}{{ message['content'] }}{{ eos_token }}{% endif %}"
+    "{% endfor %}"
+)
+# As in internlm/internlm2-chat-7b: <s>, then ChatML.
+INTERNLM2_TEMPLATE = "{{ bos_token }}" + CHATML_TEMPLATE
 GLM4_TEMPLATE = (
     "[gMASK]<sop>"
     "{% for message in messages %}"
@@ -66,7 +76,7 @@ class ArchSpec:
     bos_token: str | None
     eos_token: str
     pad_token: str
-    chat_template: str
+    chat_template: str | None  # None: the real tokenizer ships none (remote-code chat())
     default_system: str | None = None
     # Extra ids that end a reply in the real generation_config.
     extra_stop_tokens: tuple[str, ...] = ()
@@ -77,6 +87,14 @@ _LLAMA = ("<unk>", "<s>", "</s>")
 _GLM = ("<|endoftext|>", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>", "<|user|>",
         "<|assistant|>", "<|observation|>")
 
+# Stand-ins for remote-code families: a native architecture with the real family's special tokens.
+_CHATGLM = ("<unk>", "<pad>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>")
+_CHATGLM2 = ("<unk>", "<s>", "</s>", "[MASK]", "[gMASK]", "[sMASK]", "sop", "eop",
+             "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>")
+_BAICHUAN = (*_LLAMA, "<reserved_102>", "<reserved_103>", "<reserved_106>", "<reserved_107>")
+_INTERNLM = (*_LLAMA, "<eoh>", "<eoa>")
+_INTERNLM2 = (*_LLAMA, "<|im_start|>", "<|im_end|>")
+
 ARCHS: dict[str, ArchSpec] = {
     # Qwen2/2.5-Instruct: no BOS, <|im_end|> ends a reply, <|endoftext|> pads.
     "qwen2": ArchSpec("qwen2", _CHATML, None, "<|im_end|>", "<|endoftext|>", CHATML_TEMPLATE,
@@ -86,11 +104,20 @@ ARCHS: dict[str, ArchSpec] = {
                       extra_stop_tokens=("<|endoftext|>",)),
     # LLaMA-2 has no pad token; fine-tuning recipes pad with <unk>.
     "llama": ArchSpec("llama", _LLAMA, "<s>", "</s>", "<unk>", LLAMA2_TEMPLATE),
-    "mistral": ArchSpec("mistral", _LLAMA, "<s>", "</s>", "<unk>", LLAMA2_TEMPLATE),
+    "mistral": ArchSpec("mistral", _LLAMA, "<s>", "</s>", "<unk>", MISTRAL_TEMPLATE),
     "glm": ArchSpec("glm", _GLM, None, "<|endoftext|>", "<|endoftext|>", GLM4_TEMPLATE,
                     extra_stop_tokens=("<|user|>", "<|observation|>")),
     "glm4": ArchSpec("glm4", _GLM, None, "<|endoftext|>", "<|endoftext|>", GLM4_TEMPLATE,
                      extra_stop_tokens=("<|user|>", "<|observation|>")),
+    # ChatGLM-6B: <sop> starts and <eop> ends an answer; ChatGLM2/3: </s> ends, role tokens stop chat().
+    "chatglm": ArchSpec("glm", _CHATGLM, "<sop>", "<eop>", "<pad>", None),
+    "chatglm2": ArchSpec("glm", _CHATGLM2, None, "</s>", "<unk>", None,
+                         extra_stop_tokens=("<|user|>", "<|observation|>")),
+    # Baichuan / Baichuan2: LLaMA tokens plus reserved role tokens (Baichuan2's 195/196 are 106/107).
+    "baichuan": ArchSpec("llama", _BAICHUAN, "<s>", "</s>", "<unk>", None),
+    "internlm": ArchSpec("llama", _INTERNLM, "<s>", "</s>", "<unk>", None, extra_stop_tokens=("<eoa>",)),
+    "internlm2": ArchSpec("llama", _INTERNLM2, "<s>", "</s>", "<unk>", INTERNLM2_TEMPLATE,
+                          extra_stop_tokens=("<|im_end|>",)),
 }
 
 
@@ -145,12 +172,9 @@ def build_tokenizer(
                                    if t not in {spec.bos_token, spec.eos_token, spec.pad_token}],
         model_max_length=2048,
     )
-    template = spec.chat_template
-    if spec.default_system:
-        template = "{% set default_system = " + json.dumps(spec.default_system) + " %}" + template
-    else:
-        template = "{% set default_system = '' %}" + template
-    wrapped.chat_template = template
+    if spec.chat_template is not None:
+        default_system = json.dumps(spec.default_system) if spec.default_system else "''"
+        wrapped.chat_template = "{% set default_system = " + default_system + " %}" + spec.chat_template
     return wrapped
 
 
@@ -161,6 +185,7 @@ def build_model(
     hidden_size: int = 64,
     num_layers: int = 2,
     seed: int = 0,
+    max_positions: int = 2048,
 ):
     """A randomly initialised causal LM of the real architecture, sized for a CPU test."""
     spec = ARCHS[arch]
@@ -174,7 +199,7 @@ def build_model(
         num_attention_heads=num_heads,
         num_key_value_heads=2,
         head_dim=hidden_size // num_heads,
-        max_position_embeddings=2048,
+        max_position_embeddings=max_positions,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -191,17 +216,49 @@ def build_model(
 
 
 def save_tiny_model(arch: str, out: str | Path, hidden_size: int = 64, num_layers: int = 2,
-                    seed: int = 0, vocab_size: int = 2000) -> Path:
+                    seed: int = 0, vocab_size: int = 2000, max_positions: int = 2048) -> Path:
     """Build and save a tiny model + tokenizer that `from_pretrained(out)` loads offline."""
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of: {', '.join(ARCHS)}")
     out = Path(out)
     tokenizer = build_tokenizer(arch, vocab_size=vocab_size)
-    model = build_model(arch, tokenizer, hidden_size=hidden_size, num_layers=num_layers, seed=seed)
+    model = build_model(arch, tokenizer, hidden_size=hidden_size, num_layers=num_layers, seed=seed,
+                        max_positions=max_positions)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+# Eight short q/a pairs, Chinese and English: a tiny model memorises them in ~150 LoRA steps, so a
+# recipe that trains correctly (template, masking, stop token) answers every one exactly.
+MEMORISE_PAIRS = (
+    ("你好，你是谁？", "我是小助手。"),
+    ("What is 3 + 4?", "3 + 4 = 7"),
+    ("中国的首都是哪里？", "北京。"),
+    ("Say hello.", "Hello!"),
+    ("计算 12 - 5 等于多少？", "12 - 5 = 7"),
+    ("What color is the sky?", "Blue."),
+    ("一年有几个月？", "十二个月。"),
+    ("Name a fruit.", "Apple."),
+)
+
+
+def save_tokenized_pairs(model_dir: str | Path, template: str, out_dir: str | Path,
+                         pairs=MEMORISE_PAIRS, max_seq_length: int = 128) -> Path:
+    """Tokenize q/a pairs for `model_dir` with `template` into `out_dir`, as tokenize_dataset_rows.py does."""
+    from .data import TokenizeConfig, save_tokenized, tokenize_file
+    from .modeling import load_tokenizer
+
+    out_dir = Path(out_dir)
+    source = out_dir.parent / f"{out_dir.name}.jsonl"
+    source.parent.mkdir(parents=True, exist_ok=True)
+    source.write_text("".join(json.dumps({"q": q, "a": a}, ensure_ascii=False) + "\n" for q, a in pairs),
+                      encoding="utf-8")
+    config = TokenizeConfig(tokenizer_path=str(model_dir), template=template, max_seq_length=max_seq_length,
+                            skip_overlength=False, last_turn_only=False)
+    dataset, metadata = tokenize_file(source, load_tokenizer(str(model_dir)), config)
+    return save_tokenized(dataset, metadata, out_dir)
 
 
 def main() -> None:

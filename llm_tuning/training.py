@@ -10,7 +10,6 @@ from pathlib import Path
 from transformers import HfArgumentParser, TrainerCallback, TrainingArguments
 
 from .cli import UserError
-from .modeling import resolve_lora_targets
 
 RUN_CONFIG_FILE = "llm_tuning.json"
 TRAINER_LOG_FILE = "trainer_log.jsonl"
@@ -25,6 +24,10 @@ class ModelArguments:
     trust_remote_code: bool = field(default=False, metadata={"help": "Run the model's own code (ChatGLM, Baichuan, Qwen v1)."})
     dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16 or float16 for the base weights."})
     quantization_bit: int | None = field(default=None, metadata={"help": "4 or 8: QLoRA over a bitsandbytes-quantized base."})
+    rope_scaling: str | None = field(
+        default=None, metadata={"help": "linear, dynamic or yarn: stretch RoPE to contexts longer than the model's."}
+    )
+    rope_factor: float = field(default=2.0, metadata={"help": "Context extension factor for --rope_scaling."})
 
 
 @dataclass
@@ -47,9 +50,15 @@ class DataArguments:
     )
 
 
+FINETUNING_TYPES = ("lora", "qlora", "adalora", "prompt_tuning", "prefix_tuning", "p_tuning", "freeze", "full")
+
+
 @dataclass
 class FinetuneArguments:
-    lora_rank: int = field(default=8, metadata={"help": "LoRA rank r."})
+    finetuning_type: str = field(
+        default="lora", metadata={"help": "What to train: " + ", ".join(FINETUNING_TYPES) + "."}
+    )
+    lora_rank: int = field(default=8, metadata={"help": "LoRA rank r (AdaLoRA: the rank it starts from)."})
     lora_alpha: float = field(default=32.0, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
     lora_dropout: float = field(default=0.1)
     lora_target: str | None = field(
@@ -57,6 +66,16 @@ class FinetuneArguments:
     )
     use_rslora: bool = field(default=False, metadata={"help": "Rank-stabilised scaling alpha / sqrt(r)."})
     use_dora: bool = field(default=False, metadata={"help": "Weight-decomposed LoRA (DoRA)."})
+    adalora_target_rank: int = field(default=4, metadata={"help": "AdaLoRA: average rank left after pruning."})
+    num_virtual_tokens: int = field(default=16, metadata={"help": "prompt/prefix/p-tuning: learned virtual tokens."})
+    prompt_tuning_init_text: str | None = field(
+        default=None, metadata={"help": "prompt_tuning: start the soft prompt from this text's embeddings."}
+    )
+    prefix_projection: bool = field(default=False, metadata={"help": "prefix_tuning: reparametrise with an MLP."})
+    freeze_trainable_layers: int = field(default=2, metadata={"help": "freeze: train only the last N decoder layers."})
+    freeze_extra_modules: str | None = field(
+        default=None, metadata={"help": "freeze: also train these modules, e.g. embed_tokens,lm_head."}
+    )
 
 
 def parse_args(*dataclass_types, argv: list[str] | None = None):
@@ -98,26 +117,6 @@ def resolve_dataset_path(name_or_path: str) -> Path:
     if path.exists():
         return path
     return Path("data/tokenized_data") / name_or_path
-
-
-def attach_lora(model, args: FinetuneArguments, default_targets: str, gradient_checkpointing: bool = False):
-    """Wrap the model with a LoRA adapter on checked target modules (quantized bases prepared first)."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
-    elif gradient_checkpointing:
-        model.enable_input_require_grads()  # frozen embeddings would otherwise cut the graph
-    config = LoraConfig(
-        task_type="CAUSAL_LM",
-        r=args.lora_rank,
-        lora_alpha=args.lora_alpha,
-        lora_dropout=args.lora_dropout,
-        target_modules=resolve_lora_targets(model, args.lora_target or default_targets),
-        use_rslora=args.use_rslora,
-        use_dora=args.use_dora,
-    )
-    return get_peft_model(model, config)
 
 
 class TrainerLogCallback(TrainerCallback):
