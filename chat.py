@@ -17,7 +17,7 @@ llm_tuning.json); the prompt is built by the same function that built the traini
 import argparse
 
 from llm_tuning.cli import UserError, exits_on_user_error, parse_bool
-from llm_tuning.generation import GenerationSettings, generate_reply, stream_reply
+from llm_tuning.generation import GenerationSettings, context_length, fit_history, generate_reply, stream_reply
 from llm_tuning.modeling import adapter_base_model, load_adapters, load_model, load_tokenizer, read_model_type
 from llm_tuning.templates import get_template, guess_template
 from llm_tuning.training import read_run_config
@@ -26,25 +26,32 @@ EXIT_COMMANDS = {"exit", "quit", "stop"}
 CLEAR_COMMANDS = {"clear", "reset"}
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that pick the model to talk to; web_demo.py, api_server.py and eval.py share them."""
     parser.add_argument("--base", default=None, help="base or merged model (default: the adapter's base)")
     parser.add_argument("--adapter", action="append", default=[], help="LoRA adapter directory; repeat for several")
     parser.add_argument("--adapter_weights", default=None, help="comma-separated weights to mix several adapters")
     parser.add_argument("--template", default=None, help="chat template (default: the adapter's, else from the model type)")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--trust_remote_code", type=parse_bool, default=False)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(parser)
     parser.add_argument("--system", default=None, help="system prompt (default: the template's)")
     parser.add_argument("--query", action="append", default=[], help="ask this and exit; repeat for several")
     parser.add_argument("--max_new_tokens", type=int, default=512)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 for greedy decoding")
     parser.add_argument("--top_p", type=float, default=1.0)
     parser.add_argument("--repetition_penalty", type=float, default=1.0)
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--trust_remote_code", type=parse_bool, default=False)
+    parser.add_argument("--max_context_tokens", type=int, default=None,
+                        help="prompt + reply budget; older turns are forgotten past it (default: the model's context)")
     return parser.parse_args(argv)
 
 
-def load_chat_model(args: argparse.Namespace):
-    """(model, tokenizer, template) for the given base/adapters, as chat.py and others use them."""
+def load_chat_tokenizer(args: argparse.Namespace):
+    """(base model path, tokenizer, template) for the given base/adapters, without the weights."""
     base = args.base or (adapter_base_model(args.adapter[0]) if args.adapter else None)
     if base is None:
         raise UserError("pass --base (a model) or --adapter (a trained adapter)")
@@ -53,15 +60,23 @@ def load_chat_model(args: argparse.Namespace):
     tokenizer = load_tokenizer(args.adapter[0] if args.adapter else base, args.trust_remote_code)
     template_name = args.template or run_config.get("template") or guess_template(
         read_model_type(base, args.trust_remote_code), base)
+    return base, tokenizer, get_template(template_name)
+
+
+def load_chat_model(args: argparse.Namespace):
+    """(model, tokenizer, template) for the given base/adapters, as chat.py and others use them."""
+    base, tokenizer, template = load_chat_tokenizer(args)
     weights = [float(w) for w in args.adapter_weights.split(",")] if args.adapter_weights else None
     model = load_model(base, args.dtype, args.trust_remote_code)
     model = load_adapters(model, args.adapter, weights)
     model.eval()
-    return model, tokenizer, get_template(template_name)
+    return model, tokenizer, template
 
 
-def interactive(model, tokenizer, template, system, settings) -> None:
+def interactive(model, tokenizer, template, system, settings, max_context_tokens: int) -> None:
+    """The terminal chat loop: streams each reply; forgets the oldest turns when the context is full."""
     history: list[tuple[str, str]] = []
+    max_prompt_tokens = max_context_tokens - settings.max_new_tokens
     print("Type a message; 'clear' forgets the conversation, 'exit' quits.")
     while True:
         try:
@@ -77,6 +92,14 @@ def interactive(model, tokenizer, template, system, settings) -> None:
             continue
         if not query:
             continue
+        try:
+            kept = fit_history(tokenizer, template, query, history, system, max_prompt_tokens)
+        except UserError as err:
+            print(f"(not sent: {err})")
+            continue
+        if len(kept) < len(history):
+            print(f"(forgot the {len(history) - len(kept)} oldest turn(s) to fit the context)")
+        history = kept
         print("Assistant: ", end="", flush=True)
         reply = ""
         for piece in stream_reply(model, tokenizer, template, query, history, system, settings):
@@ -95,7 +118,11 @@ def main(args: argparse.Namespace) -> None:
             print(f"User: {query}")
             print(f"Assistant: {generate_reply(model, tokenizer, template, query, system=args.system, settings=settings)}")
         return
-    interactive(model, tokenizer, template, args.system, settings)
+    max_context_tokens = args.max_context_tokens or context_length(model)
+    if settings.max_new_tokens >= max_context_tokens:
+        raise UserError(f"--max_new_tokens {settings.max_new_tokens} leaves no room for the prompt in a "
+                        f"context of {max_context_tokens} tokens; lower it")
+    interactive(model, tokenizer, template, args.system, settings, max_context_tokens)
 
 
 if __name__ == "__main__":

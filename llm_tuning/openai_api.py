@@ -1,0 +1,249 @@
+"""The OpenAI chat-completions API over an engine from `serving.py` (FastAPI).
+
+    GET  /v1/models              the one model served
+    POST /v1/chat/completions    messages, stream (SSE), n, temperature, top_p, max_tokens, stop,
+                                 stop_token_ids, frequency_penalty, presence_penalty, seed, usage
+    GET  /health                 200 when the server is up (no key needed)
+
+Errors have OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`: 400 for a bad
+request, 401 for a missing or wrong `Authorization: Bearer <key>`, 404 for an unknown model.
+The prompt is built by the family template (`templates.encode_prompt`), exactly as in training.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .cli import UserError
+from .generation import GenerationSettings, split_messages
+from .templates import Template, encode_prompt, stop_token_ids
+
+
+# --- Request schema (unknown fields are ignored, as OpenAI clients send extras) -----------------
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = Field(default=1, ge=1, le=16)
+    temperature: float = Field(default=1.0, ge=0, le=2)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    top_k: int = Field(default=0, ge=0)  # extension (as in vLLM)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] = Field(default_factory=list)  # extension (as in vLLM)
+    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
+    presence_penalty: float = Field(default=0.0, ge=-2, le=2)
+    repetition_penalty: float = Field(default=1.0, gt=0)  # extension (as in vLLM)
+    seed: int | None = None
+
+
+# --- Errors in OpenAI's shape ---------------------------------------------------------------------
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(status_code=self.status, content={"error": {
+            "message": self.message, "type": self.type, "param": self.param, "code": self.code}})
+
+
+def _validation_error(exc: RequestValidationError) -> APIError:
+    first = exc.errors()[0]
+    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    param = ".".join(location) or None
+    message = first.get("msg", "invalid request")
+    return APIError(400, f"{param}: {message}" if param else message, param=param)
+
+
+# --- The app ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ServedModel:
+    """What the API needs besides the engine: the name clients ask for, the tokenizer and template."""
+
+    name: str
+    tokenizer: object
+    template: Template
+    context_length: int
+    default_max_tokens: int = 512
+    system: str | None = None  # default system prompt (None: the template's)
+
+
+def create_app(engine, served: ServedModel, api_key: str | None = None) -> FastAPI:
+    """A FastAPI app serving `served` through `engine`; with `api_key`, every /v1 call needs it."""
+    app = FastAPI(title="LLM-Tuning OpenAI-compatible API")
+    created = int(time.time())
+
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError):
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(_: Request, exc: RequestValidationError):
+        return _validation_error(exc).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException):
+        return APIError(exc.status_code, str(exc.detail), code=None).response()
+
+    @app.middleware("http")
+    async def _check_key(request: Request, call_next):
+        if api_key and request.url.path.startswith("/v1"):
+            header = request.headers.get("authorization", "")
+            given = header[7:] if header.lower().startswith("bearer ") else ""
+            if not hmac.compare_digest(given.encode(), api_key.encode()):
+                return APIError(401, "Incorrect API key provided. Pass it as 'Authorization: Bearer <key>'.",
+                                code="invalid_api_key").response()
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def list_models():
+        return {"object": "list", "data": [
+            {"id": served.name, "object": "model", "created": created, "owned_by": "llm-tuning"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest):
+        if body.model != served.name:
+            raise APIError(404, f"The model '{body.model}' does not exist; this server serves '{served.name}'.",
+                           param="model", code="model_not_found")
+        prompt_ids, settings = _prepare(body, served)
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        deltas = engine.generate(prompt_ids, settings, body.n)
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(
+                _sse(deltas, completion_id, served.name, body.n, len(prompt_ids), include_usage),
+                media_type="text/event-stream")
+        return await _complete(deltas, completion_id, served.name, body.n, len(prompt_ids))
+
+    return app
+
+
+def _prepare(body: ChatCompletionRequest, served: ServedModel) -> tuple[list[int], GenerationSettings]:
+    """Prompt ids and sampling settings of a request, or an APIError saying what is wrong with it."""
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
+    try:
+        system, history, query = split_messages(messages)
+    except UserError as err:
+        raise APIError(400, str(err), param="messages") from None
+    prompt_ids = encode_prompt(served.tokenizer, served.template, query, history,
+                               system if system is not None else served.system)
+    room = served.context_length - len(prompt_ids)
+    requested = body.max_completion_tokens or body.max_tokens
+    if room < 1 or (requested is not None and requested > room):
+        raise APIError(400, f"This model's maximum context length is {served.context_length} tokens. However, "
+                            f"you requested {len(prompt_ids) + (requested or 1)} tokens ({len(prompt_ids)} in the "
+                            f"messages, {requested or 1} in the completion). Please reduce the length of the "
+                            "messages or completion.", param="messages", code="context_length_exceeded")
+    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    if len(stop) > 4:
+        raise APIError(400, "stop: at most 4 stop sequences", param="stop")
+    vocab = len(served.tokenizer)
+    if any(not 0 <= i < vocab for i in body.stop_token_ids):
+        raise APIError(400, f"stop_token_ids: every id must be in [0, {vocab})", param="stop_token_ids")
+    settings = GenerationSettings(
+        max_new_tokens=requested or min(room, served.default_max_tokens),
+        temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
+        repetition_penalty=body.repetition_penalty, frequency_penalty=body.frequency_penalty,
+        presence_penalty=body.presence_penalty, stop=tuple(stop),
+        stop_token_ids=tuple(stop_token_ids(served.tokenizer, served.template)) + tuple(body.stop_token_ids),
+        seed=body.seed,
+    )
+    return prompt_ids, settings
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+async def _complete(deltas: AsyncIterator, completion_id: str, model: str, n: int, prompt_tokens: int) -> dict:
+    texts, reasons, tokens = [""] * n, [None] * n, [0] * n
+    async for delta in deltas:
+        texts[delta.row] += delta.text
+        tokens[delta.row] = delta.completion_tokens
+        reasons[delta.row] = delta.finish_reason or reasons[delta.row]
+    return {
+        "id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": i, "message": {"role": "assistant", "content": texts[i]},
+                     "logprobs": None, "finish_reason": reasons[i]} for i in range(n)],
+        "usage": _usage(prompt_tokens, sum(tokens)),
+    }
+
+
+async def _sse(deltas: AsyncIterator, completion_id: str, model: str, n: int, prompt_tokens: int,
+               include_usage: bool) -> AsyncIterator[str]:
+    """Server-sent events as OpenAI sends them: a role chunk per choice, content chunks, the finish
+    chunks, an optional usage chunk, then `data: [DONE]`."""
+    created = int(time.time())
+
+    def event(choices: list[dict], usage: dict | None = None) -> str:
+        chunk = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                 "choices": choices}
+        if include_usage:
+            chunk["usage"] = usage
+        return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+
+    for i in range(n):
+        yield event([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                      "finish_reason": None}])
+    tokens = [0] * n
+    try:
+        async for delta in deltas:
+            tokens[delta.row] = delta.completion_tokens
+            if delta.text:
+                yield event([{"index": delta.row, "delta": {"content": delta.text}, "logprobs": None,
+                              "finish_reason": None}])
+            if delta.finish_reason:
+                yield event([{"index": delta.row, "delta": {}, "logprobs": None,
+                              "finish_reason": delta.finish_reason}])
+    except Exception as err:  # headers are sent: report in the stream, as OpenAI does
+        yield f"data: {json.dumps({'error': {'message': str(err), 'type': 'server_error'}})}\n\n"
+        return
+    if include_usage:
+        yield event([], _usage(prompt_tokens, sum(tokens)))
+    yield "data: [DONE]\n\n"
