@@ -1,0 +1,149 @@
+"""Continued pretraining: causal-LM training on packed blocks streamed from a sharded, mixed corpus.
+
+Adapts an English-first base to Chinese or to a domain (e.g. Qwen/Qwen2.5-7B, meta-llama/Llama-2-7b-hf,
+or the output of extend_embeddings.py after a vocabulary merge). Tested with transformers 5.24,
+peft 0.21, datasets 5.2, torch 2.13.
+
+    # 1. shards: python pretrain/compress_data.py --inputs a.jsonl b.jsonl --output_dir data/pretrain_corpus --heldout_lines 1000
+    # 2. LoRA (plus embed_tokens/lm_head automatically after extend_embeddings.py), one GPU
+    python pretrain/continue_pretraining.py --model_name_or_path Qwen/Qwen2.5-7B \
+        --corpus_dir data/pretrain_corpus --mixture_weights zh_medical=3 --block_size 1024 \
+        --output_dir weights/pt_qwen --max_steps 2000 --per_device_train_batch_size 8 \
+        --gradient_accumulation_steps 4 --learning_rate 2e-4 --lora_rank 64 --bf16 true \
+        --logging_steps 10 --eval_strategy steps --eval_steps 200 --save_steps 200 \
+        --save_total_limit 3 --report_to tensorboard
+
+    # Full continued pretraining (every weight; needs ~16 bytes a parameter with Adam, so a 7B
+    # model wants DeepSpeed ZeRO-3 over several GPUs)
+    torchrun --nproc_per_node 8 pretrain/continue_pretraining.py ... --finetuning_type full --learning_rate 2e-5
+
+    # Continue a stopped run: the stream picks up after the last block the checkpoint trained on
+    python pretrain/continue_pretraining.py ... --resume_from_checkpoint true
+
+Offline smoke test on a tiny random model (what tests/test_pretrain_training.py runs):
+    python -m llm_tuning.testing --arch qwen2 --out models/tiny-qwen2
+    python pretrain/compress_data.py --inputs pretrain/data/*.jsonl --output_dir data/pretrain_corpus \
+        --lines_per_shard 200 --heldout_lines 40
+    python pretrain/continue_pretraining.py --model_name_or_path models/tiny-qwen2 \
+        --corpus_dir data/pretrain_corpus --output_dir weights/pt_tiny --max_steps 60 --block_size 64 \
+        --per_device_train_batch_size 8 --learning_rate 5e-3 --lora_rank 16 --lora_dropout 0 \
+        --eval_strategy steps --eval_steps 20 --logging_steps 10 --save_steps 30
+
+The data: every source is an endless stream over its shards (datasets streaming, zstd jsonl);
+sources are interleaved with the mixture probabilities (data_mixture.py prints them), seeded by
+--seed; texts are tokenized, joined with EOS and cut into --block_size blocks (labels = ids, every
+token is learned). The stream never ends, so --max_steps is required (epochs have no meaning).
+Eval loss and perplexity (exp of the loss) are measured on the held-out shards.
+
+Writes to --output_dir: the adapter (LoRA) or the model (full), the tokenizer, trainer_log.jsonl,
+loss.png, tensorboard logs under runs/ (--report_to tensorboard), and checkpoint-N/ folders
+(--save_steps, --save_total_limit) each with stream_state.json, which a resume reads.
+"""
+
+from transformers import TrainingArguments, set_seed
+
+from llm_tuning.cli import UserError, exits_on_user_error
+from llm_tuning.methods import check_method, peft_config, prepare_trainable
+from llm_tuning.mixture import format_table, mixture_probabilities, mixture_table, parse_weights
+from llm_tuning.modeling import load_model, load_tokenizer
+from llm_tuning.pretraining import (
+    PretrainArguments, PretrainTrainer, ResumableStream, StreamStateCallback, block_stream, collate_blocks,
+    heldout_blocks, read_stream_state,
+)
+from llm_tuning.shards import load_manifest
+from llm_tuning.training import (
+    FinetuneArguments, LossPlotCallback, ModelArguments, TrainerLogCallback, parse_args, require_output_dir,
+    resume_argument,
+)
+from llm_tuning.vocab import embedding_module_names, read_vocab_extension
+
+# Pretraining adapts every layer: LoRA on all linear layers, not only attention.
+LORA_TARGETS = "all-linear"
+
+
+def make_trainable(model, finetune_args: FinetuneArguments, modules_to_save: list[str], gradient_checkpointing: bool):
+    """The shared methods, plus LoRA's `modules_to_save` (whole modules trained and saved beside
+    the adapter) for the embeddings of new tokens, which a low-rank update cannot learn."""
+    if not modules_to_save or finetune_args.finetuning_type != "lora":
+        return prepare_trainable(model, finetune_args, LORA_TARGETS, gradient_checkpointing=gradient_checkpointing)
+    from peft import get_peft_model
+
+    config = peft_config(model, finetune_args, LORA_TARGETS)
+    config.modules_to_save = modules_to_save
+    if gradient_checkpointing:
+        model.enable_input_require_grads()
+    return get_peft_model(model, config)
+
+
+@exits_on_user_error
+def main(model_args: ModelArguments, pretrain_args: PretrainArguments, finetune_args: FinetuneArguments,
+         training_args: TrainingArguments) -> None:
+    require_output_dir(training_args)
+    if training_args.max_steps <= 0:
+        raise UserError("pass --max_steps: the corpus is streamed without end, so training stops after that many steps")
+    if not model_args.model_name_or_path:
+        raise UserError("pass --model_name_or_path, the base model to continue pretraining")
+    quantization_bit = check_method(finetune_args, model_args.quantization_bit)
+    set_seed(training_args.seed)
+    base_model = model_args.model_name_or_path
+
+    # Mixture: sampling probability per source, from the manifest's line counts.
+    sizes = {name: stats["lines"] for name, stats in load_manifest(pretrain_args.corpus_dir)["sources"].items()}
+    weights = parse_weights(pretrain_args.mixture_weights, list(sizes))
+    probabilities = mixture_probabilities(sizes, weights, pretrain_args.alpha)
+    if training_args.process_index == 0:
+        print(format_table(mixture_table(sizes, weights, probabilities)))
+
+    # Data: the endless block stream, positioned after the checkpoint's last block on resume.
+    tokenizer = load_tokenizer(base_model, model_args.trust_remote_code)
+    stream = ResumableStream(block_stream(pretrain_args.corpus_dir, probabilities, tokenizer,
+                                          pretrain_args.block_size, training_args.seed, pretrain_args.texts_per_batch))
+    checkpoint = resume_argument(training_args)
+    if checkpoint:
+        stream.resume(read_stream_state(checkpoint))
+        training_args.ignore_data_skip = True  # the stream already starts after the seen blocks
+        print(f"resuming from {checkpoint}: the stream continues after block {stream.blocks_seen}")
+    eval_dataset = None
+    if training_args.eval_strategy != "no":
+        eval_dataset = heldout_blocks(pretrain_args.corpus_dir, tokenizer, pretrain_args.block_size,
+                                      pretrain_args.max_eval_blocks)
+
+    # Model: the tokenizer must not hold ids past the embedding matrix (extend it first).
+    model = load_model(base_model, model_args.dtype, model_args.trust_remote_code, quantization_bit)
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        raise UserError(f"{base_model}'s tokenizer has {len(tokenizer)} tokens but the model only {rows} embedding "
+                        "rows; run pretrain/extend_embeddings.py first")
+    modules_to_save = [m.strip() for m in (pretrain_args.modules_to_save or "").split(",") if m.strip()]
+    if pretrain_args.modules_to_save is None and read_vocab_extension(base_model):
+        modules_to_save = embedding_module_names(model)
+        print(f"the vocabulary was extended: training {', '.join(modules_to_save)} in full beside LoRA")
+    model = make_trainable(model, finetune_args, modules_to_save, training_args.gradient_checkpointing)
+    if training_args.process_index == 0 and hasattr(model, "print_trainable_parameters"):
+        model.print_trainable_parameters()
+
+    blocks_per_step = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+                       * training_args.world_size)
+    trainer = PretrainTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=stream,
+        eval_dataset=eval_dataset,
+        data_collator=collate_blocks,
+        processing_class=tokenizer,
+        callbacks=[TrainerLogCallback(), LossPlotCallback(), StreamStateCallback(stream, blocks_per_step)],
+    )
+    trainer.train(resume_from_checkpoint=checkpoint)
+
+    # Save the adapter or model (safetensors) and the tokenizer; report held-out perplexity.
+    trainer.save_model(training_args.output_dir)
+    if eval_dataset is not None:
+        metrics = trainer.evaluate()
+        if trainer.is_world_process_zero():
+            print(f"held-out loss {metrics['eval_loss']:.4f}, perplexity {metrics['eval_perplexity']:.2f}")
+    if trainer.is_world_process_zero():
+        print(f"saved to {training_args.output_dir}")
+
+
+if __name__ == "__main__":
+    main(*parse_args(ModelArguments, PretrainArguments, FinetuneArguments, TrainingArguments))
