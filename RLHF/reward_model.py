@@ -1,0 +1,103 @@
+"""Stage 2 of RLHF: a LoRA reward model that scores (prompt, reply) by the preference in the data.
+
+The SFT model gets a scalar head (sequence classification, num_labels=1) and a LoRA adapter; TRL's
+RewardTrainer minimises -log σ(r_chosen - r_rejected) over the pairs. Pairs are rendered with the
+chat template of the SFT run, token for token as the policy sees them. At the end the script
+reports pairwise accuracy on the held-out pairs (--eval_file) and writes it to eval_metrics.json.
+
+    # offline (what rlhf.sh runs), a tiny SFT model on the style data
+    python RLHF/reward_model.py --model_name_or_path weights/rlhf/sft \
+        --train_file RLHF/data/preference_train.jsonl --eval_file RLHF/data/preference_eval.jsonl \
+        --output_dir weights/rlhf/reward_model --max_steps 100 --learning_rate 3e-3 --bf16 false
+
+    # a real SFT model (e.g. Qwen2.5-7B-Instruct or Baichuan2-7B-Chat after SFT and merge_lora.py)
+    python RLHF/reward_model.py --model_name_or_path weights/my-sft-merged \
+        --train_file my_pairs.jsonl --eval_file my_pairs_eval.jsonl --output_dir weights/my-rm \
+        --per_device_train_batch_size 4 --gradient_accumulation_steps 4 --num_train_epochs 1 \
+        --learning_rate 2e-5 --bf16 true --max_length 1024
+
+Data: prompt/chosen/rejected, prompt/selected/rejected or instruction/input/output with
+output = [chosen, rejected] (optional history and system keys); a bad record stops the run with
+file:line. Every RewardConfig (TrainingArguments) flag works. Tested with trl 1.16, peft 0.21.
+Writes to --output_dir: the adapter with its score head (safetensors), the tokenizer,
+llm_tuning.json (base model, template) and eval_metrics.json. ppo.py loads it with --reward_model.
+"""
+
+import json
+from pathlib import Path
+
+from datasets import Dataset
+from transformers import AutoModelForSequenceClassification, set_seed
+from trl import RewardConfig, RewardTrainer
+
+from llm_tuning.cli import UserError, exits_on_user_error
+from llm_tuning.modeling import first_line, load_tokenizer
+from llm_tuning.ppo import reward_scores
+from llm_tuning.preference import (
+    PreferenceArguments, encode_pairs, load_preference_pairs, lora_config, pairwise_accuracy, parse_trainer_args,
+    resolve_template,
+)
+from llm_tuning.training import TrainerLogCallback, require_output_dir, save_run_config
+
+EVAL_METRICS_FILE = "eval_metrics.json"
+
+
+def held_out_accuracy(model, tokenizer, encoded) -> dict:
+    """Pairwise accuracy and mean margin of the reward model on encoded held-out pairs."""
+    model.eval()
+    chosen = reward_scores(model, [e.prompt_ids + e.chosen_ids for e in encoded], tokenizer.pad_token_id)
+    rejected = reward_scores(model, [e.prompt_ids + e.rejected_ids for e in encoded], tokenizer.pad_token_id)
+    return {"pairs": len(encoded), "accuracy": pairwise_accuracy(chosen.tolist(), rejected.tolist()),
+            "mean_margin": (chosen - rejected).mean().item()}
+
+
+@exits_on_user_error
+def main(args: PreferenceArguments, training_args: RewardConfig) -> dict | None:
+    require_output_dir(training_args)
+    set_seed(training_args.seed)
+
+    # Tokenizer and template: those of the SFT run, so the reward model reads what the policy writes.
+    tokenizer = load_tokenizer(args.model_name_or_path, training_args.trust_remote_code, padding_side="right")
+    template = resolve_template(args.model_name_or_path, args.template, training_args.trust_remote_code)
+    train = encode_pairs(tokenizer, template, load_preference_pairs(args.train_file), training_args.max_length)
+    held_out = (encode_pairs(tokenizer, template, load_preference_pairs(args.eval_file), training_args.max_length)
+                if args.eval_file else None)
+    dataset = Dataset.from_dict({"chosen_ids": [e.prompt_ids + e.chosen_ids for e in train],
+                                 "rejected_ids": [e.prompt_ids + e.rejected_ids for e in train]})
+    print(f"{len(train)} training pairs; first chosen: {tokenizer.decode(dataset[0]['chosen_ids'])!r}")
+
+    # Model: the SFT model with a fresh scalar head; LoRA on its linear layers, the head trained fully.
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            args.model_name_or_path, num_labels=1, trust_remote_code=training_args.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load {args.model_name_or_path} as a reward model: {first_line(err)}") from None
+    model.config.pad_token_id = tokenizer.pad_token_id  # the head reads the last non-pad token
+
+    training_args.max_length = None  # already filtered by encode_pairs
+    trainer = RewardTrainer(model=model, args=training_args, train_dataset=dataset, processing_class=tokenizer,
+                            peft_config=lora_config(model, args, "SEQ_CLS"), callbacks=[TrainerLogCallback()])
+    trainer.train()
+    trainer.save_model(training_args.output_dir)
+    if not trainer.is_world_process_zero():
+        return None
+    tokenizer.save_pretrained(training_args.output_dir)
+    save_run_config(training_args.output_dir, base_model=args.model_name_or_path, template=template.name,
+                    train_file=args.train_file, stage="reward_model")
+
+    if held_out is None:
+        return None
+    metrics = held_out_accuracy(trainer.model, tokenizer, held_out)
+    (Path(training_args.output_dir) / EVAL_METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    print(f"held-out pairwise accuracy: {metrics['accuracy']:.3f} on {metrics['pairs']} pairs "
+          f"(mean margin {metrics['mean_margin']:.2f})")
+    return metrics
+
+
+@exits_on_user_error
+def cli(argv: list[str] | None = None) -> dict | None:
+    return main(*parse_trainer_args(PreferenceArguments, RewardConfig, argv=argv))
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,227 @@
+"""A compact PPO core for RLHF with LoRA: one base model is the policy (adapter on), the reference
+(adapter off) and, with a small value head on its last hidden state, the critic.
+
+The pieces, in the order a PPO iteration uses them:
+`generate_replies` (sampling, EOS suppressed at the first position) → `pack` (prompts padded on the
+left, replies on the right) → `PolicyWithValue.forward` / `.reference_logits` → `token_logprobs`
+→ `kl_shaped_rewards` (−β·KL per token, the reward-model score on the last token) → `gae`
+→ `whiten` → `ppo_losses` (clipped policy and value losses). `RLHF/ppo.py` is the loop around them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .cli import UserError
+
+
+@dataclass
+class Packed:
+    """Prompts + replies as one batch. The prompt block has width P (left padded), the reply block
+    width R (right padded); position P-1+t predicts reply token t."""
+
+    input_ids: torch.Tensor       # (B, P + R)
+    attention_mask: torch.Tensor  # (B, P + R)
+    position_ids: torch.Tensor    # (B, P + R): positions restart after the left padding
+    reply_ids: torch.Tensor       # (B, R)
+    reply_mask: torch.Tensor      # (B, R), 1.0 on reply tokens (the stop token included)
+    prompt_width: int
+
+    def rows(self, index: torch.Tensor) -> Packed:
+        return Packed(self.input_ids[index], self.attention_mask[index], self.position_ids[index],
+                      self.reply_ids[index], self.reply_mask[index], self.prompt_width)
+
+
+def pack(prompts: Sequence[Sequence[int]], replies: Sequence[Sequence[int]], pad_id: int) -> Packed:
+    width_p = max(len(p) for p in prompts)
+    width_r = max(1, max(len(r) for r in replies))
+    ids, mask, reply_mask = [], [], []
+    for prompt, reply in zip(prompts, replies):
+        left, right = width_p - len(prompt), width_r - len(reply)
+        ids.append([pad_id] * left + list(prompt) + list(reply) + [pad_id] * right)
+        mask.append([0] * left + [1] * (len(prompt) + len(reply)) + [0] * right)
+        reply_mask.append([1.0] * len(reply) + [0.0] * right)
+    input_ids = torch.tensor(ids)
+    attention_mask = torch.tensor(mask)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    return Packed(input_ids, attention_mask, position_ids, input_ids[:, width_p:],
+                  torch.tensor(reply_mask), width_p)
+
+
+def cut_at_stop(tokens: Sequence[int], stop_ids: Sequence[int]) -> list[int]:
+    """The reply up to and including its first stop token (generate pads finished rows after it)."""
+    reply = []
+    for token in tokens:
+        reply.append(int(token))
+        if token in stop_ids:
+            break
+    return reply
+
+
+@torch.no_grad()
+def generate_replies(model, prompts: Sequence[Sequence[int]], stop_ids: Sequence[int], pad_id: int,
+                     max_new_tokens: int, temperature: float = 0.0) -> list[list[int]]:
+    """Replies (ids, each ending with its stop token unless cut by max_new_tokens).
+
+    `min_new_tokens=1` masks every stop token at the first generated position: without it PPO
+    finds that an empty reply is the cheapest way to avoid a low score and collapses to it (the
+    lesson of the original Baichuan tutorial). temperature 0 means greedy."""
+    width = max(len(p) for p in prompts)
+    input_ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompts])
+    attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 \
+        else {"do_sample": False, "temperature": None, "top_k": None, "top_p": None}
+    output = model.generate(input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
+                            max_new_tokens=max_new_tokens, min_new_tokens=1, eos_token_id=list(stop_ids),
+                            pad_token_id=pad_id, **sampling)
+    return [cut_at_stop(row[width:].tolist(), stop_ids) for row in output]
+
+
+class PolicyWithValue(torch.nn.Module):
+    """A peft LoRA model plus a scalar value head on the last hidden state of the adapted model."""
+
+    def __init__(self, peft_model):
+        super().__init__()
+        self.model = peft_model
+        hidden_size = peft_model.get_base_model().config.get_text_config().hidden_size
+        self.value_head = torch.nn.Linear(hidden_size, 1)
+        # A zero value head starts as "every state is worth 0" instead of random noise in the advantages.
+        torch.nn.init.zeros_(self.value_head.weight)
+        torch.nn.init.zeros_(self.value_head.bias)
+        self.value_head.to(peft_model.device)
+
+    def forward(self, batch: Packed) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and values at the positions that predict each reply token: (B, R, V), (B, R)."""
+        out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                         position_ids=batch.position_ids, output_hidden_states=True)
+        span = slice(batch.prompt_width - 1, batch.input_ids.shape[1] - 1)
+        hidden = out.hidden_states[-1][:, span]
+        values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
+        return out.logits[:, span].float(), values.float()
+
+    @torch.no_grad()
+    def reference_logits(self, batch: Packed) -> torch.Tensor:
+        """The same base with the adapter switched off: the SFT policy PPO must stay close to."""
+        with self.model.disable_adapter():
+            out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                             position_ids=batch.position_ids)
+        return out.logits[:, batch.prompt_width - 1:-1].float()
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0):
+    """Log-probability of each token and the entropy of each distribution, at `temperature`
+    (the one the rollouts were sampled at, so the ratio compares the same distributions)."""
+    logp_all = F.log_softmax(logits / max(temperature, 1e-6), dim=-1)
+    logp = logp_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, entropy
+
+
+def full_kl(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
+    """Exact per-position KL(policy ‖ reference) over the whole vocabulary: (B, R)."""
+    logp, ref_logp = F.log_softmax(logits, -1), F.log_softmax(ref_logits, -1)
+    return (logp.exp() * (logp - ref_logp)).sum(-1)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    out = (x - mean) * torch.rsqrt(var + 1e-8)
+    return (out if shift_mean else out + mean) * mask
+
+
+def kl_shaped_rewards(scores: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor,
+                      mask: torch.Tensor, kl_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token rewards −kl_coef·(log π − log π_ref), plus the sequence score on its last token.
+    Returns (rewards, kl) with kl the per-token estimate, both (B, R) and zero past each reply."""
+    kl = (logp - ref_logp) * mask
+    rewards = -kl_coef * kl
+    last = (mask.sum(-1).long() - 1).clamp(min=0)
+    rewards[torch.arange(len(scores)), last] += scores
+    return rewards, kl
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
+    """Generalised advantage estimation over the reply tokens; returns (advantages, returns)."""
+    values = values * mask
+    advantages = torch.zeros_like(rewards)
+    # Past the end of a reply rewards and values are 0, so the running sum is 0 at each last token.
+    running = torch.zeros(rewards.shape[0], device=rewards.device)
+    for t in reversed(range(rewards.shape[1])):
+        next_value = values[:, t + 1] if t + 1 < rewards.shape[1] else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = delta + gamma * lam * running
+        advantages[:, t] = running
+    advantages = advantages * mask
+    return advantages, (advantages + values) * mask
+
+
+@dataclass
+class LossParts:
+    loss: torch.Tensor
+    policy_loss: float
+    value_loss: float
+    clip_fraction: float
+    approx_kl: float
+
+
+def ppo_losses(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
+               values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+               cliprange: float, cliprange_value: float, vf_coef: float) -> LossParts:
+    """The clipped surrogate policy loss plus vf_coef × the clipped value loss."""
+    ratio = torch.exp(logp - old_logp)
+    policy_loss = masked_mean(torch.max(-advantages * ratio,
+                                        -advantages * ratio.clamp(1 - cliprange, 1 + cliprange)), mask)
+    clipped_values = old_values + (values - old_values).clamp(-cliprange_value, cliprange_value)
+    value_loss = 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped_values - returns) ** 2), mask)
+    with torch.no_grad():
+        clip_fraction = masked_mean(((ratio - 1).abs() > cliprange).float(), mask).item()
+        approx_kl = 0.5 * masked_mean((logp - old_logp) ** 2, mask).item()
+    return LossParts(policy_loss + vf_coef * value_loss, policy_loss.item(), value_loss.item(),
+                     clip_fraction, approx_kl)
+
+
+# --- The reward model ----------------------------------------------------------------------------
+
+
+def load_reward_model(path: str, dtype=torch.float32, trust_remote_code: bool = False):
+    """A sequence-classification reward model: a LoRA adapter (merged into its base on load, the
+    way reward_model.py saved it) or a standalone merged model."""
+    from transformers import AutoModelForSequenceClassification
+
+    from .modeling import adapter_base_model, first_line
+
+    is_adapter = (Path(path) / "adapter_config.json").is_file()
+    base = adapter_base_model(path) if is_adapter else path
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            base, num_labels=1, dtype=dtype, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load a reward model from {base}: {first_line(err)}") from None
+    if is_adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, path).merge_and_unload()
+    return model.eval()
+
+
+@torch.no_grad()
+def reward_scores(reward_model, sequences: Sequence[Sequence[int]], pad_id: int, batch_size: int = 32) -> torch.Tensor:
+    """The reward model's scalar score of each (prompt + reply) id sequence."""
+    scores = []
+    for start in range(0, len(sequences), batch_size):
+        chunk = sequences[start:start + batch_size]
+        width = max(len(s) for s in chunk)
+        ids = torch.tensor([list(s) + [pad_id] * (width - len(s)) for s in chunk], device=reward_model.device)
+        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in chunk], device=reward_model.device)
+        scores.append(reward_model(input_ids=ids, attention_mask=mask).logits[:, 0].float().cpu())
+    return torch.cat(scores)
