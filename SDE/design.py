@@ -191,6 +191,10 @@ def _answer_block(output: str, design: Design) -> str:
     return block.split(REASON_MARK, 1)[0]
 
 
+class _JsonPairs(list):
+    """A JSON object's (key, value) pairs in the order written (a JSON array stays a plain list)."""
+
+
 def _pairs(block: str, design: Design) -> list[tuple[str, str]]:
     """(aspect name, label text) pairs written in the block, or ValueError if it is malformed."""
     block = block.strip()
@@ -204,10 +208,10 @@ def _pairs(block: str, design: Design) -> list[tuple[str, str]]:
         return pairs
     if design.format == "json":
         try:  # keep the pairs as written, so a repeated aspect is seen, not silently overwritten
-            values = json.loads(block, object_pairs_hook=lambda pairs: pairs)
+            values = json.loads(block, object_pairs_hook=_JsonPairs)
         except json.JSONDecodeError:
             raise ValueError("not valid JSON") from None
-        if not isinstance(values, list):
+        if not isinstance(values, _JsonPairs):
             raise ValueError("JSON is not an object")
         return [(str(name), str(value)) for name, value in values]
     if design.labels == "numeric":
