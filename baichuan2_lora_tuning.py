@@ -1,0 +1,47 @@
+"""LoRA / QLoRA fine-tuning of Baichuan2 chat models.
+
+Checkpoints: baichuan-inc/Baichuan2-7B-Chat, baichuan-inc/Baichuan2-13B-Chat (remote code, model_type
+"baichuan"; this recipe always passes trust_remote_code; their slow SentencePiece tokenizer is the
+only one they ship). Written for transformers 4.3x.
+
+    python tokenize_dataset_rows.py --model_checkpoint baichuan-inc/Baichuan2-7B-Chat --trust_remote_code true \
+        --template baichuan2 --input_file data/simple_math_4op.jsonl --save_name math_baichuan2
+    python baichuan2_lora_tuning.py --tokenized_dataset math_baichuan2 --output_dir weights/math_baichuan2 \
+        --lora_rank 8 --per_device_train_batch_size 4 --gradient_accumulation_steps 4 \
+        --num_train_epochs 3 --learning_rate 2e-4 --bf16 true
+    python baichuan2_lora_tuning.py ... --quantization_bit 4      # QLoRA, ~7 GB for 7B
+
+Every flag of qwen_lora_tuning.py works here. Prompt: `<reserved_106>{question}<reserved_107>`
+(ids 195 user / 196 assistant) + answer + </s>. Its lm_head is a NormHead (it normalises the
+weight rows), not a Linear: LoRA cannot target it, and a merged model keeps it as it was.
+Verified offline on a tiny native LLaMA with Baichuan2's role tokens (tests/test_recipes.py).
+"""
+
+from transformers import TrainingArguments
+
+from llm_tuning.finetune import Family, finetune
+from llm_tuning.modeling import require_single_tokens
+from llm_tuning.training import DataArguments, FinetuneArguments, ModelArguments, parse_args
+
+# --- The Baichuan2 family -----------------------------------------------------------------------
+
+
+def fix_tokenizer(tokenizer):
+    """Each role marker must be its reserved token (195/196), or the model sees other text."""
+    require_single_tokens(tokenizer, ["<reserved_106>", "<reserved_107>"],
+                          "Baichuan2-Chat marks the user and assistant turns with them")
+    return tokenizer
+
+
+BAICHUAN2 = Family(
+    script="baichuan2_lora_tuning.py",
+    templates=frozenset({"baichuan2"}),
+    # Fused q/k/v (W_pack), attention output and the gated MLP.
+    lora_targets={"baichuan": "W_pack,o_proj,gate_proj,up_proj,down_proj"},
+    trust_remote_code=True,  # model_type "baichuan" exists only in the checkpoint's own code
+    padding_side="right",
+    fix_tokenizer=fix_tokenizer,
+)
+
+if __name__ == "__main__":
+    finetune(BAICHUAN2, *parse_args(ModelArguments, DataArguments, FinetuneArguments, TrainingArguments))

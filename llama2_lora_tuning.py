@@ -1,0 +1,37 @@
+"""LoRA / QLoRA fine-tuning of LLaMA-2 chat models and Chinese-LLaMA-2 / Chinese-Alpaca-2.
+
+Checkpoints (native llama): meta-llama/Llama-2-7b-chat-hf (template llama2), hfl/chinese-alpaca-2-7b
+(template chinese-llama2: the same [INST] format with its own bilingual system prompt), and base
+models such as meta-llama/Llama-2-7b-hf or hfl/chinese-llama-2-7b (template alpaca).
+
+    python tokenize_dataset_rows.py --model_checkpoint hfl/chinese-alpaca-2-7b --template chinese-llama2 \
+        --input_file data/simple_math_4op.jsonl --save_name math_alpaca2
+    python llama2_lora_tuning.py --tokenized_dataset math_alpaca2 --output_dir weights/math_alpaca2 \
+        --lora_rank 8 --per_device_train_batch_size 4 --gradient_accumulation_steps 4 \
+        --num_train_epochs 3 --learning_rate 2e-4 --bf16 true
+    python llama2_lora_tuning.py ... --quantization_bit 4         # QLoRA, ~7 GB for 7B
+    python llama2_lora_tuning.py ... --rope_scaling linear --rope_factor 2   # train at 8k tokens
+
+Every flag of qwen_lora_tuning.py works here. Prompt: `<s>[INST] <<SYS>>\\n…\\n<</SYS>>\\n\\n{q} [/INST]`,
+answer + ` </s>`, and `<s>` again before every later [INST]. LLaMA-2's tokenizer has no pad token:
+padding uses <unk> (never </s>, which would mask the stop token out of the labels).
+Verified offline on a tiny native LLaMA (tests/test_recipes.py).
+"""
+
+from transformers import TrainingArguments
+
+from llm_tuning.finetune import Family, finetune
+from llm_tuning.modeling import LLAMA_PROJECTIONS
+from llm_tuning.training import DataArguments, FinetuneArguments, ModelArguments, parse_args
+
+# --- The LLaMA-2 family -------------------------------------------------------------------------
+LLAMA2 = Family(
+    script="llama2_lora_tuning.py",
+    templates=frozenset({"llama2", "chinese-llama2", "alpaca"}),
+    lora_targets={"llama": LLAMA_PROJECTIONS},
+    trust_remote_code=False,
+    padding_side="right",
+)
+
+if __name__ == "__main__":
+    finetune(LLAMA2, *parse_args(ModelArguments, DataArguments, FinetuneArguments, TrainingArguments))
