@@ -159,7 +159,10 @@ def prepare_batching(dataset, tokenizer, data_args, training_args, max_seq_lengt
         raise UserError("--packing and --group_by_length exclude each other: packed rows are all about "
                         "--packing_max_length long; pick one")
     if data_args.packing:
-        dataset = pack_dataset(dataset, data_args.packing_max_length or max_seq_length)
+        samples, max_length = len(dataset), data_args.packing_max_length or max_seq_length
+        dataset = pack_dataset(dataset, max_length)
+        if training_args.process_index == 0:
+            print(f"packing: {samples} samples into {len(dataset)} rows of at most {max_length} tokens")
     elif grouping:
         dataset = add_length_column(dataset)
         # The Trainer drops columns the model does not take before building the sampler, and the
