@@ -107,8 +107,16 @@ def split_prompts(rng: random.Random) -> tuple[list, list]:
 
 
 def preference_rows(items: list) -> list[dict]:
-    return [{"prompt": question, "chosen": styled(answer, chinese, True), "rejected": styled(answer, chinese, False)}
-            for question, answer, chinese in items]
+    """Style pairs (lively over flat) and, for every third prompt, a guard pair: the lively answer
+    over the bare exclamation and emoji. Without the guard pairs the reward model pays for the emoji
+    alone and PPO learns to reply with nothing else (reward hacking)."""
+    rows = []
+    for index, (question, answer, chinese) in enumerate(items):
+        lively = styled(answer, chinese, True)
+        rows.append({"prompt": question, "chosen": lively, "rejected": styled(answer, chinese, False)})
+        if index % 3 == 0:
+            rows.append({"prompt": question, "chosen": lively, "rejected": styled("", chinese, True).strip()})
+    return rows
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:

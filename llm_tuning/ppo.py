@@ -193,18 +193,18 @@ def ppo_losses(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Ten
 # --- The reward model ----------------------------------------------------------------------------
 
 
-def load_reward_model(path: str, dtype=torch.float32, trust_remote_code: bool = False):
+def load_reward_model(path: str, dtype: str = "float32", trust_remote_code: bool = False):
     """A sequence-classification reward model: a LoRA adapter (merged into its base on load, the
     way reward_model.py saved it) or a standalone merged model."""
     from transformers import AutoModelForSequenceClassification
 
-    from .modeling import adapter_base_model, first_line
+    from .modeling import DTYPES, adapter_base_model, first_line
 
     is_adapter = (Path(path) / "adapter_config.json").is_file()
     base = adapter_base_model(path) if is_adapter else path
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            base, num_labels=1, dtype=dtype, trust_remote_code=trust_remote_code)
+            base, num_labels=1, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         raise UserError(f"cannot load a reward model from {base}: {first_line(err)}") from None
     if is_adapter:
@@ -225,3 +225,68 @@ def reward_scores(reward_model, sequences: Sequence[Sequence[int]], pad_id: int,
         mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in chunk], device=reward_model.device)
         scores.append(reward_model(input_ids=ids, attention_mask=mask).logits[:, 0].float().cpu())
     return torch.cat(scores)
+
+
+# --- Measuring a policy --------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def policy_logits(model, batch: Packed) -> torch.Tensor:
+    """Logits at the positions that predict each reply token, (B, R, V), for any causal LM."""
+    out = model(input_ids=batch.input_ids.to(model.device), attention_mask=batch.attention_mask.to(model.device),
+                position_ids=batch.position_ids.to(model.device))
+    return out.logits[:, batch.prompt_width - 1:-1].float().cpu()
+
+
+@torch.no_grad()
+def reply_logprob_sums(model, prompts: Sequence[Sequence[int]], replies: Sequence[Sequence[int]],
+                       pad_id: int, batch_size: int = 16) -> torch.Tensor:
+    """log π(reply | prompt), summed over the reply's tokens, for each pair."""
+    sums = []
+    for start in range(0, len(prompts), batch_size):
+        batch = pack(prompts[start:start + batch_size], replies[start:start + batch_size], pad_id)
+        logp, _ = token_logprobs(policy_logits(model, batch), batch.reply_ids)
+        sums.append((logp * batch.reply_mask).sum(-1))
+    return torch.cat(sums)
+
+
+@dataclass
+class PolicyReport:
+    replies: list[str]
+    mean_reward: float
+    mean_kl: float        # exact KL(policy ‖ reference) summed over each greedy reply, averaged
+    empty_replies: int
+    mean_length: float    # reply tokens, the stop token included
+
+
+@torch.no_grad()
+def evaluate_policy(model, reward_model, tokenizer, prompts: Sequence[Sequence[int]], stop_ids: Sequence[int],
+                    max_new_tokens: int, batch_size: int = 16) -> PolicyReport:
+    """Greedy replies of a peft policy to `prompts`, their reward-model score, and how far the policy
+    has moved from its reference (the same model with the adapter disabled) along those replies."""
+    pad_id = tokenizer.pad_token_id
+    replies, kls = [], []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        chunk_replies = generate_replies(model, chunk, stop_ids, pad_id, max_new_tokens)
+        batch = pack(chunk, chunk_replies, pad_id)
+        logits = policy_logits(model, batch)
+        if hasattr(model, "disable_adapter"):
+            with model.disable_adapter():
+                ref_logits = policy_logits(model, batch)
+        else:  # a plain model is its own reference
+            ref_logits = logits
+        kls.append((full_kl(logits, ref_logits) * batch.reply_mask).sum(-1))
+        replies += chunk_replies
+    scores = reward_scores(reward_model, [list(p) + r for p, r in zip(prompts, replies)], pad_id)
+    texts = [tokenizer.decode([t for t in r if t not in stop_ids], skip_special_tokens=True) for r in replies]
+    return PolicyReport(texts, scores.mean().item(), torch.cat(kls).mean().item(),
+                        sum(not t.strip() for t in texts), sum(map(len, replies)) / len(replies))
+
+
+def preference_margin(model, pairs, pad_id: int) -> float:
+    """Mean log π(chosen | prompt) - log π(rejected | prompt) over encoded preference pairs."""
+    prompts = [e.prompt_ids for e in pairs]
+    chosen = reply_logprob_sums(model, prompts, [e.chosen_ids for e in pairs], pad_id)
+    rejected = reply_logprob_sums(model, prompts, [e.rejected_ids for e in pairs], pad_id)
+    return (chosen - rejected).mean().item()

@@ -1,0 +1,219 @@
+"""Stage 3 of RLHF: PPO with LoRA against the reward model from reward_model.py.
+
+One base model (the SFT model) plays three parts: the policy (LoRA adapter on), the reference the
+KL penalty measures against (adapter off) and, with a value head on its last hidden state, the
+critic. TRL removed its PPOTrainer, so the loop is written out here over `llm_tuning/ppo.py`:
+
+    for each iteration:
+        rollout   sample replies to a batch of prompts (stop tokens masked at the first position:
+                  an empty reply is PPO's favourite escape from a low score)
+        score     reward model on prompt + reply; a reply cut off before its stop token gets
+                  --missing_eos_penalty subtracted
+        shape     per-token reward -kl_coef * (log π - log π_ref), the score added on the last token
+        GAE       advantages (whitened over the batch) and returns from the value head's values
+        update    --ppo_epochs passes over mini-batches: clipped policy loss + vf_coef × clipped
+                  value loss, gradient clipping
+    logs reward, KL, entropy, reply length, clip fraction, value loss to tensorboard and ppo_log.jsonl
+
+    # offline (what rlhf.sh runs)
+    python RLHF/ppo.py --model_name_or_path weights/rlhf/sft --reward_model weights/rlhf/reward_model \
+        --train_file RLHF/data/preference_train.jsonl --eval_file RLHF/data/preference_eval.jsonl \
+        --output_dir weights/rlhf/ppo
+
+    # a real SFT model and reward model (bf16 on a GPU; ~2× the model in memory plus the reward model)
+    python RLHF/ppo.py --model_name_or_path weights/my-sft-merged --reward_model weights/my-rm \
+        --train_file my_prompts.jsonl --output_dir weights/my-ppo --dtype bfloat16 \
+        --learning_rate 1e-5 --batch_size 64 --mini_batch_size 8 --max_new_tokens 256 --kl_coef 0.05
+
+Prompts come from --train_file (any preference format; only the prompts are used). Before and after
+training the greedy replies to the --eval_file prompts are scored: mean reward, exact KL to the
+reference, empty replies. Writes to --output_dir: the adapter (safetensors), value_head.safetensors,
+the tokenizer, llm_tuning.json, ppo_log.jsonl, eval_metrics.json and tensorboard logs under runs/.
+"""
+
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from peft import get_peft_model
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+from transformers import set_seed
+
+from llm_tuning.cli import UserError, exits_on_user_error
+from llm_tuning.modeling import load_model, load_tokenizer
+from llm_tuning.ppo import (
+    PolicyWithValue, evaluate_policy, gae, generate_replies, kl_shaped_rewards, load_reward_model, masked_mean,
+    pack, ppo_losses, reward_scores, token_logprobs, whiten,
+)
+from llm_tuning.preference import PreferenceArguments, encode_pair, load_preference_pairs, lora_config, parse_trainer_args, resolve_template
+from llm_tuning.templates import stop_token_ids
+from llm_tuning.training import save_run_config
+
+LOG_FILE = "ppo_log.jsonl"
+EVAL_METRICS_FILE = "eval_metrics.json"
+
+
+@dataclass
+class PPOArguments:
+    output_dir: str = field(metadata={"help": "Where the adapter, value head and logs go."})
+    reward_model: str = field(default=None, metadata={"help": "reward_model.py's output (an adapter) or a merged reward model."})
+    num_iterations: int = field(default=30, metadata={"help": "Rollout + update rounds."})
+    batch_size: int = field(default=32, metadata={"help": "Prompts (and replies) per rollout."})
+    mini_batch_size: int = field(default=16, metadata={"help": "Replies per gradient step; batch_size must be a multiple."})
+    ppo_epochs: int = field(default=4, metadata={"help": "Passes over each rollout batch."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "1e-3 for the tiny offline model; ~1e-5 for 7B."})
+    kl_coef: float = field(default=0.2, metadata={"help": "β of the per-token KL penalty against the reference."})
+    gamma: float = field(default=1.0)
+    lam: float = field(default=0.95, metadata={"help": "GAE λ."})
+    cliprange: float = field(default=0.2, metadata={"help": "Policy ratio clip ε."})
+    cliprange_value: float = field(default=0.2)
+    vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
+    max_grad_norm: float = field(default=1.0)
+    temperature: float = field(default=1.0, metadata={"help": "Rollout sampling temperature (logprobs use the same)."})
+    max_new_tokens: int = field(default=24)
+    missing_eos_penalty: float = field(default=2.0, metadata={"help": "Subtracted from the score of a reply cut off before its stop token."})
+    max_prompt_length: int = field(default=256, metadata={"help": "Longer prompts are dropped."})
+    dtype: str = field(default="float32", metadata={"help": "float32, bfloat16 or float16 for the models."})
+    trust_remote_code: bool = field(default=False)
+    report_to: str = field(default="tensorboard", metadata={"help": "tensorboard or none."})
+    seed: int = field(default=0)
+
+
+def ppo_iteration(policy: PolicyWithValue, optimizer, reward_model, prompts, stop_ids, pad_id,
+                  args: PPOArguments) -> dict:
+    """One rollout and its PPO updates; returns the iteration's statistics."""
+    # Rollout: sample, score, and record what the update compares against.
+    policy.eval()
+    replies = generate_replies(policy.model, prompts, stop_ids, pad_id, args.max_new_tokens, args.temperature)
+    batch = pack(prompts, replies, pad_id)
+    with torch.no_grad():
+        logits, old_values = policy(batch)
+        old_logp, entropy = token_logprobs(logits, batch.reply_ids, args.temperature)
+        ref_logp, _ = token_logprobs(policy.reference_logits(batch), batch.reply_ids, args.temperature)
+        scores = reward_scores(reward_model, [list(p) + r for p, r in zip(prompts, replies)], pad_id)
+        finished = torch.tensor([r[-1] in stop_ids for r in replies])
+        scores = scores - args.missing_eos_penalty * (~finished).float()
+        rewards, kl = kl_shaped_rewards(scores, old_logp, ref_logp, batch.reply_mask, args.kl_coef)
+        advantages, returns = gae(rewards, old_values, batch.reply_mask, args.gamma, args.lam)
+        advantages = whiten(advantages, batch.reply_mask)
+
+    # Update: several epochs of clipped PPO over shuffled mini-batches of this rollout.
+    policy.train()
+    parts = []
+    for _ in range(args.ppo_epochs):
+        for index in torch.randperm(len(prompts)).split(args.mini_batch_size):
+            mini = batch.rows(index)
+            logits, values = policy(mini)
+            logp, _ = token_logprobs(logits, mini.reply_ids, args.temperature)
+            part = ppo_losses(logp, old_logp[index], advantages[index], values, old_values[index],
+                              returns[index], mini.reply_mask, args.cliprange, args.cliprange_value, args.vf_coef)
+            optimizer.zero_grad()
+            part.loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for p in policy.parameters() if p.requires_grad], args.max_grad_norm)
+            optimizer.step()
+            parts.append(part)
+    mask = batch.reply_mask
+    return {
+        "reward": scores.mean().item(),
+        "kl": kl.sum(-1).mean().item(),
+        "entropy": masked_mean(entropy, mask).item(),
+        "reply_length": mask.sum(-1).mean().item(),
+        "unfinished": (~finished).float().mean().item(),
+        "clip_fraction": sum(p.clip_fraction for p in parts) / len(parts),
+        "policy_loss": sum(p.policy_loss for p in parts) / len(parts),
+        "value_loss": sum(p.value_loss for p in parts) / len(parts),
+        "approx_kl": sum(p.approx_kl for p in parts) / len(parts),
+    }
+
+
+def report_dict(report) -> dict:
+    return {"mean_reward": report.mean_reward, "mean_kl": report.mean_kl,
+            "empty_replies": report.empty_replies, "mean_length": report.mean_length}
+
+
+@exits_on_user_error
+def main(args: PreferenceArguments, ppo_args: PPOArguments) -> dict:
+    if not ppo_args.reward_model:
+        raise UserError("pass --reward_model, the output directory of reward_model.py")
+    if ppo_args.batch_size % ppo_args.mini_batch_size:
+        raise UserError(f"--batch_size {ppo_args.batch_size} must be a multiple of --mini_batch_size {ppo_args.mini_batch_size}")
+    set_seed(ppo_args.seed)
+    rng = random.Random(ppo_args.seed)
+    out_dir = Path(ppo_args.output_dir)
+
+    # Tokenizer, template and prompts: the SFT run's template, so the policy sees its training prompts.
+    tokenizer = load_tokenizer(args.model_name_or_path, ppo_args.trust_remote_code)
+    template = resolve_template(args.model_name_or_path, args.template, ppo_args.trust_remote_code)
+    stop_ids = stop_token_ids(tokenizer, template)
+
+    def prompts_of(path):
+        ids = [encode_pair(tokenizer, template, pair).prompt_ids for pair in load_preference_pairs(path)]
+        unique = list(dict.fromkeys(map(tuple, ids)))  # a prompt with several pairs counts once
+        kept = [list(p) for p in unique if len(p) <= ppo_args.max_prompt_length]
+        if not kept:
+            raise UserError(f"{path}: every prompt is longer than --max_prompt_length {ppo_args.max_prompt_length}")
+        return kept
+
+    train_prompts = prompts_of(args.train_file)
+    eval_prompts = prompts_of(args.eval_file) if args.eval_file else train_prompts[:ppo_args.batch_size]
+
+    # Models: the reward model, and one base that is policy (LoRA), reference (LoRA off) and critic.
+    reward_model = load_reward_model(ppo_args.reward_model, ppo_args.dtype, ppo_args.trust_remote_code)
+    reward_model.config.pad_token_id = tokenizer.pad_token_id
+    base = load_model(args.model_name_or_path, ppo_args.dtype, ppo_args.trust_remote_code)
+    policy = PolicyWithValue(get_peft_model(base, lora_config(base, args, "CAUSAL_LM")))
+    policy.model.print_trainable_parameters()
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=ppo_args.learning_rate)
+
+    before = evaluate_policy(policy.model, reward_model, tokenizer, eval_prompts, stop_ids, ppo_args.max_new_tokens)
+    print(f"before PPO: mean reward {before.mean_reward:.3f}, empty replies {before.empty_replies}")
+
+    writer = None
+    if ppo_args.report_to == "tensorboard":
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out_dir / "runs"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_path = out_dir / LOG_FILE
+    log_path.unlink(missing_ok=True)
+    progress = tqdm(range(1, ppo_args.num_iterations + 1), desc="PPO")
+    for iteration in progress:
+        prompts = rng.sample(train_prompts, min(ppo_args.batch_size, len(train_prompts)))
+        stats = ppo_iteration(policy, optimizer, reward_model, prompts, stop_ids, tokenizer.pad_token_id, ppo_args)
+        progress.set_postfix(reward=f"{stats['reward']:.2f}", kl=f"{stats['kl']:.2f}")
+        with open(log_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"iteration": iteration, **stats}) + "\n")
+        if writer is not None:
+            for key, value in stats.items():
+                writer.add_scalar(f"ppo/{key}", value, iteration)
+    if writer is not None:
+        writer.close()
+
+    policy.eval()
+    after = evaluate_policy(policy.model, reward_model, tokenizer, eval_prompts, stop_ids, ppo_args.max_new_tokens)
+    print(f"after PPO: mean reward {after.mean_reward:.3f} (was {before.mean_reward:.3f}), "
+          f"KL to the SFT policy {after.mean_kl:.3f} nats per reply, empty replies {after.empty_replies}")
+    for prompt, reply in list(zip(eval_prompts, after.replies))[:4]:
+        print(f"  {tokenizer.decode(prompt)!r} -> {reply!r}")
+
+    # Save: the adapter, the value head (to continue training), and what chat.py needs.
+    policy.model.save_pretrained(out_dir)
+    save_file({k: v.contiguous() for k, v in policy.value_head.state_dict().items()}, out_dir / "value_head.safetensors")
+    tokenizer.save_pretrained(out_dir)
+    save_run_config(str(out_dir), base_model=args.model_name_or_path, template=template.name, stage="ppo",
+                    reward_model=ppo_args.reward_model, ppo=asdict(ppo_args))
+    metrics = {"before": report_dict(before), "after": report_dict(after)}
+    (out_dir / EVAL_METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+@exits_on_user_error
+def cli(argv: list[str] | None = None) -> dict:
+    return main(*parse_trainer_args(PreferenceArguments, PPOArguments, argv=argv))
+
+
+if __name__ == "__main__":
+    cli()
