@@ -1,0 +1,174 @@
+"""Vocabulary extension: sentencepiece training, merging into BPE and sentencepiece bases, mean init."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from llm_tuning.cli import UserError
+from llm_tuning.shards import read_texts
+from llm_tuning.vocab import (
+    check_old_ids_unchanged, merge_into_sentencepiece, sentencepiece_pieces, token_count, train_sentencepiece,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA = REPO_ROOT / "pretrain" / "data"
+ZH_TEXTS = list(read_texts(DATA / "zh_general.jsonl"))
+EN_TEXTS = list(read_texts(DATA / "en_general.jsonl"))
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "pretrain" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def zh_sp(tmp_path_factory) -> Path:
+    """train_tokenizer.py on the shipped Chinese and English corpus."""
+    out = tmp_path_factory.mktemp("sp")
+    script = load_script("train_tokenizer")
+    script.main(script.parse_args(["--inputs", str(DATA / "zh_general.jsonl"), str(DATA / "zh_medical.jsonl"),
+                                   str(DATA / "en_general.jsonl"), "--vocab_size", "600", "--output_dir", str(out)]))
+    return out / "tokenizer.model"
+
+
+@pytest.fixture(scope="module")
+def merge_run(tiny_qwen2, zh_sp, tmp_path_factory) -> tuple[Path, str]:
+    """merge_tokenizer.py into the tiny Qwen2's byte-level BPE: (output folder, what it printed)."""
+    out = tmp_path_factory.mktemp("merged") / "tokenizer"
+    script = load_script("merge_tokenizer")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        script.main(script.parse_args(["--base_tokenizer", str(tiny_qwen2), "--sp_model", str(zh_sp),
+                                       "--output_dir", str(out)]))
+    return out, printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def merged_bpe(merge_run) -> Path:
+    return merge_run[0]
+
+
+def test_sentencepiece_learns_multi_character_chinese_pieces(zh_sp):
+    pieces = sentencepiece_pieces(zh_sp.read_bytes())
+    assert 550 <= len(pieces) <= 600
+    for word in ["工程师", "科学家", "研究表明", "看电影"]:
+        assert word in pieces or "▁" + word in pieces
+
+
+def test_merged_bpe_tokenizer_keeps_old_ids_and_shortens_chinese(tiny_qwen2, merge_run):
+    merged_bpe, printed = merge_run
+    old, new = AutoTokenizer.from_pretrained(tiny_qwen2), AutoTokenizer.from_pretrained(merged_bpe)
+    old_vocab, new_vocab = old.get_vocab(), new.get_vocab()
+    assert all(new_vocab[token] == index for token, index in old_vocab.items())
+    assert sorted(new_vocab.values()) == list(range(len(new)))  # new ids follow the old ones, no gaps
+    assert len(new) > len(old) + 400
+    assert new.special_tokens_map == old.special_tokens_map and new.chat_template == old.chat_template
+
+    ratio = token_count(new, ZH_TEXTS) / token_count(old, ZH_TEXTS)
+    print(f"\nshipped Chinese text: merged/base token ratio {ratio:.3f}")
+    assert ratio < 0.5
+    assert token_count(new, EN_TEXTS) <= token_count(old, EN_TEXTS)
+    for text in ZH_TEXTS[:50] + EN_TEXTS[:50]:  # the merged tokenizer still reproduces the text exactly
+        assert new.decode(new.encode(text, add_special_tokens=False)) == text
+    assert len(new.encode("研究表明", add_special_tokens=False)) == 1
+    assert "old ids unchanged" in printed and f"vocabulary {len(old)} -> {len(new)}" in printed
+    assert f"zh_general.jsonl: {token_count(old, ZH_TEXTS)} -> {token_count(new, ZH_TEXTS)} tokens (ratio {ratio:.3f}" in printed
+
+
+def test_merge_into_a_sentencepiece_llama_style_tokenizer(zh_sp, tmp_path):
+    """A LLaMA-style base: an English-only sentencepiece model with byte fallback as `tokenizer.model`."""
+    base_dir = tmp_path / "base"
+    base_dir.mkdir()
+    base_proto = train_sentencepiece(EN_TEXTS, vocab_size=500, byte_fallback=True)
+    (base_dir / "tokenizer.model").write_bytes(base_proto)
+    (base_dir / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}))
+    out = tmp_path / "merged"
+    script = load_script("merge_tokenizer")
+    script.main(script.parse_args(["--base_tokenizer", str(base_dir), "--sp_model", str(zh_sp), "--output_dir", str(out)]))
+
+    merged_pieces = sentencepiece_pieces((out / "tokenizer.model").read_bytes())
+    base_pieces = sentencepiece_pieces(base_proto)
+    assert merged_pieces[: len(base_pieces)] == base_pieces  # appended, never reordered
+    old, new = AutoTokenizer.from_pretrained(base_dir), AutoTokenizer.from_pretrained(out)
+    check_old_ids_unchanged(old, new)
+    assert (out / "tokenizer.json").is_file()
+    ratio = token_count(new, ZH_TEXTS) / token_count(old, ZH_TEXTS)
+    print(f"\nsentencepiece base, shipped Chinese text: merged/base token ratio {ratio:.3f}")
+    assert ratio < 0.6
+
+
+def test_merging_a_piece_twice_adds_it_once():
+    proto = train_sentencepiece(EN_TEXTS, vocab_size=200)
+    assert "▁the" in sentencepiece_pieces(proto) and "你好" not in sentencepiece_pieces(proto)
+    merged, added = merge_into_sentencepiece(proto, ["你好", "▁the", "你好"])
+    assert added == ["你好"]
+    assert sentencepiece_pieces(merged) == sentencepiece_pieces(proto) + ["你好"]
+
+
+def test_extended_embeddings_are_sub_token_means(tiny_qwen2, merged_bpe, tmp_path):
+    out = tmp_path / "extended"
+    script = load_script("extend_embeddings")
+    script.main(script.parse_args(["--base_model", str(tiny_qwen2), "--tokenizer", str(merged_bpe), "--output_dir", str(out)]))
+    old_tok, new_tok = AutoTokenizer.from_pretrained(tiny_qwen2), AutoTokenizer.from_pretrained(out)
+    base = AutoModelForCausalLM.from_pretrained(tiny_qwen2)
+    extended = AutoModelForCausalLM.from_pretrained(out)
+    n_old = len(old_tok)
+    for get in (lambda m: m.get_input_embeddings().weight, lambda m: m.get_output_embeddings().weight):
+        old_rows, new_rows = get(base).detach(), get(extended).detach()
+        assert new_rows.shape[0] == len(new_tok)
+        assert torch.equal(new_rows[:n_old], old_rows)
+        for token_id in (n_old, n_old + 1, len(new_tok) // 2 + n_old // 2, len(new_tok) - 1):
+            sub_ids = old_tok.encode(new_tok.decode([token_id]), add_special_tokens=False)
+            assert len(sub_ids) >= 2
+            torch.testing.assert_close(new_rows[token_id], old_rows[sub_ids].mean(dim=0))
+    assert json.loads((out / "vocab_extension.json").read_text())["new_vocab_size"] == len(new_tok)
+
+
+def test_extension_refuses_a_tokenizer_that_moved_old_ids(tiny_qwen2, tmp_path):
+    old = AutoTokenizer.from_pretrained(tiny_qwen2)
+    moved = AutoTokenizer.from_pretrained(tiny_qwen2)
+    moved.add_tokens(["北京大学"])
+    check_old_ids_unchanged(old, moved)
+    with pytest.raises(UserError, match="is not an extension of the old one: token"):
+        check_old_ids_unchanged(moved, old)  # the reverse direction loses a token
+
+
+def test_lora_after_extension_trains_and_saves_the_embeddings(tiny_qwen2, merged_bpe, tmp_path, capsys):
+    from transformers import TrainingArguments
+
+    from llm_tuning.pretraining import PretrainArguments
+    from llm_tuning.shards import write_shards
+    from llm_tuning.training import FinetuneArguments, ModelArguments, parse_args
+
+    extended = tmp_path / "extended"
+    load_script("extend_embeddings").main(load_script("extend_embeddings").parse_args(
+        ["--base_model", str(tiny_qwen2), "--tokenizer", str(merged_bpe), "--output_dir", str(extended)]))
+    write_shards(sorted(DATA.glob("*.jsonl")), tmp_path / "corpus", lines_per_shard=200, heldout_lines=20)
+    out = tmp_path / "lora"
+    argv = ["--model_name_or_path", str(extended), "--corpus_dir", str(tmp_path / "corpus"), "--output_dir", str(out),
+            "--block_size", "32", "--per_device_train_batch_size", "4", "--max_steps", "20", "--learning_rate", "5e-3",
+            "--lora_dropout", "0", "--eval_on_start", "true", "--eval_strategy", "steps", "--eval_steps", "20",
+            "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true"]
+    load_script("continue_pretraining").main(
+        *parse_args(ModelArguments, PretrainArguments, FinetuneArguments, TrainingArguments, argv=argv))
+
+    assert "training embed_tokens, lm_head in full beside LoRA" in capsys.readouterr().out
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert sorted(config["modules_to_save"]) == ["embed_tokens", "lm_head"]
+    with safe_open(out / "adapter_model.safetensors", "pt") as f:
+        keys = list(f.keys())
+    assert any("embed_tokens" in k for k in keys) and any("lm_head" in k for k in keys)
+    evals = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines() if "eval_loss" in line]
+    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"] - 1.0
