@@ -114,21 +114,31 @@ def test_multi_turn_rows_lose_their_oldest_turns_first(tokenizer):
     assert len(row.input_ids) <= 80 and "回答4<|im_end|>" in text and "问题0" not in text
 
 
-def test_skip_overlength_drops_rows_and_counts_them(tiny_qwen2, tokenizer, tmp_path):
-    tokenize_cli(tiny_qwen2, MATH, tmp_path, "--max_seq_length", "62", "--skip_overlength", "true")
+@pytest.fixture(scope="module")
+def math_lengths(tiny_qwen2, tokenizer) -> list[int]:
+    dataset, _ = tokenize_file(MATH, tokenizer, config(tiny_qwen2))
+    return [len(ids) for ids in dataset["input_ids"]]
+
+
+def test_skip_overlength_drops_rows_and_counts_them(tiny_qwen2, math_lengths, tmp_path):
+    limit = sorted(math_lengths)[len(math_lengths) // 2]
+    too_long = sum(length > limit for length in math_lengths)
+    tokenize_cli(tiny_qwen2, MATH, tmp_path, "--max_seq_length", str(limit), "--skip_overlength", "true")
     dataset, metadata = load_tokenized(tmp_path / "data")
-    rows = metadata["rows"]
-    assert rows["read"] == 1000 and rows["skipped"] > 0 and rows["truncated"] == 0
-    assert rows["kept"] == len(dataset) == 1000 - rows["skipped"]
-    assert max(len(ids) for ids in dataset["input_ids"]) <= 62
+    assert too_long > 0
+    assert metadata["rows"] == {"read": 1000, "kept": 1000 - too_long, "skipped": too_long, "truncated": 0}
+    assert len(dataset) == 1000 - too_long and max(len(ids) for ids in dataset["input_ids"]) <= limit
 
 
-def test_skip_overlength_false_is_false(tiny_qwen2, tmp_path):
+def test_skip_overlength_false_is_false(tiny_qwen2, math_lengths, tmp_path):
     # The original script's `type=bool` read the string "False" as true.
-    tokenize_cli(tiny_qwen2, MATH, tmp_path, "--max_seq_length", "62", "--skip_overlength", "False")
-    _, metadata = load_tokenized(tmp_path / "data")
+    limit = sorted(math_lengths)[len(math_lengths) // 2]
+    too_long = sum(length > limit for length in math_lengths)
+    tokenize_cli(tiny_qwen2, MATH, tmp_path, "--max_seq_length", str(limit), "--skip_overlength", "False")
+    dataset, metadata = load_tokenized(tmp_path / "data")
     assert metadata["skip_overlength"] is False
-    assert metadata["rows"]["skipped"] == 0 and metadata["rows"]["truncated"] > 0
+    assert metadata["rows"] == {"read": 1000, "kept": 1000, "skipped": 0, "truncated": too_long}
+    assert max(len(ids) for ids in dataset["input_ids"]) == limit
 
 
 # --- the on-disk format ----------------------------------------------------------------------------
