@@ -34,6 +34,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--template", default=None, help="chat template (default: the adapter's, else from the model type)")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--trust_remote_code", type=parse_bool, default=False)
+    parser.add_argument("--rope_scaling", default=None, choices=("linear", "dynamic", "yarn"),
+                        help="stretch RoPE for longer inputs (default: as the adapter was trained)")
+    parser.add_argument("--rope_factor", type=float, default=None, help="context extension factor for --rope_scaling")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -67,7 +70,10 @@ def load_chat_model(args: argparse.Namespace):
     """(model, tokenizer, template) for the given base/adapters, as chat.py and others use them."""
     base, tokenizer, template = load_chat_tokenizer(args)
     weights = [float(w) for w in args.adapter_weights.split(",")] if args.adapter_weights else None
-    model = load_model(base, args.dtype, args.trust_remote_code)
+    run_config = read_run_config(args.adapter[0] if args.adapter else base)
+    rope_scaling = getattr(args, "rope_scaling", None) or run_config.get("rope_scaling")
+    rope_factor = getattr(args, "rope_factor", None) or run_config.get("rope_factor", 2.0)
+    model = load_model(base, args.dtype, args.trust_remote_code, rope_scaling=rope_scaling, rope_factor=rope_factor)
     model = load_adapters(model, args.adapter, weights)
     model.eval()
     return model, tokenizer, template

@@ -148,7 +148,10 @@ def resolve_lora_targets(model, targets: str | list[str]) -> str | list[str]:
 
 
 def load_adapters(model, adapter_paths: list[str], weights: list[float] | None = None):
-    """Attach one adapter, or several combined with peft's weighted adapter merge."""
+    """Attach one adapter, or several combined with peft's weighted adapter merge.
+
+    Several adapters stay loaded as adapter0, adapter1, … next to "mixed" (the active one);
+    `model.set_adapter("adapter1")` switches to one of them, `set_adapter("mixed")` back."""
     from peft import PeftModel
 
     if not adapter_paths:
@@ -164,7 +167,9 @@ def load_adapters(model, adapter_paths: list[str], weights: list[float] | None =
         if len(weights) != len(adapter_paths):
             raise UserError(f"got {len(weights)} adapter weights for {len(adapter_paths)} adapters")
         names = [f"adapter{i}" for i in range(len(adapter_paths))]
-        model.add_weighted_adapter(names, weights, adapter_name="mixed", combination_type="linear")
+        # "cat" stacks the low-rank factors, so the mixed update is exactly sum(w_i * delta_W_i)
+        # ("linear" would mix A and B separately and add cross terms); any ranks may be mixed.
+        model.add_weighted_adapter(names, weights, adapter_name="mixed", combination_type="cat")
         model.set_adapter("mixed")
     model.eval()
     return model

@@ -261,6 +261,27 @@ def save_tokenized_pairs(model_dir: str | Path, template: str, out_dir: str | Pa
     return save_tokenized(dataset, metadata, out_dir)
 
 
+def train_tiny(family, dataset_dir: str | Path, output_dir: str | Path, *flags: str, steps: int = 20,
+               learning_rate: float = 5e-3):
+    """Run the shared fine-tuning flow for `steps` steps on CPU and save; returns the `Run`.
+
+    `flags` are recipe command-line flags (`--finetuning_type`, `--lora_target`, ...)."""
+    from transformers import TrainingArguments
+
+    from .finetune import build_trainer, save
+    from .training import DataArguments, FinetuneArguments, ModelArguments, parse_args
+
+    args = parse_args(ModelArguments, DataArguments, FinetuneArguments, TrainingArguments, argv=[
+        "--tokenized_dataset", str(dataset_dir), "--output_dir", str(output_dir), "--lora_dropout", "0",
+        "--learning_rate", str(learning_rate), "--max_steps", str(steps), "--per_device_train_batch_size", "8",
+        "--logging_steps", "1", "--report_to", "none", "--save_strategy", "no", "--use_cpu", "true",
+        "--disable_tqdm", "true", *flags])
+    run = build_trainer(family, *args)
+    run.trainer.train()
+    save(run, family, args[0], args[2])
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", choices=sorted(ARCHS), default="qwen2")
