@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .atomic import atomic_directory
 from .cli import UserError
 
 SHARD_SUFFIX = ".jsonl.zst"
@@ -148,11 +146,7 @@ def write_shards(inputs: list[str | Path], out_dir: str | Path, lines_per_shard:
     names = [source_name(p) for p in paths]
     if len(set(names)) != len(names):
         raise UserError(f"two inputs have the same source name ({', '.join(names)}); rename one")
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    tmp_dir.chmod(0o755)  # mkdtemp makes it private; the corpus is an ordinary folder
-    try:
+    with atomic_directory(out_dir) as tmp_dir:
         sources = {}
         for path, name in zip(paths, names):
             (tmp_dir / name).mkdir()
@@ -161,21 +155,7 @@ def write_shards(inputs: list[str | Path], out_dir: str | Path, lines_per_shard:
                                                      heldout_lines, text_key, level, progress))
         manifest = {"lines_per_shard": lines_per_shard, "text_key": TEXT_KEY, "sources": sources}
         (tmp_dir / MANIFEST_FILE).write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        _replace_dir(tmp_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     return manifest
-
-
-def _replace_dir(new_dir: Path, out_dir: Path) -> None:
-    if out_dir.exists():
-        old_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        os.replace(out_dir, old_dir / out_dir.name)
-        os.replace(new_dir, out_dir)
-        shutil.rmtree(old_dir)
-    else:
-        os.replace(new_dir, out_dir)
 
 
 def load_manifest(corpus_dir: str | Path) -> dict:

@@ -18,11 +18,8 @@ through a low-rank update of other layers.
 
 import argparse
 import json
-import os
-import shutil
-import tempfile
-from pathlib import Path
 
+from llm_tuning.atomic import atomic_directory
 from llm_tuning.cli import exits_on_user_error
 from llm_tuning.modeling import load_model, load_tokenizer
 from llm_tuning.vocab import VOCAB_EXTENSION_FILE, mean_init_new_embeddings
@@ -46,25 +43,16 @@ def main(args: argparse.Namespace) -> None:
     old_rows = model.get_input_embeddings().weight.shape[0]
     new_ids = mean_init_new_embeddings(model, old, new)
 
-    out = Path(args.output_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_directory(args.output_dir) as tmp:
         model.save_pretrained(tmp)
         new.save_pretrained(tmp)
         record = {"base_model": args.base_model, "tokenizer": args.tokenizer, "old_vocab_size": len(old),
                   "new_vocab_size": len(new), "embedding_rows": {"old": old_rows,
                                                                  "new": model.get_input_embeddings().weight.shape[0]}}
         (tmp / VOCAB_EXTENSION_FILE).write_text(json.dumps(record, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     print(f"initialised {len(new_ids)} new token rows (ids {new_ids[0] if new_ids else '-'}…); "
           f"embedding rows {old_rows} -> {record['embedding_rows']['new']}")
-    print(f"wrote {out}")
+    print(f"wrote {args.output_dir}")
 
 
 if __name__ == "__main__":

@@ -21,11 +21,9 @@ covers the language (Qwen, GLM-4 on Chinese) gains little; just continue pretrai
 """
 
 import argparse
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from llm_tuning.atomic import atomic_directory
 from llm_tuning.cli import UserError, exits_on_user_error
 from llm_tuning.modeling import load_tokenizer
 from llm_tuning.shards import read_texts
@@ -53,20 +51,11 @@ def main(args: argparse.Namespace) -> None:
     base_dir = local_tokenizer_dir(args.base_tokenizer)
     old = load_tokenizer(str(base_dir))
 
-    out = Path(args.output_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_directory(args.output_dir) as tmp:
         summary = merge_tokenizer_files(base_dir, pieces, tmp)
         new = load_tokenizer(str(tmp))
         check_old_ids_unchanged(old, new)
         new.save_pretrained(tmp)  # writes tokenizer.json (rebuilt from a merged tokenizer.model) and config
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
     print(f"{summary['kind']} base: added {len(summary['added'])} of {len(pieces)} pieces"
           + (f" (+{summary['intermediate']} intermediate BPE tokens)" if summary["intermediate"] else "")
@@ -77,7 +66,7 @@ def main(args: argparse.Namespace) -> None:
         chars = sum(len(t) for t in texts)
         print(f"{Path(path).name}: {before} -> {after} tokens (ratio {after / before:.3f}; "
               f"{chars / before:.2f} -> {chars / after:.2f} characters per token)")
-    print(f"wrote {out}")
+    print(f"wrote {args.output_dir}")
 
 
 if __name__ == "__main__":
