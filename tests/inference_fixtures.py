@@ -25,11 +25,13 @@ def training_pairs(count: int = 8) -> list[tuple[str, str]]:
     return [(row["q"], row["a"]) for row in rows[:count]]
 
 
-def train_tiny_adapter(base: Path, out: Path, pairs: list[tuple[str, str]], steps: int = 150, seed: int = 0) -> Path:
-    """LoRA r=8 on every linear layer of `base`, trained until it reproduces `pairs`; saved like a recipe does."""
+def train_tiny_adapter(base: Path, out: Path, pairs: list[tuple[str, str]], steps: int = 150, seed: int = 0,
+                       lora: bool = True, lr: float = 5e-3) -> Path:
+    """LoRA r=8 on every linear layer of `base` (or, with lora=False, every weight), trained until it
+    reproduces `pairs`; saved like a recipe does (adapter or full model, tokenizer, llm_tuning.json)."""
     from peft import LoraConfig, get_peft_model
 
-    key = f"{base}|{pairs}|{steps}|{seed}"
+    key = f"{base}|{pairs}|{steps}|{seed}|{lora}|{lr}"
     if key in _TRAINED:
         return _TRAINED[key]
     torch.manual_seed(seed)
@@ -41,9 +43,11 @@ def train_tiny_adapter(base: Path, out: Path, pairs: list[tuple[str, str]], step
     labels = torch.tensor([r.labels + [-100] * (width - len(r.labels)) for r in rows])
     attention_mask = torch.tensor([[1] * len(r.input_ids) + [0] * (width - len(r.input_ids)) for r in rows])
 
-    model = get_peft_model(load_model(str(base)), LoraConfig(
-        task_type="CAUSAL_LM", r=8, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear"))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
+    model = load_model(str(base))
+    if lora:
+        model = get_peft_model(model, LoraConfig(
+            task_type="CAUSAL_LM", r=8, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear"))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train()
     for _ in range(steps):
         loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss

@@ -1,0 +1,95 @@
+"""Evaluate a base model, an adapter or a merged model on a test file; writes per-sample jsonl.
+
+    # generation: batch replies to every question, then rouge-1/2/l, bleu-4, exact match
+    python eval.py generate --adapter weights/simple_math_4op --data data/eval/qa_eval.jsonl
+
+    # perplexity of the reference answers (same q/a files)
+    python eval.py perplexity --adapter weights/simple_math_4op --data data/eval/qa_eval.jsonl
+
+    # C-Eval-style single choice: the option letter the model finds most likely
+    python eval.py choice --adapter weights/simple_math_4op --data data/eval/choice_eval.jsonl
+
+    # reward-model accuracy: share of pairs whose chosen reply scores above the rejected one
+    python eval.py reward --reward_model weights/rlhf/reward_model --data RLHF/data/preference_eval.jsonl
+
+Each run prints its metrics as JSON and writes `<output>` (default runs/eval/<task>.jsonl, one row
+per sample: question, reference, prediction or scores) and `<output>.metrics.json`.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from chat import add_model_arguments, load_chat_model
+from llm_tuning.cli import UserError, exits_on_user_error, parse_bool
+from llm_tuning.evaluation import (
+    evaluate_choices, evaluate_generation, evaluate_perplexity, load_choice_questions, load_eval_conversations,
+    write_jsonl,
+)
+from llm_tuning.generation import GenerationSettings
+
+TASKS = ("generate", "perplexity", "choice", "reward")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("task", choices=TASKS)
+    parser.add_argument("--data", required=True, help="the test file (json or jsonl)")
+    parser.add_argument("--output", default=None, help="per-sample jsonl (default: runs/eval/<task>.jsonl)")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--max_new_tokens", type=int, default=256, help="generate: reply budget")
+    parser.add_argument("--temperature", type=float, default=0.0, help="generate: 0 for greedy decoding")
+    parser.add_argument("--top_p", type=float, default=1.0)
+    parser.add_argument("--reward_model", default=None, help="reward: a reward adapter or merged reward model")
+    parser.add_argument("--progress", type=parse_bool, default=True)
+    add_model_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def evaluate_reward(args: argparse.Namespace) -> tuple[dict, list[dict]]:
+    from llm_tuning.modeling import load_tokenizer
+    from llm_tuning.ppo import load_reward_model, reward_scores
+    from llm_tuning.preference import encode_pair, load_preference_pairs, pairwise_accuracy, resolve_template
+
+    if not args.reward_model:
+        raise UserError("reward needs --reward_model (the directory RLHF/reward_model.py saved)")
+    pairs = load_preference_pairs(args.data)
+    tokenizer = load_tokenizer(args.reward_model, args.trust_remote_code)
+    template = resolve_template(args.reward_model, args.template or "auto", args.trust_remote_code)
+    model = load_reward_model(args.reward_model, trust_remote_code=args.trust_remote_code).eval()
+    encoded = [encode_pair(tokenizer, template, pair) for pair in pairs]
+    chosen = reward_scores(model, [e.prompt_ids + e.chosen_ids for e in encoded], tokenizer.pad_token_id,
+                           args.batch_size).tolist()
+    rejected = reward_scores(model, [e.prompt_ids + e.rejected_ids for e in encoded], tokenizer.pad_token_id,
+                             args.batch_size).tolist()
+    rows = [{"prompt": p.prompt, "chosen_score": c, "rejected_score": r} for p, c, r in zip(pairs, chosen, rejected)]
+    return {"reward_accuracy": pairwise_accuracy(chosen, rejected)}, rows
+
+
+@exits_on_user_error
+def main(args: argparse.Namespace) -> dict:
+    if args.task == "reward":
+        metrics, rows = evaluate_reward(args)
+    else:
+        data = load_choice_questions(args.data) if args.task == "choice" else load_eval_conversations(args.data)
+        model, tokenizer, template = load_chat_model(args)
+        if args.task == "generate":
+            settings = GenerationSettings(args.max_new_tokens, args.temperature, args.top_p)
+            metrics, rows = evaluate_generation(model, tokenizer, template, data, settings, args.batch_size,
+                                                args.progress)
+        elif args.task == "perplexity":
+            metrics, rows = evaluate_perplexity(model, tokenizer, template, data, args.batch_size)
+        else:
+            metrics, rows = evaluate_choices(model, tokenizer, template, data, args.batch_size)
+    output = Path(args.output or f"runs/eval/{args.task}.jsonl")
+    write_jsonl(rows, output)
+    metrics = {"task": args.task, "data": args.data, "samples": len(rows), **metrics}
+    output.with_name(output.name + ".metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=2) + "\n",
+                                                                encoding="utf-8")
+    print(json.dumps(metrics, ensure_ascii=False))
+    print(f"wrote {output}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main(parse_args())
