@@ -34,6 +34,8 @@ from .modeling import load_adapters, load_model, load_tokenizer, read_model_type
 from .templates import Template, encode_prompt, encode_turns, get_template, guess_template, stop_token_ids
 from .training import DataArguments, FinetuneArguments, ModelArguments, parse_args, read_run_config
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
 
 def write_jsonl(records: Iterable[dict], path: str | Path) -> Path:
     """Write records one JSON object a line (UTF-8, readable Chinese), atomically."""
@@ -81,14 +83,20 @@ def tokenize_records(
     return save_tokenized(dataset, metadata, save_dir)
 
 
-def load_recipe_family(recipe: str | Path) -> Family:
-    """The `Family` a recipe script declares (e.g. QWEN in qwen_lora_tuning.py), without running it."""
-    path = Path(recipe)
+def import_script(path: str | Path, what: str = "script"):
+    """Import a top-level script (its `if __name__ == "__main__"` block does not run)."""
+    path = Path(path)
     if not path.is_file():
-        raise UserError(f"{recipe}: no such recipe; pass a <family>_lora_tuning.py script")
-    spec = importlib.util.spec_from_file_location(f"_recipe_{path.stem}", path)
+        raise UserError(f"{path}: no such {what}")
+    spec = importlib.util.spec_from_file_location(f"_script_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def load_recipe_family(recipe: str | Path) -> Family:
+    """The `Family` a recipe script declares (e.g. QWEN in qwen_lora_tuning.py), without running it."""
+    module = import_script(recipe, "recipe; pass a <family>_lora_tuning.py script")
     families = [value for value in vars(module).values() if isinstance(value, Family)]
     if len(families) != 1:
         raise UserError(f"{recipe}: expected one Family in the recipe, found {len(families)}")
@@ -102,6 +110,14 @@ def train_adapter(recipe: str | Path, dataset_dir: str | Path, output_dir: str |
                       argv=["--tokenized_dataset", str(dataset_dir), "--output_dir", str(output_dir), *argv])
     finetune(family, *args)
     return Path(output_dir)
+
+
+def merge_adapter(adapter: str | Path, output: str | Path, trust_remote_code: bool = False) -> Path:
+    """Merge an adapter into its base and save it, exactly as `python merge_lora.py` does."""
+    merge_lora = import_script(REPO_ROOT / "merge_lora.py")
+    merge_lora.main(merge_lora.parse_args(["--adapter", str(adapter), "--output", str(output),
+                                           "--trust_remote_code", str(trust_remote_code)]))
+    return Path(output)
 
 
 def load_adapted(base: str | None = None, adapter: str | Path | None = None, trust_remote_code: bool = False):
