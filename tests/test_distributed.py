@@ -1,0 +1,141 @@
+"""Data-parallel training on CPU: torchrun DDP (gloo) and DeepSpeed ZeRO-2, with 2 processes.
+
+Each test launches this same file under `torchrun --nproc_per_node 2` as a worker that runs the
+real Qwen recipe (`finetune` with the recipe's command-line arguments) and records, per rank,
+the rows it trained on and the adapter weights it holds at the end. The test then checks that
+the ranks split the data, ended with identical weights (gradients were synchronised) and that
+the saved adapter is exactly those weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = REPO_ROOT / "configs"
+
+
+def worker(record_dir: Path, recipe_args: list[str], shm_comm: bool) -> None:
+    """Run the Qwen recipe on this rank, recording what it saw and what it ends with."""
+    sys.path.insert(0, str(REPO_ROOT))
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    import llm_tuning.finetune as finetune_module
+    from qwen_lora_tuning import QWEN
+    from transformers import TrainingArguments
+
+    from llm_tuning.training import DataArguments, FinetuneArguments, ModelArguments, parse_args
+
+    if not shm_comm:
+        # DeepSpeed on a CPU builds a shared-memory allreduce op first (~70-110 s of C++ compile).
+        # Marked incompatible, DeepSpeed falls back to torch.distributed (gloo): same ZeRO code path.
+        import deepspeed.ops
+
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+    rank = int(os.environ["RANK"])
+    original_prepare = finetune_module.prepare_batching
+    original_save = finetune_module.save
+
+    def recording_prepare(*args, **kwargs):
+        dataset, collator = original_prepare(*args, **kwargs)
+
+        def collate(rows):
+            with open(record_dir / f"rows-{rank}.jsonl", "a", encoding="utf-8") as f:
+                for row in rows:
+                    f.write(json.dumps(list(row["input_ids"])) + "\n")
+            return collator(rows)
+
+        return dataset, collate
+
+    def recording_save(run, *args, **kwargs):
+        weights = get_peft_model_state_dict(run.trainer.model)
+        save_file({k: v.detach().float().contiguous() for k, v in weights.items()}, record_dir / f"held-{rank}.safetensors")
+        (record_dir / f"engine-{rank}.txt").write_text(type(run.trainer.model_wrapped).__name__)
+        return original_save(run, *args, **kwargs)
+
+    finetune_module.prepare_batching = recording_prepare
+    finetune_module.save = recording_save
+    torch.manual_seed(0)
+    finetune_module.finetune(QWEN, *parse_args(ModelArguments, DataArguments, FinetuneArguments,
+                                               TrainingArguments, argv=recipe_args))
+
+
+
+# --- the tests ------------------------------------------------------------------------------------
+
+ROWS = 16
+
+
+@pytest.fixture(scope="module")
+def tokenized_dir(tiny_qwen2, tmp_path_factory) -> Path:
+    from transformers import AutoTokenizer
+
+    from llm_tuning.data import TokenizeConfig, save_tokenized, tokenize_file
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_qwen2)
+    config = TokenizeConfig(str(tiny_qwen2), "qwen", 64, skip_overlength=False, last_turn_only=False, max_samples=ROWS)
+    dataset, metadata = tokenize_file(REPO_ROOT / "data" / "simple_math_4op.jsonl", tokenizer, config)
+    return save_tokenized(dataset, metadata, tmp_path_factory.mktemp("data") / "math")
+
+
+def launch(tmp_path: Path, tokenized_dir: Path, model: Path, *extra: str, shm_comm: bool = False):
+    """torchrun 2 CPU processes of the worker; returns (per-rank rows, per-rank weights, saved adapter,
+    the class that wrapped the model for training)."""
+    record_dir, out = tmp_path / "record", tmp_path / "out"
+    record_dir.mkdir()
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    command = [torchrun, "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000),
+               __file__, str(record_dir), "shm" if shm_comm else "gloo",
+               "--tokenized_dataset", str(tokenized_dir), "--model_name_or_path", str(model),
+               "--output_dir", str(out), "--use_cpu", "true", "--ddp_backend", "gloo", "--report_to", "none",
+               "--per_device_train_batch_size", "2", "--max_steps", "4", "--learning_rate", "1e-2",
+               "--lora_dropout", "0", "--save_strategy", "no", "--logging_steps", "1", *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = {rank: [tuple(json.loads(line)) for line in (record_dir / f"rows-{rank}.jsonl").read_text().splitlines()]
+            for rank in (0, 1)}
+    held = {rank: load_file(record_dir / f"held-{rank}.safetensors") for rank in (0, 1)}
+    saved = load_file(out / "adapter_model.safetensors")
+    engines = {(record_dir / f"engine-{rank}.txt").read_text() for rank in (0, 1)}
+    return rows, held, saved, engines
+
+
+def check_data_parallel(rows, held, saved, engines, engine: str) -> None:
+    assert engines == {engine}
+    # 4 steps x 2 rows on each of 2 ranks = the 16 rows once, split between the ranks
+    assert len(rows[0]) == len(rows[1]) == ROWS // 2
+    assert not set(rows[0]) & set(rows[1])
+    # different data, yet the same weights on both ranks: the gradients were averaged
+    assert held[0].keys() == held[1].keys() == saved.keys()
+    for name, weight in held[0].items():
+        assert torch.equal(weight, held[1][name]), name
+        assert torch.equal(weight, saved[name].float()), name
+    lora_b = [w for name, w in saved.items() if "lora_B" in name]
+    assert lora_b and all(w.abs().max() > 0 for w in lora_b)  # LoRA B starts at 0: it trained
+
+
+def test_torchrun_ddp_on_cpu_splits_data_and_saves_what_rank_0_holds(tiny_qwen2, tokenized_dir, tmp_path):
+    check_data_parallel(*launch(tmp_path, tokenized_dir, tiny_qwen2), engine="DistributedDataParallel")
+
+
+def test_deepspeed_zero2_on_cpu_splits_data_and_saves_what_rank_0_holds(tiny_qwen2, tokenized_dir, tmp_path):
+    pytest.importorskip("deepspeed")
+    result = launch(tmp_path, tokenized_dir, tiny_qwen2, "--deepspeed", str(CONFIGS / "ds_zero2.json"))
+    check_data_parallel(*result, engine="DeepSpeedEngine")
+
+
+if __name__ == "__main__":
+    worker(Path(sys.argv[1]), sys.argv[3:], shm_comm=sys.argv[2] == "shm")
+    sys.exit(0)
