@@ -2,7 +2,7 @@
 
     python pretrain/compress_data.py \
         --inputs pretrain/data/zh_general.jsonl pretrain/data/zh_medical.jsonl pretrain/data/en_general.jsonl \
-        --output_dir data/pretrain_corpus --lines_per_shard 200 --heldout_lines 40
+        --output_dir data/tokenized_data/pretrain_corpus --lines_per_shard 200 --heldout_lines 40
 
 Each input is one source (named after the file: `zh_general`), a jsonl file with one text per
 line under `--text_key` (default `text`). Writes `<output_dir>/<source>/<source>-00000.jsonl.zst`

@@ -4,10 +4,10 @@ Adapts an English-first base to Chinese or to a domain (e.g. Qwen/Qwen2.5-7B, me
 or the output of extend_embeddings.py after a vocabulary merge). Tested with transformers 5.24,
 peft 0.21, datasets 5.2, torch 2.13.
 
-    # 1. shards: python pretrain/compress_data.py --inputs a.jsonl b.jsonl --output_dir data/pretrain_corpus --heldout_lines 1000
+    # 1. shards: python pretrain/compress_data.py --inputs a.jsonl b.jsonl --output_dir data/tokenized_data/pretrain_corpus --heldout_lines 1000
     # 2. LoRA (plus embed_tokens/lm_head automatically after extend_embeddings.py), one GPU
     python pretrain/continue_pretraining.py --model_name_or_path Qwen/Qwen2.5-7B \
-        --corpus_dir data/pretrain_corpus --mixture_weights zh_medical=3 --block_size 1024 \
+        --corpus_dir data/tokenized_data/pretrain_corpus --mixture_weights zh_medical=3 --block_size 1024 \
         --output_dir weights/pt_qwen --max_steps 2000 --per_device_train_batch_size 8 \
         --gradient_accumulation_steps 4 --learning_rate 2e-4 --lora_rank 64 --bf16 true \
         --logging_steps 10 --eval_strategy steps --eval_steps 200 --save_steps 200 \
@@ -22,10 +22,10 @@ peft 0.21, datasets 5.2, torch 2.13.
 
 Offline smoke test on a tiny random model (what tests/test_pretrain_training.py runs):
     python -m llm_tuning.testing --arch qwen2 --out models/tiny-qwen2
-    python pretrain/compress_data.py --inputs pretrain/data/*.jsonl --output_dir data/pretrain_corpus \
+    python pretrain/compress_data.py --inputs pretrain/data/*.jsonl --output_dir data/tokenized_data/pretrain_corpus \
         --lines_per_shard 200 --heldout_lines 40
     python pretrain/continue_pretraining.py --model_name_or_path models/tiny-qwen2 \
-        --corpus_dir data/pretrain_corpus --output_dir weights/pt_tiny --max_steps 60 --block_size 64 \
+        --corpus_dir data/tokenized_data/pretrain_corpus --output_dir weights/pt_tiny --max_steps 60 --block_size 64 \
         --per_device_train_batch_size 8 --learning_rate 5e-3 --lora_rank 16 --lora_dropout 0 \
         --eval_strategy steps --eval_steps 20 --logging_steps 10 --save_steps 30
 

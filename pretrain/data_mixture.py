@@ -1,8 +1,8 @@
 """Data mixture calculator: how often each source is drawn during continued pretraining.
 
-    python pretrain/data_mixture.py --corpus_dir data/pretrain_corpus \
+    python pretrain/data_mixture.py --corpus_dir data/tokenized_data/pretrain_corpus \
         --mixture_weights zh_medical=3 --alpha 1.0 --total_draws 20000 \
-        --plot data/pretrain_corpus/mixture.png
+        --plot data/tokenized_data/pretrain_corpus/mixture.png
 
 Probability of drawing the next text from source i:  p_i ∝ weight_i × lines_i ** alpha.
 All weights 1 and alpha 1 mean "in proportion to size". `--mixture_weights zh_medical=3`

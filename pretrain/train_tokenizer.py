@@ -1,6 +1,6 @@
 """Train a sentencepiece model on the pretraining corpus (step 1 of a vocabulary extension).
 
-    python pretrain/train_tokenizer.py --corpus_dir data/pretrain_corpus --vocab_size 20000 \
+    python pretrain/train_tokenizer.py --corpus_dir data/tokenized_data/pretrain_corpus --vocab_size 20000 \
         --output_dir weights/zh_sp
 
 Reads every training text of a corpus written by compress_data.py (or plain jsonl files with
