@@ -10,13 +10,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .atomic import atomic_directory
 from .cli import UserError
 from .templates import Template, encode_turns, get_template
 
@@ -282,24 +280,11 @@ def tokenize_file(input_file: str | Path, tokenizer, config: TokenizeConfig):
 
 
 def save_tokenized(dataset, metadata: dict, out_dir: str | Path) -> Path:
-    """Save to a temporary sibling directory, then rename: an interrupted run leaves nothing behind."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    """Save dataset + metadata.json; an interrupted run leaves nothing behind (see atomic_directory)."""
+    with atomic_directory(out_dir) as tmp_dir:
         dataset.save_to_disk(str(tmp_dir))
         (tmp_dir / METADATA_FILE).write_text(json.dumps(metadata, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        if out_dir.exists():
-            old_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            os.replace(out_dir, old_dir / out_dir.name)
-            os.replace(tmp_dir, out_dir)
-            shutil.rmtree(old_dir)
-        else:
-            os.replace(tmp_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
-    return out_dir
+    return Path(out_dir)
 
 
 def load_tokenized(path: str | Path):
