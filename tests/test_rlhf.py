@@ -1,0 +1,217 @@
+"""RLHF tutorial: preference data rules, the PPO core against hand-computed values, and the whole
+SFT -> reward model -> PPO -> DPO pipeline on a tiny model with the figures the tutorial promises."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO_ROOT
+from llm_tuning.cli import UserError
+from llm_tuning.ppo import cut_at_stop, gae, generate_replies, kl_shaped_rewards, pack, ppo_losses, whiten
+from llm_tuning.preference import load_preference_pairs, pairwise_accuracy
+
+RLHF_DIR = REPO_ROOT / "RLHF"
+DATA = RLHF_DIR / "data"
+# The PPO policy may move this far from the SFT policy (exact KL, nats per held-out greedy reply).
+PPO_KL_BOUND = 8.0
+
+
+def load_script(name: str):
+    """Import RLHF/<name>.py as module rlhf_<name> (the scripts import make_rlhf_data as users run them)."""
+    if str(RLHF_DIR) not in sys.path:
+        sys.path.insert(0, str(RLHF_DIR))
+    spec = importlib.util.spec_from_file_location(f"rlhf_{name}", RLHF_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_jsonl(path, rows) -> str:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+# --- Preference data -----------------------------------------------------------------------------
+
+
+def test_the_three_record_formats_read_as_the_same_pairs(tmp_path):
+    trl = write_jsonl(tmp_path / "a.jsonl", [{"prompt": "天空？", "chosen": "蓝色！😊", "rejected": "蓝色。"}])
+    old = write_jsonl(tmp_path / "b.jsonl", [{"prompt": "天空？", "selected": "蓝色！😊", "rejected": "蓝色。"}])
+    alpaca = tmp_path / "c.json"
+    alpaca.write_text(json.dumps([{"instruction": "天空？", "input": "", "output": ["蓝色！😊", "蓝色。"]},
+                                  {"instruction": "Translate", "input": "sky", "output": ["天空", "sky"]}]))
+    expected = ("天空？", "蓝色！😊", "蓝色。")
+    for path in (trl, old, alpaca):
+        pair = load_preference_pairs(path)[0]
+        assert (pair.prompt, pair.chosen, pair.rejected) == expected
+    second = load_preference_pairs(alpaca)[1]
+    assert (second.prompt, second.chosen, second.rejected) == ("Translate\nsky", "天空", "sky")
+
+
+@pytest.mark.parametrize("bad_record, message", [
+    ({"prompt": "q", "chosen": "a"}, ":2: no key 'rejected'"),
+    ({"prompt": "q", "chosen": "same", "rejected": " same "}, ":2: the chosen and the rejected reply are the same"),
+    ({"prompt": "q", "chosen": "", "rejected": "b"}, ":2: 'chosen' is empty"),
+    ({"instruction": "q", "output": ["only one"]}, ":2: 'output' must be a list [chosen, rejected]"),
+    ({"prompt": "q", "chosen": "a", "rejected": "b", "history": ["x"]}, ":2: 'history' must be a list"),
+])
+def test_bad_records_name_file_and_line(tmp_path, bad_record, message):
+    path = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "q", "chosen": "a!", "rejected": "a."}, bad_record])
+    with pytest.raises(UserError) as err:
+        load_preference_pairs(path)
+    assert str(err.value).startswith(f"{path}{message}")
+
+
+def test_shipped_data_is_what_the_generator_writes(tmp_path):
+    before = {p.name: p.read_bytes() for p in DATA.glob("*.jsonl")}
+    load_script("make_rlhf_data").main()
+    assert {p.name: p.read_bytes() for p in DATA.glob("*.jsonl")} == before
+    train = {p.prompt for p in load_preference_pairs(DATA / "preference_train.jsonl")}
+    held_out = {p.prompt for p in load_preference_pairs(DATA / "preference_eval.jsonl")}
+    assert not train & held_out
+
+
+def test_pairwise_accuracy_counts_strict_wins():
+    assert pairwise_accuracy([1.0, 2.0, 0.5, 3.0], [0.0, 2.0, 1.0, -1.0]) == 0.5
+
+
+# --- PPO core, against values computed by hand ---------------------------------------------------
+
+
+def test_pack_pads_prompts_left_and_replies_right():
+    batch = pack([[5, 6, 7], [8]], [[1, 2], [3]], pad_id=0)
+    assert batch.input_ids.tolist() == [[5, 6, 7, 1, 2], [0, 0, 8, 3, 0]]
+    assert batch.position_ids[0].tolist() == [0, 1, 2, 3, 4]
+    assert batch.position_ids[1, 2:4].tolist() == [0, 1]  # real tokens count from 0 after the padding
+    assert batch.reply_mask.tolist() == [[1, 1], [1, 0]]
+    assert cut_at_stop([4, 9, 4, 9], stop_ids=[9]) == [4, 9]
+
+
+def test_kl_shaped_rewards_put_the_score_on_the_last_reply_token():
+    logp = torch.tensor([[-1.0, -2.0, -3.0]])
+    ref = torch.tensor([[-1.5, -2.0, -9.0]])
+    rewards, kl = kl_shaped_rewards(torch.tensor([4.0]), logp, ref, torch.tensor([[1.0, 1.0, 0.0]]), kl_coef=0.1)
+    assert kl.tolist() == [[0.5, 0.0, 0.0]]
+    assert torch.allclose(rewards, torch.tensor([[-0.05, 4.0, 0.0]]))
+
+
+def test_gae_matches_the_recursion_by_hand():
+    rewards = torch.tensor([[0.0, 1.0, 0.0]])
+    values = torch.tensor([[0.5, 0.25, 9.0]])  # the value past the reply end must be ignored
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    advantages, returns = gae(rewards, values, mask, gamma=0.9, lam=0.5)
+    # t=1: δ = 1 - 0.25 = 0.75 (nothing after the last token); t=0: δ = 0 + 0.9·0.25 - 0.5 = -0.275,
+    # A0 = -0.275 + 0.9·0.5·0.75 = 0.0625
+    assert torch.allclose(advantages, torch.tensor([[0.0625, 0.75, 0.0]]))
+    assert torch.allclose(returns, torch.tensor([[0.5625, 1.0, 0.0]]))
+
+
+def test_whiten_gives_zero_mean_unit_variance_on_the_mask():
+    x = torch.tensor([[1.0, 2.0, 100.0], [3.0, 4.0, 100.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]])
+    out = whiten(x, mask)
+    assert torch.allclose(out[:, :2].flatten(), torch.tensor([-3.0, -1.0, 1.0, 3.0]) / 5 ** 0.5, atol=1e-5)
+    assert out[:, 2].abs().max() == 0
+
+
+def test_ppo_loss_clips_the_ratio():
+    mask = torch.ones(1, 2)
+    old = torch.zeros(1, 2)
+    logp = torch.log(torch.tensor([[1.5, 1.0]]))  # ratio 1.5 (clipped at 1.2) and 1.0
+    adv = torch.tensor([[1.0, -1.0]])
+    zeros = torch.zeros(1, 2)
+    parts = ppo_losses(logp, old, adv, zeros, zeros, zeros, mask, cliprange=0.2, cliprange_value=0.2, vf_coef=0.1)
+    # token 0: max(-1.5, -1.2) = -1.2; token 1: max(1.0, 1.0) = 1.0; mean -0.1
+    assert parts.policy_loss == pytest.approx(-0.1)
+    assert parts.clip_fraction == pytest.approx(0.5)
+    assert parts.value_loss == 0
+
+
+def test_generation_never_stops_at_the_first_position(tiny_qwen2):
+    from llm_tuning.modeling import load_model, load_tokenizer
+
+    tokenizer, model = load_tokenizer(str(tiny_qwen2)), load_model(str(tiny_qwen2), "float32")
+    eos = tokenizer.eos_token_id
+    # A policy that wants to stop at once, the way a collapsing PPO policy does.
+    model.lm_head.register_forward_hook(lambda module, inputs, out: out.index_add(
+        -1, torch.tensor([eos]), torch.full((*out.shape[:-1], 1), 50.0)))
+    replies = generate_replies(model, [[5, 6, 7], [8, 9]], [eos], tokenizer.pad_token_id, max_new_tokens=5)
+    assert all(len(r) == 2 and r[0] != eos and r[1] == eos for r in replies)
+
+
+# --- The tutorial end to end ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_qwen2, tmp_path_factory):
+    """SFT (the real two-step workflow) -> reward model -> PPO -> DPO, then the evaluation table."""
+    from transformers import TrainingArguments
+
+    from llm_tuning.finetune import finetune
+    from llm_tuning.training import DataArguments, FinetuneArguments, ModelArguments, parse_args
+
+    out = tmp_path_factory.mktemp("rlhf")
+    sys.path.insert(0, str(REPO_ROOT))
+    import qwen_lora_tuning
+    import tokenize_dataset_rows
+
+    tokenize_dataset_rows.main(tokenize_dataset_rows.parse_args([
+        "--model_checkpoint", str(tiny_qwen2), "--input_file", str(DATA / "sft.jsonl"),
+        "--save_name", "sft", "--output_dir", str(out / "tokenized"), "--max_seq_length", "256"]))
+    finetune(qwen_lora_tuning.QWEN, *parse_args(ModelArguments, DataArguments, FinetuneArguments, TrainingArguments, argv=[
+        "--tokenized_dataset", str(out / "tokenized" / "sft"), "--output_dir", str(out / "sft"),
+        "--finetuning_type", "full", "--max_steps", "300", "--learning_rate", "2e-3",
+        "--per_device_train_batch_size", "8", "--save_strategy", "no", "--report_to", "none"]))
+    sft, data = str(out / "sft"), ["--train_file", str(DATA / "preference_train.jsonl"),
+                                   "--eval_file", str(DATA / "preference_eval.jsonl")]
+    trainer_flags = ["--bf16", "false", "--per_device_train_batch_size", "16", "--save_strategy", "no",
+                     "--report_to", "none"]
+    rm = load_script("reward_model").cli(["--model_name_or_path", sft, *data, "--output_dir", str(out / "rm"),
+                                          "--max_steps", "100", "--learning_rate", "3e-3", *trainer_flags])
+    ppo = load_script("ppo").cli(["--model_name_or_path", sft, *data, "--reward_model", str(out / "rm"),
+                                  "--output_dir", str(out / "ppo"), "--num_iterations", "20", "--report_to", "none"])
+    dpo = load_script("dpo").cli(["--model_name_or_path", sft, *data, "--output_dir", str(out / "dpo"),
+                                  "--max_steps", "40", "--learning_rate", "2e-3", *trainer_flags])
+    rows = load_script("evaluate").measure_policies(sft, str(out / "rm"), str(DATA / "preference_eval.jsonl"),
+                                                    {"PPO": str(out / "ppo"), "DPO": str(out / "dpo")})
+    return {"rm": rm, "ppo": ppo, "dpo": dpo, "rows": {r.name: r for r in rows}, "out": out}
+
+
+def test_reward_model_ranks_held_out_pairs(pipeline):
+    assert pipeline["rm"]["accuracy"] >= 0.9
+    assert pipeline["rm"]["pairs"] == len(load_preference_pairs(DATA / "preference_eval.jsonl"))
+
+
+def test_ppo_raises_reward_with_bounded_kl_and_no_empty_replies(pipeline):
+    before, after = pipeline["ppo"]["before"], pipeline["ppo"]["after"]
+    assert after["mean_reward"] > before["mean_reward"] + 2.0
+    assert 0 < after["mean_kl"] <= PPO_KL_BOUND
+    assert after["empty_replies"] == 0
+    rows = pipeline["rows"]
+    assert rows["PPO"].reward > rows["SFT"].reward + 2.0 and rows["PPO"].empty == 0
+    log = [json.loads(line) for line in (pipeline["out"] / "ppo" / "ppo_log.jsonl").read_text().splitlines()]
+    assert len(log) == 20 and {"reward", "kl", "entropy", "reply_length", "clip_fraction"} <= set(log[0])
+
+
+def test_dpo_raises_margin_and_style_rate(pipeline):
+    dpo, rows = pipeline["dpo"], pipeline["rows"]
+    assert dpo["margin_after"] > dpo["margin_before"] + 3.0
+    assert rows["DPO"].margin == pytest.approx(dpo["margin_after"], abs=1e-3)
+    assert rows["DPO"].style_rate >= rows["SFT"].style_rate + 0.4
+    assert rows["SFT"].kl == 0 and rows["DPO"].empty == 0
+
+
+def test_a_bad_record_stops_the_script_with_file_line_and_exit_code_2(tiny_qwen2, tmp_path, run):
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "q", "chosen": "a!", "rejected": "a."},
+                                               {"prompt": "q", "chosen": "same", "rejected": "same"}])
+    result = run("RLHF/reward_model.py", "--model_name_or_path", tiny_qwen2, "--template", "qwen",
+                 "--train_file", bad, "--output_dir", tmp_path / "rm", "--bf16", "false")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {bad}:2: the chosen and the rejected reply are the same; a pair must differ")
+    assert "Traceback" not in result.stderr
