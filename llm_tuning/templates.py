@@ -27,6 +27,8 @@ class Template:
     user_format: str
     # Appended to every answer and supervised with it: the token(s) that end an assistant turn.
     answer_suffix: str = EOS_PLACEHOLDER
+    # Put before every answer and supervised with it (LLaMA-2 writes `[/INST] {answer} </s>`).
+    answer_prefix: str = ""
     # Put before each prompt after the first (unsupervised): usually a newline after the stop token.
     turn_separator: str = ""
     # `{system}` is the system prompt; used only when a system prompt is given or defaulted.
@@ -56,7 +58,7 @@ class Template:
                 prompt += self.turn_separator
             prompt += self.user_format.format(query=query, round=index + self.round_offset,
                                               system=system_block if index == 0 else "")
-            answer_text = "" if answer is None else answer + self.answer_suffix
+            answer_text = "" if answer is None else self.answer_prefix + answer + self.answer_suffix
             rendered.append((prompt, answer_text))
         return rendered
 
@@ -172,7 +174,8 @@ register(Template(
 ))
 register(Template(
     name="glm4",
-    notes="THUDM/glm-4-9b-chat(-hf) role tokens; <|endoftext|> (EOS) ends a trained answer.",
+    notes="THUDM/glm-4-9b-chat(-hf) role tokens; <|endoftext|> (EOS) ends a trained answer, also in the "
+    "history (the official template omits it there; generation stops at <|user|> either way).",
     prefix="[gMASK]<sop>",
     system_format="<|system|>\n{system}",
     user_format="<|user|>\n{query}<|assistant|>\n",
@@ -196,6 +199,7 @@ register(Template(
     notes="meta-llama/Llama-2-*-chat: <s>[INST] q [/INST] a </s> per turn, <<SYS>> inside the first [INST].",
     system_format="<<SYS>>\n{system}\n<</SYS>>\n\n",
     user_format="[INST] {system}{query} [/INST]",
+    answer_prefix=" ",
     answer_suffix=" {eos}",
     turn_separator="{bos}",
     add_bos=True,
@@ -206,6 +210,7 @@ register(Template(
     system_format="<<SYS>>\n{system}\n<</SYS>>\n\n",
     default_system="You are a helpful assistant. 你是一个乐于助人的助手。",
     user_format="[INST] {system}{query} [/INST]",
+    answer_prefix=" ",
     answer_suffix=" {eos}",
     turn_separator="{bos}",
     add_bos=True,
