@@ -17,6 +17,11 @@ Step 1 tokenizes the data with the model's tokenizer (see tokenize.sh), step 2 i
     # QLoRA: a 4-bit base (~7 GB for 7B); add --gradient_checkpointing true for longer rows
     python qwen_lora_tuning.py ... --quantization_bit 4
 
+    # Other methods: adalora, prompt_tuning, prefix_tuning, p_tuning, freeze (last N layers), full
+    python qwen_lora_tuning.py ... --finetuning_type freeze --freeze_trainable_layers 4
+    # Longer contexts than the model was trained on (linear, dynamic NTK or yarn RoPE scaling)
+    python qwen_lora_tuning.py ... --rope_scaling yarn --rope_factor 4
+
     # Several GPUs, data parallel
     torchrun --nproc_per_node 4 qwen_lora_tuning.py ...
 
