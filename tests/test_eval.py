@@ -92,12 +92,14 @@ def test_reward_accuracy_is_the_share_of_pairs_scored_right(tiny_qwen2, tmp_path
     assert metrics["reward_accuracy"] == sum(r["chosen_score"] > r["rejected_score"] for r in rows) / len(rows)
 
 
-def test_bad_eval_files_say_where_and_exit_2(run, tmp_path, adapter):
+def test_bad_eval_files_say_where_and_exit_2(tmp_path, adapter, capsys):
     bad = tmp_path / "bad_choice.jsonl"
     bad.write_text('{"question": "1 + 1 = ?", "A": "2", "B": "3", "answer": "E"}\n', encoding="utf-8")
-    result = run("eval.py", "choice", "--adapter", adapter, "--data", bad)
-    assert result.returncode == 2
-    assert f"{bad}:1: 'answer' must be one of A, B" in result.stderr
-    assert "Traceback" not in result.stderr
-    missing = run("eval.py", "reward", "--data", REPO_ROOT / "RLHF/data/preference_eval.jsonl")
-    assert missing.returncode == 2 and "--reward_model" in missing.stderr
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate("choice", "--adapter", adapter, "--data", bad)
+    assert exit_info.value.code == 2
+    assert f"error: {bad}:1: 'answer' must be one of A, B, got 'E'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate("reward", "--data", REPO_ROOT / "RLHF/data/preference_eval.jsonl")
+    assert exit_info.value.code == 2
+    assert "--reward_model" in capsys.readouterr().err

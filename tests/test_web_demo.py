@@ -1,0 +1,61 @@
+"""web_demo.py in a real headless browser (Debian chromium driven by Playwright)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+
+import pytest
+
+import web_demo
+from tests.inference_fixtures import REPO_ROOT, train_tiny_adapter, training_pairs
+
+PAIRS = training_pairs()
+SCREENSHOT = REPO_ROOT / "runs/screenshots/web_demo.png"
+
+
+def test_to_pairs_reads_gradio_messages_in_both_shapes():
+    messages = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": [{"type": "text", "text": "hi"}]},
+                {"role": "user", "content": "again"}]
+    assert web_demo.to_pairs(messages) == [("你好", "hi")]
+
+
+def test_chat_page_streams_a_reply_and_switches_adapters(tiny_qwen2, tmp_path_factory):
+    from playwright.sync_api import expect, sync_playwright
+
+    chromium = shutil.which("chromium")
+    assert chromium, "chromium is not installed: run `sh scripts/install_browser.sh` (as root)"
+    adapter = train_tiny_adapter(tiny_qwen2, tmp_path_factory.mktemp("adapter"), PAIRS)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    demo = web_demo.main(web_demo.parse_args(["--adapter", str(adapter), "--port", str(port)]), block=False)
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium)
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/")
+            textbox = page.locator("#message textarea")
+            for question, answer in (PAIRS[0], PAIRS[2]):  # Chinese, then English (a new conversation)
+                page.get_by_text("Clear history").click()
+                textbox.fill(question)
+                textbox.press("Enter")
+                expect(page.locator("#chatbot").get_by_text(answer, exact=True)).to_be_visible(timeout=30_000)
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+            # The base model without the adapter does not know the answer.
+            page.get_by_text("Clear history").click()
+            page.get_by_label("Adapter").click()
+            page.get_by_role("option", name=web_demo.BASE_CHOICE).click()
+            page.get_by_label("max_new_tokens").first.fill("8")
+            textbox.fill(PAIRS[0][0])
+            textbox.press("Enter")
+            bot = page.locator("#chatbot [data-testid='bot']")
+            expect(bot).to_have_count(1, timeout=30_000)
+            page.wait_for_timeout(500)
+            assert PAIRS[0][1] not in bot.inner_text()
+            browser.close()
+    finally:
+        demo.close()
+    assert SCREENSHOT.stat().st_size > 10_000
