@@ -20,19 +20,9 @@ Verified offline on a tiny native LLaMA with Baichuan2's role tokens (tests/test
 from transformers import TrainingArguments
 
 from llm_tuning.finetune import Family, finetune
-from llm_tuning.modeling import require_single_tokens
 from llm_tuning.training import DataArguments, FinetuneArguments, ModelArguments, parse_args
 
 # --- The Baichuan2 family -----------------------------------------------------------------------
-
-
-def fix_tokenizer(tokenizer):
-    """Each role marker must be its reserved token (195/196), or the model sees other text."""
-    require_single_tokens(tokenizer, ["<reserved_106>", "<reserved_107>"],
-                          "Baichuan2-Chat marks the user and assistant turns with them")
-    return tokenizer
-
-
 BAICHUAN2 = Family(
     script="baichuan2_lora_tuning.py",
     templates=frozenset({"baichuan2"}),
@@ -40,7 +30,7 @@ BAICHUAN2 = Family(
     lora_targets={"baichuan": "W_pack,o_proj,gate_proj,up_proj,down_proj"},
     trust_remote_code=True,  # model_type "baichuan" exists only in the checkpoint's own code
     padding_side="right",
-    fix_tokenizer=fix_tokenizer,
+    marker_tokens=("<reserved_106>", "<reserved_107>"),  # role markers: must be the reserved tokens 195/196
 )
 
 if __name__ == "__main__":

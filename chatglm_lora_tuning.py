@@ -20,18 +20,9 @@ Verified offline on a tiny native GLM with ChatGLM-6B's special tokens (tests/te
 from transformers import TrainingArguments
 
 from llm_tuning.finetune import Family, finetune
-from llm_tuning.modeling import require_single_tokens
 from llm_tuning.training import DataArguments, FinetuneArguments, ModelArguments, parse_args
 
 # --- The ChatGLM-6B family ---------------------------------------------------------------------
-
-
-def fix_tokenizer(tokenizer):
-    """The template writes [gMASK]<sop> as text: the tokenizer must read each as its special token."""
-    require_single_tokens(tokenizer, ["[gMASK]", "<sop>"], "the chatglm template marks the answer with them")
-    return tokenizer
-
-
 CHATGLM = Family(
     script="chatglm_lora_tuning.py",
     templates=frozenset({"chatglm"}),
@@ -39,7 +30,7 @@ CHATGLM = Family(
     lora_targets={"chatglm": "query_key_value"},
     trust_remote_code=True,  # model_type "chatglm" exists only in the checkpoint's own code
     padding_side="left",  # its tokenizer pads on the left: positions are counted from <sop>
-    fix_tokenizer=fix_tokenizer,
+    marker_tokens=("[gMASK]", "<sop>"),  # the template writes them as text; each must be its special token
 )
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from .cli import exits_on_user_error
 from .batching import prepare_batching
 from .data import check_tokenizer_matches, load_tokenized, print_data_example
 from .methods import check_method, count_parameters, method_callbacks, prepare_trainable, training_steps
-from .modeling import load_model, load_tokenizer
+from .modeling import load_model, load_tokenizer, require_single_tokens
 from .templates import get_template, stop_token_ids
 from .training import (
     DataArguments, FinetuneArguments, LossPlotCallback, ModelArguments, TrainerLogCallback,
@@ -41,6 +41,8 @@ class Family:
     lora_targets: Mapping[str, str]
     trust_remote_code: bool = False  # its real checkpoints ship their own modeling code
     padding_side: str = "right"
+    # Template markers written as text that the tokenizer must read as single special tokens.
+    marker_tokens: tuple[str, ...] = ()
     # Quirk hooks, each documented in the recipe that sets it.
     fix_tokenizer: Callable = field(default=_unchanged)
     prepare_model: Callable = field(default=_unchanged)
@@ -84,6 +86,8 @@ def build_trainer(family: Family, model_args: ModelArguments, data_args: DataArg
     # Tokenizer: must be the one that made the data.
     tokenizer = load_tokenizer(base_model, remote_code, family.padding_side)
     tokenizer = family.fix_tokenizer(tokenizer)
+    if family.marker_tokens:
+        require_single_tokens(tokenizer, list(family.marker_tokens), f"{family.script}'s template marks turns with them")
     check_tokenizer_matches(metadata, tokenizer, base_model, dataset_path)
     if main_process:
         print_data_example(dataset[0], tokenizer)

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import runpy
 import sys
-from argparse import Namespace
 from pathlib import Path
 
 import pytest
-import torch
 
 import chat
 import merge_lora
@@ -82,3 +80,12 @@ def test_recipe_trains_chats_and_merges(script, arch, template, tiny_model, tmp_
     assert max_diff < 1e-4
     merged_model, merged_tokenizer, _ = chat.load_chat_model(chat.parse_args(["--base", str(merged)]))
     assert greedy_answers(merged_model, merged_tokenizer, template)[:2] == [a for _, a in MEMORISE_PAIRS[:2]]
+
+
+def test_a_tokenizer_without_the_familys_marker_tokens_is_refused(tiny_model, tmp_path, capsys):
+    # Plain LLaMA tokens: <reserved_106> is several ordinary tokens, not Baichuan2's user token.
+    data = save_tokenized_pairs(tiny_model("llama"), "baichuan2", tmp_path / "qa")
+    with pytest.raises(SystemExit) as exit_info:
+        run_recipe("baichuan2_lora_tuning.py", "--tokenized_dataset", str(data), "--output_dir", str(tmp_path / "o"))
+    assert exit_info.value.code == 2
+    assert "this tokenizer splits <reserved_106>, <reserved_107> into several tokens" in capsys.readouterr().err
