@@ -1,0 +1,178 @@
+"""Training throughput of each batching option, side by side, on a long-tailed dataset.
+
+    python bench/train_throughput.py                      # ~20 min on one CPU core
+    python bench/train_throughput.py --rows 1200 --hidden_size 512 --num_layers 8   # on a GPU
+
+A tiny-but-not-trivial random Qwen2 (hidden 256, 4 layers by default) with a LoRA adapter trains
+one epoch over bench/data/long_tail.jsonl (make_long_tail.py) in each of these ways:
+
+- pad-to-max:     every batch padded to --max_seq_length (what fixed-shape scripts do)
+- dynamic:        every batch padded to its longest row (our default)
+- group_by_length: rows of similar length batched together (--group_by_length true)
+- packing:        rows bin-packed into full rows of --max_seq_length (--packing true)
+- trl-sft:        TRL's SFTTrainer with its defaults on the same token ids and loss mask
+
+Each run is a fresh process (so peak memory is its own) over the same rows and the same real
+tokens. Reported: real (non-pad) tokens per second, the fraction of computed positions that were
+padding, peak memory (CUDA max allocated on a GPU, else peak RSS), and tokens/s as a ratio to
+dynamic padding and to TRL. Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+LONG_TAIL = REPO_ROOT / "bench" / "data" / "long_tail.jsonl"
+MODES = ("pad-to-max", "dynamic", "group_by_length", "packing", "trl-sft")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=400, help="rows of the long-tailed set to train on")
+    parser.add_argument("--max_seq_length", type=int, default=1024)
+    parser.add_argument("--batch_size", type=int, default=8, help="rows per step (packed rows for packing)")
+    parser.add_argument("--hidden_size", type=int, default=256)
+    parser.add_argument("--num_layers", type=int, default=4)
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of: " + ", ".join(MODES))
+    parser.add_argument("--work_dir", type=Path, default=None, help="default: a temporary directory")
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one mode, print JSON
+    return parser.parse_args(argv)
+
+
+def prepare(args: argparse.Namespace, work_dir: Path) -> tuple[Path, Path]:
+    """The model and the tokenized rows every mode shares."""
+    from transformers import AutoTokenizer
+
+    from llm_tuning.data import TokenizeConfig, save_tokenized, tokenize_file
+    from llm_tuning.testing import save_tiny_model
+
+    model_dir = save_tiny_model("qwen2", work_dir / "model", hidden_size=args.hidden_size, num_layers=args.num_layers)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    config = TokenizeConfig(str(model_dir), "qwen", args.max_seq_length, skip_overlength=False,
+                            last_turn_only=False, max_samples=args.rows)
+    dataset, metadata = tokenize_file(LONG_TAIL, tokenizer, config)
+    return model_dir, save_tokenized(dataset, metadata, work_dir / "data")
+
+
+class Counting:
+    """Wrap a collator: count the positions it hands to the model."""
+
+    def __init__(self, collator):
+        self.collator, self.positions = collator, 0
+
+    def __call__(self, rows):
+        batch = self.collator(rows)
+        self.positions += batch["input_ids"].numel()
+        return batch
+
+
+def run_one(mode: str, args: argparse.Namespace, model_dir: Path, data_dir: Path) -> dict:
+    """Train one epoch in one mode; time it and measure its padding and memory."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+
+    from llm_tuning.batching import prepare_batching, row_lengths
+    from llm_tuning.data import load_tokenized, make_collator
+    from llm_tuning.training import DataArguments
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    dataset, _ = load_tokenized(data_dir)
+    real_tokens = sum(row_lengths(dataset))
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16, target_modules="all-linear"))
+    common = dict(output_dir=str(data_dir.parent / mode), per_device_train_batch_size=args.batch_size,
+                  num_train_epochs=1, learning_rate=2e-4, report_to="none", save_strategy="no",
+                  logging_steps=10**6, disable_tqdm=True, seed=0,
+                  bf16=torch.cuda.is_available())  # the same precision in every mode (TRL defaults to bf16)
+
+    if mode == "trl-sft":
+        from trl import SFTConfig, SFTTrainer
+
+        rows = dataset.map(lambda row: {"completion_mask": [int(label != -100) for label in row["labels"]]},
+                           remove_columns=["labels"])
+        config = SFTConfig(**common, max_length=args.max_seq_length)
+        trainer = SFTTrainer(model=model, args=config, train_dataset=rows, processing_class=tokenizer)
+        trainer.data_collator = Counting(trainer.data_collator)
+    else:
+        training_args = TrainingArguments(**common)
+        data_args = DataArguments(str(data_dir), packing=mode == "packing", group_by_length=mode == "group_by_length")
+        rows, collator = prepare_batching(dataset, tokenizer, data_args, training_args, args.max_seq_length)
+        if mode == "pad-to-max":
+            collator = make_collator(tokenizer, max_length=args.max_seq_length)
+        trainer = Trainer(model=model, args=training_args, train_dataset=rows, data_collator=Counting(collator),
+                          processing_class=tokenizer)
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    if torch.cuda.is_available():
+        peak_mb = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    positions = trainer.data_collator.positions
+    return {"mode": mode, "seconds": seconds, "real_tokens": real_tokens, "positions": positions,
+            "steps": trainer.state.global_step, "peak_mb": peak_mb}
+
+
+def markdown_table(results: list[dict], device: str) -> str:
+    by_mode = {r["mode"]: r for r in results}
+    speed = {m: r["real_tokens"] / r["seconds"] for m, r in by_mode.items()}
+    lines = [f"| batching ({device}) | real tokens/s | padding | steps | peak memory | vs dynamic | vs TRL SFT |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for mode, r in by_mode.items():
+        vs_dynamic = f"{speed[mode] / speed['dynamic']:.2f}x" if "dynamic" in speed else "-"
+        vs_trl = f"{speed[mode] / speed['trl-sft']:.2f}x" if "trl-sft" in speed else "-"
+        padding = 1 - r["real_tokens"] / r["positions"]
+        lines.append(f"| {mode} | {speed[mode]:,.0f} | {padding:.1%} | {r['steps']} | {r['peak_mb']:,.0f} MB "
+                     f"| {vs_dynamic} | {vs_trl} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = parse_args()
+    work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-throughput-"))
+    if args.one:
+        model_dir, data_dir = work_dir / "model", work_dir / "data"
+        print("RESULT " + json.dumps(run_one(args.one, args, model_dir, data_dir)))
+        return
+
+    import torch
+    from tqdm.auto import tqdm
+
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        sys.exit(f"error: unknown mode(s) {', '.join(sorted(unknown))}; choose from {', '.join(MODES)}")
+    prepare(args, work_dir)
+    results = []
+    for mode in tqdm(modes, desc="modes"):
+        command = [sys.executable, __file__, "--one", mode, "--work_dir", str(work_dir)]
+        command += sum(([f"--{k}", str(getattr(args, k))] for k in
+                        ("rows", "max_seq_length", "batch_size", "hidden_size", "num_layers")), [])
+        done = subprocess.run(command, capture_output=True, text=True)
+        line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
+        if done.returncode != 0 or line is None:
+            sys.exit(f"error: mode {mode} failed:\n{done.stderr[-3000:]}")
+        results.append(json.loads(line[len("RESULT "):]))
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
+    print(f"\n{args.rows} rows of {LONG_TAIL.name} ({results[0]['real_tokens']:,} real tokens), Qwen2 "
+          f"hidden {args.hidden_size} x {args.num_layers} layers + LoRA r=8, batch {args.batch_size}, "
+          f"max_seq_length {args.max_seq_length}, one epoch each\n")
+    print(markdown_table(results, device))
+
+
+if __name__ == "__main__":
+    main()
