@@ -22,9 +22,6 @@ Writes to --output_dir: the adapter (safetensors), the tokenizer, llm_tuning.jso
 --adapter works), trainer_log.jsonl and eval_metrics.json.
 """
 
-import json
-from pathlib import Path
-
 from datasets import Dataset
 from transformers import set_seed
 from trl import DPOConfig, DPOTrainer
@@ -34,11 +31,10 @@ from llm_tuning.modeling import load_model, load_tokenizer
 from llm_tuning.ppo import preference_margin
 from llm_tuning.preference import (
     PreferenceArguments, encode_pair, encode_pairs, load_preference_pairs, lora_config, parse_trainer_args,
-    render_pair, resolve_template,
+    render_pair, resolve_template, save_eval_metrics,
 )
 from llm_tuning.training import TrainerLogCallback, require_output_dir, save_run_config
 
-EVAL_METRICS_FILE = "eval_metrics.json"
 
 
 def check_same_ids(trainer_row: dict, expected, tokenizer) -> None:
@@ -89,7 +85,7 @@ def main(args: PreferenceArguments, training_args: DPOConfig) -> dict | None:
     trainer.model.eval()
     metrics = {"pairs": len(held_out), "margin_before": before,
                "margin_after": preference_margin(trainer.model, held_out, tokenizer.pad_token_id)}
-    (Path(training_args.output_dir) / EVAL_METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    save_eval_metrics(training_args.output_dir, metrics)
     print(f"held-out log π(chosen) - log π(rejected): {metrics['margin_before']:.2f} (SFT) -> "
           f"{metrics['margin_after']:.2f} (DPO) on {len(held_out)} pairs")
     return metrics

@@ -22,7 +22,7 @@ from make_rlhf_data import is_lively
 from llm_tuning.cli import UserError, exits_on_user_error
 from llm_tuning.modeling import load_model, load_tokenizer
 from llm_tuning.ppo import evaluate_policy, load_reward_model, preference_margin
-from llm_tuning.preference import encode_pairs, load_preference_pairs, resolve_template
+from llm_tuning.preference import EVAL_METRICS_FILE, encode_pairs, load_preference_pairs, resolve_template
 from llm_tuning.templates import stop_token_ids
 
 
@@ -101,7 +101,7 @@ def main(args: argparse.Namespace) -> list[Row]:
             raise UserError(f"--policy {item!r}: expected NAME=ADAPTER_DIR")
         policies[name] = path
     rows = measure_policies(args.sft, args.reward_model, args.eval_file, policies, args.template, args.max_new_tokens)
-    metrics_file = Path(args.reward_model) / "eval_metrics.json"
+    metrics_file = Path(args.reward_model) / EVAL_METRICS_FILE
     accuracy = json.loads(metrics_file.read_text())["accuracy"] if metrics_file.is_file() else None
     print(format_table(rows, accuracy))
     return rows

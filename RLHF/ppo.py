@@ -48,12 +48,14 @@ from llm_tuning.ppo import (
     PolicyWithValue, evaluate_policy, gae, generate_replies, kl_shaped_rewards, load_reward_model, masked_mean,
     pack, ppo_losses, reward_scores, token_logprobs, whiten,
 )
-from llm_tuning.preference import PreferenceArguments, encode_pair, load_preference_pairs, lora_config, parse_trainer_args, resolve_template
+from llm_tuning.preference import (
+    PreferenceArguments, encode_pair, load_preference_pairs, lora_config, parse_trainer_args, resolve_template,
+    save_eval_metrics,
+)
 from llm_tuning.templates import stop_token_ids
 from llm_tuning.training import save_run_config
 
 LOG_FILE = "ppo_log.jsonl"
-EVAL_METRICS_FILE = "eval_metrics.json"
 
 
 @dataclass
@@ -206,8 +208,7 @@ def main(args: PreferenceArguments, ppo_args: PPOArguments) -> dict:
     save_run_config(str(out_dir), base_model=args.model_name_or_path, template=template.name, stage="ppo",
                     reward_model=ppo_args.reward_model, ppo=asdict(ppo_args))
     metrics = {"before": report_dict(before), "after": report_dict(after)}
-    (out_dir / EVAL_METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
-    return metrics
+    return save_eval_metrics(out_dir, metrics)
 
 
 @exits_on_user_error

@@ -23,9 +23,6 @@ Writes to --output_dir: the adapter with its score head (safetensors), the token
 llm_tuning.json (base model, template) and eval_metrics.json. ppo.py loads it with --reward_model.
 """
 
-import json
-from pathlib import Path
-
 from datasets import Dataset
 from transformers import AutoModelForSequenceClassification, set_seed
 from trl import RewardConfig, RewardTrainer
@@ -35,11 +32,10 @@ from llm_tuning.modeling import first_line, load_tokenizer
 from llm_tuning.ppo import reward_scores
 from llm_tuning.preference import (
     PreferenceArguments, encode_pairs, load_preference_pairs, lora_config, pairwise_accuracy, parse_trainer_args,
-    resolve_template,
+    resolve_template, save_eval_metrics,
 )
 from llm_tuning.training import TrainerLogCallback, require_output_dir, save_run_config
 
-EVAL_METRICS_FILE = "eval_metrics.json"
 
 
 def held_out_accuracy(model, tokenizer, encoded) -> dict:
@@ -88,7 +84,7 @@ def main(args: PreferenceArguments, training_args: RewardConfig) -> dict | None:
     if held_out is None:
         return None
     metrics = held_out_accuracy(trainer.model, tokenizer, held_out)
-    (Path(training_args.output_dir) / EVAL_METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    save_eval_metrics(training_args.output_dir, metrics)
     print(f"held-out pairwise accuracy: {metrics['accuracy']:.3f} on {metrics['pairs']} pairs "
           f"(mean margin {metrics['mean_margin']:.2f})")
     return metrics

@@ -187,3 +187,15 @@ def render_pair(tokenizer, template: Template, pair: PreferencePair) -> dict[str
         prompt = tokenizer.bos_token + prompt
     reply = template.answer_suffix.replace(EOS_PLACEHOLDER, tokenizer.eos_token or "")
     return {"prompt": prompt, "chosen": pair.chosen + reply, "rejected": pair.rejected + reply}
+
+
+EVAL_METRICS_FILE = "eval_metrics.json"
+
+
+def save_eval_metrics(output_dir: str | Path, metrics: dict) -> dict:
+    """Write a stage's held-out figures to output_dir/eval_metrics.json (read by RLHF/evaluate.py)."""
+    import json
+
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(output_dir) / EVAL_METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    return metrics
