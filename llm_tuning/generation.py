@@ -83,14 +83,14 @@ class ReplyText:
         """Add a generated token; the newly final text (may be empty). Sets `stopped` on a stop string."""
         self.ids.append(token_id)
         text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if text.endswith("\ufffd"):
-            return ""
         cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
         if cut >= 0:
             self.stopped = True
             self.text = text[:cut]
             return self._release(len(self.text))
         self.text = text
+        if text.endswith("\ufffd"):
+            return ""
         return self._release(len(text) - self._stop_prefix_length(text))
 
     def finish(self) -> str:
