@@ -1,0 +1,61 @@
+"""Rows per second of step 1 (tokenize_dataset_rows.py) with 1 and N tokenizer processes.
+
+    python bench/tokenize_throughput.py                    # 1 and 2 processes, 12,000 rows
+    python bench/tokenize_throughput.py --procs 1,4,8 --copies 50 --model Qwen/Qwen2.5-7B-Instruct
+
+Times what `tokenize_dataset_rows.py --num_proc N` does between loading the tokenizer and saving:
+read and validate the json, render the chat template, tokenize, mask the labels. The input is
+bench/data/long_tail.jsonl repeated --copies times. The default tokenizer is the tiny offline
+one; pass --model to time a real model's tokenizer. Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+LONG_TAIL = REPO_ROOT / "bench" / "data" / "long_tail.jsonl"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--procs", default="1,2", help="comma-separated process counts to time")
+    parser.add_argument("--copies", type=int, default=10, help="repeat the 1,200-row set this many times")
+    parser.add_argument("--model", default=None, help="tokenizer to time (default: a tiny offline Qwen2)")
+    parser.add_argument("--template", default="qwen")
+    parser.add_argument("--max_seq_length", type=int, default=1024)
+    args = parser.parse_args()
+
+    from llm_tuning.data import TokenizeConfig, tokenize_file
+    from llm_tuning.modeling import load_tokenizer
+    from llm_tuning.testing import save_tiny_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model or str(save_tiny_model("qwen2", Path(tmp) / "model"))
+        tokenizer = load_tokenizer(model)
+        data = Path(tmp) / "rows.jsonl"
+        data.write_text(LONG_TAIL.read_text(encoding="utf-8") * args.copies, encoding="utf-8")
+        results = []
+        for procs in (int(p) for p in args.procs.split(",")):
+            config = TokenizeConfig(model, args.template, args.max_seq_length, skip_overlength=False,
+                                    last_turn_only=False, num_proc=procs)
+            start = time.perf_counter()
+            dataset, _ = tokenize_file(data, tokenizer, config)
+            results.append((procs, len(dataset), time.perf_counter() - start))
+
+    name = args.model or "tiny Qwen2 BPE"
+    print(f"\n| tokenizer processes ({name}) | rows | seconds | rows/s | speed-up |")
+    print("|---:|---:|---:|---:|---:|")
+    base = results[0][1] / results[0][2]
+    for procs, rows, seconds in results:
+        print(f"| {procs} | {rows:,} | {seconds:.1f} | {rows / seconds:,.0f} | {rows / seconds / base:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
