@@ -97,15 +97,19 @@ def tokenized_dir(tiny_qwen2, tmp_path_factory) -> Path:
     return save_tokenized(dataset, metadata, tmp_path_factory.mktemp("data") / "long_tail")
 
 
-def test_the_recipe_trains_packed_from_the_command_line(run, tiny_qwen2, tokenized_dir, tmp_path):
+def test_the_recipe_trains_packed_with_checkpointing_from_the_command_line(run, tiny_qwen2, tokenized_dir, tmp_path):
     result = run("qwen_lora_tuning.py", "--tokenized_dataset", tokenized_dir, "--model_name_or_path", tiny_qwen2,
                  "--output_dir", tmp_path / "out", "--packing", "true", "--packing_max_length", "512",
                  "--per_device_train_batch_size", "2", "--max_steps", "2", "--report_to", "none",
-                 "--use_cpu", "true", "--logging_steps", "1")
+                 "--use_cpu", "true", "--logging_steps", "1",
+                 # memory savers pass straight through to the Trainer
+                 "--gradient_checkpointing", "true", "--optim", "adafactor")
     assert result.returncode == 0, result.stderr[-2000:]
     packed_rows = int(re.search(r"packing: 32 samples into (\d+) rows of at most 512 tokens", result.stdout)[1])
     assert packed_rows <= 32 * 128 // 512 + 1
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
+    saved_args = torch.load(tmp_path / "out" / "training_args.bin", weights_only=False)
+    assert saved_args.gradient_checkpointing and saved_args.optim == "adafactor"
 
 
 def test_the_recipe_refuses_packing_with_grouping_in_one_sentence(run, tiny_qwen2, tokenized_dir, tmp_path):
