@@ -207,8 +207,11 @@ class BatchDecoder:
         # Left padding: positions count real tokens only, so a padded row sees what it would alone.
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         cache_kwarg = _cache_argument_name(self.model)
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         use_cache=True)
+        # peft prompt/prefix/p-tuning prepend virtual tokens on every forward and ignore position
+        # ids: for them, re-run the whole sequence each step (exact for one row; rows of a padded
+        # batch see shifted positions).
+        incremental = not _is_prompt_learning(self.model)
+        out = self._forward(input_ids, attention_mask, position_ids, incremental)
         while True:
             logits = adjust_logits(out.logits[:, -1, :vocab], seen, counts, self.settings)
             next_ids = torch.full((batch,), pad_id, dtype=torch.long, device=device)
@@ -226,10 +229,20 @@ class BatchDecoder:
             seen[torch.arange(batch), next_ids] = True
             counts[torch.arange(batch), next_ids] += 1
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones((batch, 1))], dim=1)
-            position_ids = position_ids[:, -1:] + 1
-            cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-            out = self.model(input_ids=next_ids[:, None], attention_mask=attention_mask,
-                             position_ids=position_ids, use_cache=True, **{cache_kwarg: cache})
+            if incremental:
+                position_ids = position_ids[:, -1:] + 1
+                cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+                out = self.model(input_ids=next_ids[:, None], attention_mask=attention_mask,
+                                 position_ids=position_ids, use_cache=True, **{cache_kwarg: cache})
+            else:
+                input_ids = torch.cat([input_ids, next_ids[:, None]], dim=1)
+                out = self._forward(input_ids, attention_mask, None, incremental)
+
+    def _forward(self, input_ids, attention_mask, position_ids, incremental: bool):
+        if incremental:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                              use_cache=True)
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
 
     def _advance(self, row: int, token: int) -> Delta:
         self.generated[row] += 1
@@ -245,6 +258,11 @@ class BatchDecoder:
             self.done[row] = True
             return Delta(row, piece + text.finish(), "length", self.generated[row])
         return Delta(row, piece, None, self.generated[row])
+
+
+def _is_prompt_learning(model) -> bool:
+    config = getattr(model, "active_peft_config", None)
+    return bool(getattr(config, "is_prompt_learning", False))
 
 
 def _cache_argument_name(model) -> str:

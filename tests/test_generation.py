@@ -118,3 +118,22 @@ def test_split_messages_and_its_errors():
 def test_bad_settings_are_user_errors(bad, message):
     with pytest.raises(UserError, match=message):
         GenerationSettings(**bad)
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
+def test_prompt_learning_adapters_decode_like_peft_generate(tiny_qwen2, method):
+    from peft import PrefixTuningConfig, PromptTuningConfig, get_peft_model
+
+    config = {"prompt_tuning": PromptTuningConfig, "prefix_tuning": PrefixTuningConfig}[method]
+    torch.manual_seed(0)
+    model = get_peft_model(load_model(str(tiny_qwen2)), config(task_type="CAUSAL_LM", num_virtual_tokens=4)).eval()
+    tokenizer, template = load_tokenizer(str(tiny_qwen2)), get_template("qwen")
+    prompt = encode_prompt(tokenizer, template, QUESTIONS[1])
+    ours = generate_batch(model, tokenizer, [prompt], [GenerationSettings(max_new_tokens=12)],
+                          stop_token_ids(tokenizer, template))[0]
+    ids = torch.tensor([prompt])
+    # peft re-runs its virtual tokens each step; compare with its uncached generate, token for token.
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                         use_cache=False, eos_token_id=stop_token_ids(tokenizer, template),
+                         pad_token_id=tokenizer.pad_token_id)
+    assert ours == tokenizer.decode(out[0, len(prompt):], skip_special_tokens=True)
