@@ -7,9 +7,11 @@
         --save_name simple_math_4op \
         --max_seq_length 512 --skip_overlength false
 
-Records are JSON objects with a question and an answer (`--prompt_key`, `--target_key`), and
-optionally earlier turns as `[question, answer]` pairs (`--history_key`) and a system prompt
-(`--system_key`). Prompts are rendered with the model family's chat template (`--template auto`
+Records are JSON objects. `--format qa` (default): a question and an answer (`--prompt_key`,
+`--target_key`), optionally earlier turns as `[question, answer]` pairs (`--history_key`) and a
+system prompt (`--system_key`). Also `--format alpaca` (instruction/input/output/history),
+`messages` (OpenAI chat messages, system prompt included), `sharegpt` (conversations of
+from/value), or `auto` (decided by the first record). Samples of each are in data/. Prompts are rendered with the model family's chat template (`--template auto`
 reads it from the model's config); labels supervise every answer plus its stop token and mask
 every prompt token (`--last_turn_only true` supervises the last answer alone).
 
@@ -22,7 +24,7 @@ import argparse
 from pathlib import Path
 
 from llm_tuning.cli import exits_on_user_error, parse_bool
-from llm_tuning.data import RecordKeys, TokenizeConfig, print_data_example, save_tokenized, tokenize_file
+from llm_tuning.data import RECORD_FORMATS, RecordKeys, TokenizeConfig, print_data_example, save_tokenized, tokenize_file
 from llm_tuning.modeling import load_tokenizer, read_model_type
 from llm_tuning.templates import guess_template, get_template
 
@@ -31,6 +33,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_checkpoint", required=True, help="hub id or local path of the model whose tokenizer to use")
     parser.add_argument("--input_file", required=True, help=".json (a list) or .jsonl (one object a line)")
+    parser.add_argument("--format", default="qa", choices=RECORD_FORMATS,
+                        help="qa (--prompt_key/--target_key), alpaca, messages, sharegpt, or auto (from the first record)")
     parser.add_argument("--prompt_key", default="q")
     parser.add_argument("--target_key", default="a")
     parser.add_argument("--history_key", default=None, help="key of earlier turns, a list of [question, answer]")
@@ -64,7 +68,7 @@ def main(args: argparse.Namespace) -> None:
         max_seq_length=args.max_seq_length,
         skip_overlength=args.skip_overlength,
         last_turn_only=args.last_turn_only,
-        keys=RecordKeys(args.prompt_key, args.target_key, args.history_key, args.system_key),
+        keys=RecordKeys(args.prompt_key, args.target_key, args.history_key, args.system_key, args.format),
         num_proc=args.num_proc,
         max_samples=args.max_samples,
     )

@@ -240,3 +240,51 @@ def test_json_list_files_read_like_jsonl(tmp_path):
     path = write(tmp_path, "list.json", json.dumps(records, ensure_ascii=False))
     conversations = load_conversations(path, RecordKeys())
     assert [c.turns for c in conversations] == [[("你好", "你好！")], [("Hi", "Hello!")]]
+
+
+# --- record formats --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,expected", [
+    ("alpaca_sample.jsonl", (None, [("写一句关于春天的诗。", "春风又绿江南岸。"), ("再写一句关于秋天的。", "停车坐爱枫林晚，霜叶红于二月花。")])),
+    ("messages_sample.jsonl", ("你是一个简洁的数学助手。", [("计算 6 * 7 等于多少？", "6 * 7 = 42")])),
+    ("sharegpt_sample.jsonl", (None, [("你好！", "你好！有什么可以帮你的吗？"), ("推荐一本书。", "推荐《活着》，余华的作品。")])),
+])
+def test_each_record_format_reads_into_turns(name, expected):
+    conversations = load_conversations(REPO / "data" / name, RecordKeys(format="auto"))
+    picked = conversations[3] if name.startswith("alpaca") else conversations[0]
+    assert (picked.system, picked.turns) == expected
+
+
+def test_alpaca_input_joins_the_instruction_and_sharegpt_system_is_read():
+    alpaca = load_conversations(REPO / "data" / "alpaca_sample.jsonl", RecordKeys(format="alpaca"))
+    assert alpaca[0].turns == [("把下面的句子翻译成英文。\n今天天气很好。", "The weather is nice today.")]
+    sharegpt = load_conversations(REPO / "data" / "sharegpt_sample.jsonl", RecordKeys(format="sharegpt"))
+    assert sharegpt[1].system == "You are a friendly assistant."
+
+
+def test_messages_rows_supervise_every_assistant_turn(tiny_qwen2, tokenizer, tmp_path):
+    tokenize_cli(tiny_qwen2, REPO / "data" / "messages_sample.jsonl", tmp_path, "--format", "messages")
+    dataset, metadata = load_tokenized(tmp_path / "data")
+    assert metadata["keys"]["format"] == "messages"
+    assert tokenizer.decode(supervised_ids(dataset[1]["labels"])) == "Red.<|im_end|>Blue.<|im_end|>"
+    assert "<|im_start|>system\n你是一个简洁的数学助手。<|im_end|>" in tokenizer.decode(dataset[0]["input_ids"])
+
+
+BAD_MESSAGES = [
+    ('{"messages": [{"role": "user", "content": "hi"}]}', ":1: 'messages' must end with an assistant message"),
+    ('{"messages": [{"role": "assistant", "content": "hi"}]}',
+     ":1: messages[0] has role 'assistant' where 'user' was expected"),
+    ('{"messages": [{"role": "bot", "content": "hi"}]}', ":1: messages[0] has unknown role 'bot'"),
+    ('{"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "b"}]}',
+     ":1: messages[1]: a system message may only come first"),
+    ('{"messages": []}', ":1: 'messages' must be a non-empty list of messages"),
+]
+
+
+@pytest.mark.parametrize("content,message", BAD_MESSAGES)
+def test_bad_messages_records_are_located(tiny_qwen2, tmp_path, capsys, content, message):
+    path = write(tmp_path, "chat.jsonl", content + "\n")
+    with pytest.raises(SystemExit) as exit_info:
+        tokenize_cli(tiny_qwen2, path, tmp_path / "out", "--format", "messages")
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith(f"error: {path}{message}")
