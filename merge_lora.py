@@ -17,13 +17,12 @@ The output is written to a temporary directory and renamed when complete.
 
 import argparse
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
+from llm_tuning.atomic import atomic_directory
 from llm_tuning.cli import UserError, exits_on_user_error, parse_bool
 from llm_tuning.methods import MERGEABLE_PEFT_TYPES
 from llm_tuning.modeling import adapter_base_model, load_adapters, load_model, load_tokenizer
@@ -92,9 +91,7 @@ def main(args: argparse.Namespace) -> None:
         stops = stop_token_ids(tokenizer, get_template(template_name))
         merged.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
-    try:
+    with atomic_directory(output) as tmp_dir:  # an empty `output` is replaced once all is written
         if args.save_quantized:  # bitsandbytes quantizes while loading: reload the merge through it
             float_dir = tmp_dir / "unquantized"
             merged.save_pretrained(float_dir)
@@ -105,12 +102,6 @@ def main(args: argparse.Namespace) -> None:
         tokenizer.save_pretrained(tmp_dir)
         if run_config:
             save_run_config(str(tmp_dir), **{**run_config, "merged_from": {"base": base, "adapter": args.adapter}})
-        if output.exists():
-            output.rmdir()  # empty, checked above
-        os.replace(tmp_dir, output)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     print(f"saved the merged model to {output}")
 
 
