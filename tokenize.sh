@@ -5,6 +5,7 @@
 set -e
 MODEL=${MODEL:-models/tiny-qwen2}                 # hub id or local path; its tokenizer is used
 INPUT_FILE=${INPUT_FILE:-data/simple_math_4op.jsonl}
+FORMAT=${FORMAT:-qa}                              # qa | alpaca | messages | sharegpt | auto
 PROMPT_KEY=${PROMPT_KEY:-q}
 TARGET_KEY=${TARGET_KEY:-a}
 SAVE_NAME=${SAVE_NAME:-simple_math_4op}
@@ -16,6 +17,7 @@ NUM_PROC=${NUM_PROC:-1}
 python tokenize_dataset_rows.py \
     --model_checkpoint "$MODEL" \
     --input_file "$INPUT_FILE" \
+    --format "$FORMAT" \
     --prompt_key "$PROMPT_KEY" \
     --target_key "$TARGET_KEY" \
     --save_name "$SAVE_NAME" \
