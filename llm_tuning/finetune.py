@@ -16,6 +16,7 @@ from transformers import Trainer, TrainingArguments, set_seed
 
 from .cli import exits_on_user_error
 from .batching import prepare_batching
+from .eval_callback import attach_generation_eval
 from .data import check_tokenizer_matches, load_tokenized, print_data_example
 from .methods import check_method, count_parameters, method_callbacks, prepare_trainable, training_steps
 from .modeling import load_model, load_tokenizer, require_single_tokens
@@ -116,6 +117,7 @@ def build_trainer(family: Family, model_args: ModelArguments, data_args: DataArg
         processing_class=tokenizer,
         callbacks=[TrainerLogCallback(), LossPlotCallback(), *method_callbacks(model, finetune_args)],
     )
+    attach_generation_eval(trainer, data_args, tokenizer, get_template(metadata["template"]))
     return Run(trainer, tokenizer, base_model, metadata, str(dataset_path))
 
 

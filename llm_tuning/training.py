@@ -48,6 +48,15 @@ class DataArguments:
         default=False,
         metadata={"help": "Batch rows of similar length together (= --train_sampling_strategy group_by_length)."},
     )
+    # Eval during training (llm_tuning/eval_callback.py): generation and choice scores every N steps.
+    generation_eval_file: str | None = field(
+        default=None, metadata={"help": "q/a json(l) to answer every --generation_eval_steps: rouge, bleu-4, exact match."}
+    )
+    choice_eval_file: str | None = field(
+        default=None, metadata={"help": "C-Eval-style json(l) scored every --generation_eval_steps: choice accuracy."}
+    )
+    generation_eval_steps: int = field(default=50, metadata={"help": "Steps between generation/choice evals."})
+    generation_eval_max_new_tokens: int = field(default=64, metadata={"help": "Reply budget of generation eval."})
 
 
 FINETUNING_TYPES = ("lora", "qlora", "adalora", "prompt_tuning", "prefix_tuning", "p_tuning", "freeze", "full")
@@ -154,6 +163,16 @@ def plot_loss(log_history: list[dict], out_file: Path) -> Path | None:
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.legend()
+    # Scores from eval during training (llm_tuning/eval_callback.py), on a right-hand axis.
+    scores = sorted({key for log in log_history for key in log
+                     if key.startswith("eval_") and key not in {"eval_loss", "eval_runtime"} and "per_second" not in key})
+    if scores:
+        right = ax.twinx()
+        for key in scores:
+            points = [(log["step"], log[key]) for log in log_history if key in log and "step" in log]
+            right.plot(*zip(*points), label=key.removeprefix("eval_"), linestyle="--", marker=".")
+        right.set_ylabel("eval score")
+        right.legend(loc="center right", fontsize="small")
     ax.grid(alpha=0.3)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_file, dpi=100, bbox_inches="tight")
