@@ -31,14 +31,13 @@ from pathlib import Path
 
 from llm_tuning.cli import exits_on_user_error
 from llm_tuning.experiment import (
-    answer_all, build_tiny_stand_in, load_adapted, resolve_template, tokenize_records, train_adapter, write_jsonl,
+    REPO_ROOT, answer_all, build_tiny_stand_in, load_adapted, resolve_template, tokenize_records, train_adapter, write_jsonl,
 )
 from design import Design, build_sample, parse_design, parse_output
 from reviews import DOMAINS, load_reviews
 from scoring import evaluate
 
 SDE_DIR = Path(__file__).resolve().parent
-REPO_ROOT = SDE_DIR.parent
 TINY = "tiny"
 # What the recipe gets unless the command line says otherwise (later flags win).
 DEFAULT_RECIPE_ARGS = ["--per_device_train_batch_size", "8", "--num_train_epochs", "2", "--learning_rate", "2e-4",

@@ -17,40 +17,23 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
-import os
-import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 from transformers import TrainingArguments
 
 from .cli import UserError
-from .data import IGNORE_INDEX, RecordKeys, TokenizeConfig, save_tokenized, tokenize_file
+from .data import RecordKeys, TokenizeConfig, save_tokenized, tokenize_file
+from .evaluation import write_jsonl  # noqa: F401 (re-exported for the scripts built on this module)
 from .finetune import Family, finetune
+from .generation import GenerationSettings, generate_batch
+from .metrics import continuation_log_probs
 from .modeling import load_adapters, load_model, load_tokenizer, read_model_type
 from .templates import Template, encode_prompt, encode_turns, get_template, guess_template, stop_token_ids
 from .training import DataArguments, FinetuneArguments, ModelArguments, parse_args, read_run_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def write_jsonl(records: Iterable[dict], path: str | Path) -> Path:
-    """Write records one JSON object a line (UTF-8, readable Chinese), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -134,38 +117,25 @@ def load_adapted(base: str | None = None, adapter: str | Path | None = None, tru
     return model, tokenizer, template
 
 
-@torch.no_grad()
 def answer_all(
     model, tokenizer, template: Template, queries: Sequence[str], max_new_tokens: int = 128,
     batch_size: int = 16, desc: str = "Answering",
 ) -> list[str]:
-    """Greedy replies to each query (no history), left-padded in batches; the order is kept."""
+    """Greedy replies to each query (no history), decoded in batches; the order is kept."""
+    settings = GenerationSettings(max_new_tokens=max_new_tokens)
     stops = stop_token_ids(tokenizer, template)
     replies: list[str] = []
     for start in tqdm(range(0, len(queries), batch_size), desc=desc, leave=False):
         prompts = [encode_prompt(tokenizer, template, q) for q in queries[start:start + batch_size]]
-        width = max(map(len, prompts))
-        pad = tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
-        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
-        output = model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
-                                do_sample=False, temperature=None, top_p=None, top_k=None,
-                                eos_token_id=stops, pad_token_id=pad)
-        replies += tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+        replies += generate_batch(model, tokenizer, prompts, [settings] * len(prompts), stops)
     return [reply.strip() for reply in replies]
 
 
-@torch.no_grad()
 def answer_nll(model, tokenizer, template: Template, pairs: Sequence[tuple[str, str]]) -> list[float]:
     """Mean per-token negative log-likelihood of each answer (with its stop token) after its prompt."""
-    losses = []
-    for query, answer in pairs:
-        ((prompt_ids, answer_ids),) = encode_turns(tokenizer, template, [(query, answer)])
-        input_ids = torch.tensor([prompt_ids + answer_ids], device=model.device)
-        labels = torch.tensor([[IGNORE_INDEX] * len(prompt_ids) + answer_ids], device=model.device)
-        loss = model(input_ids=input_ids, labels=labels).loss.item()
-        losses.append(loss if math.isfinite(loss) else float("nan"))
-    return losses
+    encoded = [encode_turns(tokenizer, template, [(query, answer)])[0] for query, answer in pairs]
+    log_probs = continuation_log_probs(model, [p for p, _ in encoded], [a for _, a in encoded], tokenizer.pad_token_id)
+    return [-total / count for total, count in log_probs]
 
 
 def build_tiny_stand_in(out: str | Path, corpus_dir: str | Path, arch: str = "qwen2", hidden_size: int = 64,

@@ -113,8 +113,8 @@ def main(args: argparse.Namespace, recipe_argv: list[str]) -> list[dict]:
     base_replay = answer_all(model, tokenizer, template, [g["q"] for g in replay], args.max_new_tokens, desc="base")
     base_nll = answer_nll(model, tokenizer, template, [(g["q"], a) for g, a in zip(control, base_control)])
     evaluation = (facts, control, base_control, base_nll, args.max_new_tokens)
-    rows, replies = zip(score("base", model, tokenizer, template, *evaluation))
-    rows, replies = list(rows), list(replies[0])
+    base_row, replies = score("base", model, tokenizer, template, *evaluation)
+    rows = [base_row]
 
     recipe_args = [*COMMON_RECIPE_ARGS, *(TINY_RECIPE_ARGS if args.model == TINY else []), *recipe_argv]
     fact_rows = [{"q": q, "a": f["answer"]} for f in facts for q in f["train_questions"]]
