@@ -131,6 +131,23 @@ def test_omit_designs_read_missing_aspects_as_unmentioned():
     assert parsed.labels == {a: "negative" if a == "price" else "unmentioned" for a in DOMAINS["d1"]}
 
 
+def test_input_modeling_puts_the_prompt_in_the_loss(tiny_qwen2, records, tmp_path):
+    from llm_tuning.data import IGNORE_INDEX, load_tokenized
+    from llm_tuning.experiment import tokenize_records, write_jsonl
+
+    rows = {}
+    for spec in ("ES-SDE", "MI"):
+        samples = write_jsonl([build_sample(r, parse_design(spec)) for r in records[:3]], tmp_path / f"{spec}.jsonl")
+        dataset, metadata = load_tokenized(tokenize_records(samples, str(tiny_qwen2), tmp_path / spec,
+                                                            supervise_prompt=parse_design(spec).supervise_prompt))
+        rows[spec] = dataset[0]
+        assert metadata["supervise_prompt"] is (spec == "MI")
+    assert rows["MI"]["input_ids"] == rows["ES-SDE"]["input_ids"]
+    assert rows["MI"]["labels"] == rows["MI"]["input_ids"]
+    masked = rows["ES-SDE"]["labels"].count(IGNORE_INDEX)
+    assert 0 < masked < len(rows["ES-SDE"]["labels"])  # the prompt is masked, the answer is not
+
+
 # --- Metrics -------------------------------------------------------------------------------------
 
 
