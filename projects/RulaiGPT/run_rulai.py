@@ -26,7 +26,9 @@ the training jsonl, tokenized data and adapter.
 """
 
 import argparse
+import json
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 from llm_tuning.cli import exits_on_user_error
@@ -64,22 +66,36 @@ def teach_stand_in(out_dir: Path, data_dir: Path, general: list[dict]) -> str:
     return str(merge_adapter(adapter, out_dir / "base"))
 
 
-def score(name: str, model, tokenizer, template, facts, control, base_control, base_nll, max_new_tokens) -> tuple[dict, list[dict]]:
+@dataclass
+class Probe:
+    """What every run is scored on, with the base model's answers to compare against."""
+
+    facts: list[dict]
+    control: list[dict]
+    base_control: list[str]  # the base model's greedy replies to the control questions
+    base_nll: list[float]    # ... and their per-token loss under the base model
+    max_new_tokens: int
+
+
+def score(name: str, model, tokenizer, template, probe: Probe) -> tuple[dict, list[dict]]:
+    """One row of the table, and every reply behind it."""
+    facts, control = probe.facts, probe.control
+
     def hit_rate(questions: list[str], keys: list[str]) -> tuple[float, list[str]]:
-        replies = answer_all(model, tokenizer, template, questions, max_new_tokens, desc=name)
+        replies = answer_all(model, tokenizer, template, questions, probe.max_new_tokens, desc=name)
         return statistics.mean(key.lower() in r.lower() for r, key in zip(replies, keys)), replies
 
     trained = [(q, f["key"]) for f in facts for q in f["train_questions"]]
     train_hit, train_replies = hit_rate([q for q, _ in trained], [k for _, k in trained])
     held_hit, held_replies = hit_rate([f["held_out_question"] for f in facts], [f["key"] for f in facts])
-    control_replies = answer_all(model, tokenizer, template, [g["q"] for g in control], max_new_tokens, desc=name)
-    nll = answer_nll(model, tokenizer, template, [(g["q"], a) for g, a in zip(control, base_control)])
+    control_replies = answer_all(model, tokenizer, template, [g["q"] for g in control], probe.max_new_tokens, desc=name)
+    nll = answer_nll(model, tokenizer, template, [(g["q"], a) for g, a in zip(control, probe.base_control)])
     row = {
         "run": name,
         "train_hit_rate": train_hit,
         "held_out_hit_rate": held_hit,
-        "control_kept": statistics.mean(r == b for r, b in zip(control_replies, base_control)),
-        "control_loss_shift": statistics.mean(n - b for n, b in zip(nll, base_nll)),
+        "control_kept": statistics.mean(r == b for r, b in zip(control_replies, probe.base_control)),
+        "control_loss_shift": statistics.mean(n - b for n, b in zip(nll, probe.base_nll)),
     }
     replies = [{"run": name, "kind": kind, "question": q, "reply": r}
                for kind, pairs in (("trained", zip([q for q, _ in trained], train_replies)),
@@ -112,8 +128,8 @@ def main(args: argparse.Namespace, recipe_argv: list[str]) -> list[dict]:
     base_control = answer_all(model, tokenizer, template, [g["q"] for g in control], args.max_new_tokens, desc="base")
     base_replay = answer_all(model, tokenizer, template, [g["q"] for g in replay], args.max_new_tokens, desc="base")
     base_nll = answer_nll(model, tokenizer, template, [(g["q"], a) for g, a in zip(control, base_control)])
-    evaluation = (facts, control, base_control, base_nll, args.max_new_tokens)
-    base_row, replies = score("base", model, tokenizer, template, *evaluation)
+    probe = Probe(facts, control, base_control, base_nll, args.max_new_tokens)
+    base_row, replies = score("base", model, tokenizer, template, probe)
     rows = [base_row]
 
     recipe_args = [*COMMON_RECIPE_ARGS, *(TINY_RECIPE_ARGS if args.model == TINY else []), *recipe_argv]
@@ -124,12 +140,12 @@ def main(args: argparse.Namespace, recipe_argv: list[str]) -> list[dict]:
         train_file = write_jsonl(fact_rows + extra, run_dir / "train.jsonl")
         dataset = tokenize_records(train_file, base, run_dir / "tokenized")
         adapter = train_adapter(args.recipe, dataset, run_dir / "adapter", recipe_args)
-        row, run_replies = score(name, *load_adapted(adapter=adapter), *evaluation)
+        row, run_replies = score(name, *load_adapted(adapter=adapter), probe)
         rows.append(row)
         replies += run_replies
 
     table = markdown_table(rows)
-    write_jsonl(rows, out_dir / "results.json")
+    (out_dir / "results.json").write_text(json.dumps(rows, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     write_jsonl(replies, out_dir / "replies.jsonl")
     (out_dir / "results.md").write_text(table, encoding="utf-8")
     print(table)
