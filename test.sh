@@ -4,4 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/setup_env.sh all,dev
+# The web UI test drives Debian's Chromium; installing it needs root (CI runs as root).
+bash scripts/install_browser.sh || echo "warning: without chromium, tests/test_web_demo.py fails" >&2
 python -m pytest "$@"
