@@ -61,6 +61,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--max_seq_length", type=int, default=512)
     parser.add_argument("--max_new_tokens", type=int, default=200)
     parser.add_argument("--eval_batch_size", type=int, default=16)
+    parser.add_argument("--tiny_hidden_size", type=int, default=64, help="size of the offline stand-in")
+    parser.add_argument("--tiny_layers", type=int, default=2)
     parser.add_argument("--output_dir", default="runs/sde")
     return parser.parse_known_args(argv)
 
@@ -75,7 +77,8 @@ def prepare_model(args, designs: dict[str, Design], train: list[dict], out_dir: 
         return args.model
     corpus = out_dir / "tiny-corpus"
     write_jsonl((build_sample(r, d) for d in designs.values() for r in train), corpus / "samples.jsonl")
-    return str(build_tiny_stand_in(out_dir / "tiny-model", corpus))
+    return str(build_tiny_stand_in(out_dir / "tiny-model", corpus, hidden_size=args.tiny_hidden_size,
+                                   num_layers=args.tiny_layers))
 
 
 def run_design(args, recipe_argv, spec: str, design: Design, model: str, data: dict[str, list[dict]],
