@@ -46,9 +46,11 @@ def test_mixed_logits_lie_between_the_parts_as_weighted(tiny_qwen2, two_adapters
     b = logits_with(tiny_qwen2, two_adapters[1:])
     mixed = logits_with(tiny_qwen2, two_adapters, [0.7, 0.3])
     assert (a - b).abs().max() > 1e-3  # the parts really differ
-    # Logits are not exactly linear in the update (norms, activations), but close for LoRA-sized ones.
-    gap = (mixed - (0.7 * a + 0.3 * b)).abs().max()
-    assert gap < 0.05 * (a - b).abs().max()
+    # Logits are not exactly linear in the update (norms, activations), but close for LoRA-sized
+    # ones: the mix sits near 0.7·a + 0.3·b, much nearer it than the mirrored 0.3·a + 0.7·b…
+    as_weighted, mirrored = 0.7 * a + 0.3 * b, 0.3 * a + 0.7 * b
+    assert (mixed - as_weighted).abs().max() < 0.15 * (a - b).abs().max()
+    assert (mixed - as_weighted).norm() < 0.5 * (mixed - mirrored).norm()
     # …and nearer the 0.7 part than the 0.3 one.
     assert (mixed - a).norm() < (mixed - b).norm()
 
