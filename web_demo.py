@@ -127,7 +127,7 @@ def build_demo(backend: ChatBackend):
         inputs = [message, chatbot, adapter, max_new_tokens, temperature, top_p]
         message.submit(respond, inputs, [message, chatbot])
         send.click(respond, inputs, [message, chatbot])
-        clear.click(lambda: ([], ""), None, [chatbot, message])
+        clear.click(lambda: [], None, [chatbot])  # the history only: a message being typed stays
     return demo
 
 
