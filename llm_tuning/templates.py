@@ -11,7 +11,7 @@ suffix and `{bos}` in a turn separator stand for the tokenizer's own EOS / BOS t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .cli import UserError
 
@@ -138,14 +138,12 @@ register(Template(
     turn_separator="\n",
     stop_words=("<|im_end|>",),
 ))
-register(Template(
+register(replace(
+    TEMPLATES["qwen"],
     name="qwen3",
     notes="ChatML as in Qwen3 (no default system prompt; thinking disabled in training samples).",
-    system_format="<|im_start|>system\n{system}<|im_end|>\n",
+    default_system=None,
     user_format="<|im_start|>user\n{query}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n",
-    answer_suffix="<|im_end|>",
-    turn_separator="\n",
-    stop_words=("<|im_end|>",),
 ))
 register(Template(
     name="chatglm",
@@ -204,16 +202,11 @@ register(Template(
     turn_separator="{bos}",
     add_bos=True,
 ))
-register(Template(
+register(replace(
+    TEMPLATES["llama2"],
     name="chinese-llama2",
     notes="ymcui/Chinese-LLaMA-Alpaca-2: the llama2 format with its own default system prompt.",
-    system_format="<<SYS>>\n{system}\n<</SYS>>\n\n",
     default_system="You are a helpful assistant. 你是一个乐于助人的助手。",
-    user_format="[INST] {system}{query} [/INST]",
-    answer_prefix=" ",
-    answer_suffix=" {eos}",
-    turn_separator="{bos}",
-    add_bos=True,
 ))
 register(Template(
     name="mistral",
@@ -231,15 +224,12 @@ register(Template(
     add_bos=True,
     stop_words=("<eoa>",),
 ))
-register(Template(
+register(replace(
+    TEMPLATES["qwen"],
     name="internlm2",
     notes="internlm/internlm2-chat-7b / internlm2_5-7b-chat: <s> then ChatML <|im_start|>/<|im_end|>.",
-    system_format="<|im_start|>system\n{system}<|im_end|>\n",
-    user_format="<|im_start|>user\n{query}<|im_end|>\n<|im_start|>assistant\n",
-    answer_suffix="<|im_end|>",
-    turn_separator="\n",
+    default_system=None,
     add_bos=True,
-    stop_words=("<|im_end|>",),
 ))
 register(Template(
     name="alpaca",
