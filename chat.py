@@ -3,7 +3,8 @@
     # one question, greedy, then exit
     python chat.py --adapter weights/simple_math_4op --query "计算 3 + 94 等于多少？"
 
-    # interactive, streaming, multi-turn ("clear" forgets the history, "exit" quits)
+    # interactive, streaming, multi-turn ("clear" forgets the history, "exit" quits,
+    # "adapter NAME" switches between loaded adapters, their mix and "base")
     python chat.py --adapter weights/simple_math_4op
 
     # two adapters mixed 70/30 (peft weighted combination); a merged model needs no --adapter
@@ -18,12 +19,13 @@ import argparse
 
 from llm_tuning.cli import UserError, exits_on_user_error, parse_bool
 from llm_tuning.generation import GenerationSettings, context_length, fit_history, generate_reply, stream_reply
-from llm_tuning.modeling import adapter_base_model, load_adapters, load_model, load_tokenizer, read_model_type
+from llm_tuning.modeling import AdapterMenu, adapter_base_model, load_adapters, load_model, load_tokenizer, read_model_type
 from llm_tuning.templates import get_template, guess_template
 from llm_tuning.training import read_run_config
 
 EXIT_COMMANDS = {"exit", "quit", "stop"}
 CLEAR_COMMANDS = {"clear", "reset"}
+ADAPTER_COMMAND = "adapter"  # "adapter" lists the choices, "adapter NAME" switches to one
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,11 +81,24 @@ def load_chat_model(args: argparse.Namespace):
     return model, tokenizer, template
 
 
-def interactive(model, tokenizer, template, system, settings, max_context_tokens: int) -> None:
+def switch_adapter(menu: AdapterMenu, command: str) -> None:
+    """`adapter` lists the choices (the active one starred); `adapter NAME` switches to NAME."""
+    choice = command[len(ADAPTER_COMMAND):].strip()
+    if choice:
+        try:
+            menu.select(choice)
+        except UserError as err:
+            print(f"({err})")
+            return
+    print("(adapters: " + ", ".join(f"*{c}" if c == menu.current else c for c in menu.choices()) + ")")
+
+
+def interactive(model, tokenizer, template, system, settings, max_context_tokens: int, menu: AdapterMenu) -> None:
     """The terminal chat loop: streams each reply; forgets the oldest turns when the context is full."""
     history: list[tuple[str, str]] = []
     max_prompt_tokens = max_context_tokens - settings.max_new_tokens
-    print("Type a message; 'clear' forgets the conversation, 'exit' quits.")
+    print("Type a message; 'clear' forgets the conversation, 'exit' quits"
+          + (", 'adapter NAME' switches adapters." if menu.choices() else "."))
     while True:
         try:
             query = input("\nUser: ").strip()
@@ -95,6 +110,9 @@ def interactive(model, tokenizer, template, system, settings, max_context_tokens
         if query.lower() in CLEAR_COMMANDS:
             history = []
             print("(history cleared)")
+            continue
+        if menu.choices() and (query == ADAPTER_COMMAND or query.startswith(ADAPTER_COMMAND + " ")):
+            switch_adapter(menu, query)
             continue
         if not query:
             continue
@@ -108,9 +126,10 @@ def interactive(model, tokenizer, template, system, settings, max_context_tokens
         history = kept
         print("Assistant: ", end="", flush=True)
         reply = ""
-        for piece in stream_reply(model, tokenizer, template, query, history, system, settings):
-            print(piece, end="", flush=True)
-            reply += piece
+        with menu.active():
+            for piece in stream_reply(model, tokenizer, template, query, history, system, settings):
+                print(piece, end="", flush=True)
+                reply += piece
         print()
         history.append((query, reply))
 
@@ -128,7 +147,7 @@ def main(args: argparse.Namespace) -> None:
     if settings.max_new_tokens >= max_context_tokens:
         raise UserError(f"--max_new_tokens {settings.max_new_tokens} leaves no room for the prompt in a "
                         f"context of {max_context_tokens} tokens; lower it")
-    interactive(model, tokenizer, template, args.system, settings, max_context_tokens)
+    interactive(model, tokenizer, template, args.system, settings, max_context_tokens, AdapterMenu(model, args.adapter))
 
 
 if __name__ == "__main__":

@@ -12,15 +12,15 @@ The prompt is built by the family template, exactly as in training.
 import argparse
 import os
 import threading
-from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline machines: no phoning home
 
 from chat import add_model_arguments, load_chat_model
 from llm_tuning.cli import UserError, exits_on_user_error
 from llm_tuning.generation import GenerationSettings, context_length, fit_history, stream_reply
+from llm_tuning.modeling import AdapterMenu
 
-BASE_CHOICE = "(base model, no adapter)"
+BASE_CHOICE = AdapterMenu.BASE
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -35,34 +35,25 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 class ChatBackend:
-    """The model, its adapters and one lock: a reply is generated with one adapter active at a time."""
+    """The model, its adapter menu and one lock: a reply is generated with one choice active at a time."""
 
     def __init__(self, model, tokenizer, template, adapter_dirs: list[str], system: str | None,
                  max_context_tokens: int):
         self.model, self.tokenizer, self.template = model, tokenizer, template
         self.system = system
         self.max_context_tokens = max_context_tokens
-        # load_adapters names them adapter0, adapter1, ... and mixes several into "mixed".
-        self.adapters = {Path(path).name: f"adapter{i}" for i, path in enumerate(adapter_dirs)}
-        if len(adapter_dirs) > 1:
-            self.adapters["mixed (--adapter_weights)"] = "mixed"
+        self.menu = AdapterMenu(model, adapter_dirs)
         self.lock = threading.Lock()
 
     def choices(self) -> list[str]:
-        return [*self.adapters, BASE_CHOICE]
+        return self.menu.choices() or [BASE_CHOICE]
 
     def reply(self, query: str, history: list[tuple[str, str]], adapter: str, settings: GenerationSettings):
         """Yield the growing reply text."""
         history = fit_history(self.tokenizer, self.template, query, history, self.system,
                               self.max_context_tokens - settings.max_new_tokens)
-        with self.lock:
-            if adapter == BASE_CHOICE and self.adapters:
-                with self.model.disable_adapter():
-                    yield from self._stream(query, history, settings)
-            else:
-                if self.adapters:
-                    self.model.set_adapter(self.adapters[adapter])
-                yield from self._stream(query, history, settings)
+        with self.lock, self.menu.active(adapter):
+            yield from self._stream(query, history, settings)
 
     def _stream(self, query, history, settings):
         text = ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -173,6 +174,48 @@ def load_adapters(model, adapter_paths: list[str], weights: list[float] | None =
         model.set_adapter("mixed")
     model.eval()
     return model
+
+
+class AdapterMenu:
+    """The choices a person switches between in a chat: each loaded adapter (by its directory
+    name), their weighted mix when there are several, and the base model with adapters off."""
+
+    BASE = "base"
+    MIXED = "mixed"
+
+    def __init__(self, model, adapter_paths: list[str]):
+        self.model = model
+        self.names: dict[str, str] = {}  # shown name -> peft adapter name (see load_adapters)
+        for index, path in enumerate(adapter_paths):
+            shown = Path(path).name
+            self.names[shown if shown not in self.names else str(path)] = f"adapter{index}"
+        if len(adapter_paths) > 1:
+            self.names[self.MIXED] = "mixed"
+        self.current = self.MIXED if len(adapter_paths) > 1 else next(iter(self.names), self.BASE)
+
+    def choices(self) -> list[str]:
+        return [*self.names, self.BASE] if self.names else []
+
+    def check(self, choice: str) -> str:
+        if choice not in self.choices():
+            raise UserError(f"no adapter {choice!r}; choose one of: {', '.join(self.choices()) or '(none loaded)'}")
+        return choice
+
+    def select(self, choice: str) -> None:
+        self.current = self.check(choice)
+
+    @contextlib.contextmanager
+    def active(self, choice: str | None = None):
+        """Run the body with `choice` (default: the selected one) switched on."""
+        choice = choice or self.current
+        if not self.names:
+            yield
+        elif choice == self.BASE:
+            with self.model.disable_adapter():
+                yield
+        else:
+            self.model.set_adapter(self.names[self.check(choice)])
+            yield
 
 
 def adapter_base_model(adapter_path: str) -> str:

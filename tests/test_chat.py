@@ -61,3 +61,19 @@ def test_reply_budget_larger_than_the_context_is_a_user_error(adapter, monkeypat
         chat.main(chat.parse_args(["--adapter", str(adapter), "--max_new_tokens", "64", "--max_context_tokens", "64"]))
     assert exit_info.value.code == 2
     assert "leaves no room for the prompt" in capsys.readouterr().err
+
+
+def test_adapter_command_switches_between_adapters_their_mix_and_the_base(tiny_qwen2, tmp_path_factory,
+                                                                           monkeypatch, capsys):
+    first = train_tiny_adapter(tiny_qwen2, tmp_path_factory.mktemp("first"), PAIRS[:4])
+    second = train_tiny_adapter(tiny_qwen2, tmp_path_factory.mktemp("second"), PAIRS[4:])
+    (q_first, a_first), (q_second, a_second) = PAIRS[0], PAIRS[4]
+    out = chat_session(monkeypatch, capsys,
+                       ["--adapter", str(first), "--adapter", str(second), "--max_new_tokens", "24"],
+                       ["adapter", f"adapter {first.name}", q_first, "clear", f"adapter {second.name}", q_second,
+                        "clear", "adapter base", q_first, "adapter nope", "exit"])
+    assert f"(adapters: {first.name}, {second.name}, *mixed, base)" in out  # the mix is active first
+    replies = [line.removeprefix("Assistant: ") for line in out.splitlines() if line.startswith("Assistant: ")]
+    assert replies[:2] == [a_first, a_second]  # each adapter answers what it was trained on
+    assert replies[2] != a_first  # the base model never learned it
+    assert "(no adapter 'nope'; choose one of:" in out
