@@ -14,6 +14,12 @@ SKIP_OVERLENGTH=${SKIP_OVERLENGTH:-false}         # false: truncate long rows; t
 TEMPLATE=${TEMPLATE:-auto}                        # auto: read from the model's config
 NUM_PROC=${NUM_PROC:-1}
 
+if [ "$MODEL" = models/tiny-qwen2 ] && [ ! -d "$MODEL" ]; then
+    echo "error: $MODEL does not exist; build the offline demo model first:" \
+         "python -m llm_tuning.testing --arch qwen2 --out $MODEL (or set MODEL to your model)" >&2
+    exit 2
+fi
+
 python tokenize_dataset_rows.py \
     --model_checkpoint "$MODEL" \
     --input_file "$INPUT_FILE" \

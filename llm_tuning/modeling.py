@@ -21,7 +21,7 @@ def load_tokenizer(path: str, trust_remote_code: bool = False, padding_side: str
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
-        raise UserError(f"cannot load a tokenizer from {path}: {first_line(err)}") from None
+        raise UserError(f"cannot load a tokenizer from {path}: {load_failure(path, err)}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     if padding_side is not None:
@@ -39,7 +39,7 @@ def read_model_type(path: str, trust_remote_code: bool = False) -> str | None:
     try:
         return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code).model_type
     except (OSError, ValueError) as err:
-        raise UserError(f"cannot read the model config of {path}: {first_line(err)}") from None
+        raise UserError(f"cannot read the model config of {path}: {load_failure(path, err)}") from None
 
 
 ROPE_SCALINGS = ("linear", "dynamic", "yarn")
@@ -73,7 +73,7 @@ def load_model(
     try:
         return AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as err:
-        raise UserError(f"cannot load a model from {path}: {first_line(err)}") from None
+        raise UserError(f"cannot load a model from {path}: {load_failure(path, err)}") from None
 
 
 def quantization_config(bits: int, dtype: str = "auto"):
@@ -110,7 +110,7 @@ def scaled_rope_config(path: str, kind: str, factor: float, trust_remote_code: b
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
-        raise UserError(f"cannot read the model config of {path}: {first_line(err)}") from None
+        raise UserError(f"cannot read the model config of {path}: {load_failure(path, err)}") from None
     rope = getattr(config, "rope_parameters", None)
     if not isinstance(rope, dict) or "rope_theta" not in rope:
         raise UserError(f"--rope_scaling works on models with standard RoPE settings; {path} "
@@ -235,6 +235,13 @@ def require_single_tokens(tokenizer, words: list[str], why: str) -> None:
     if split:
         raise UserError(f"this tokenizer splits {', '.join(split)} into several tokens, but {why}; "
                         "is it the family's own tokenizer?")
+
+
+def load_failure(path: str, err: BaseException) -> str:
+    """Why `from_pretrained(path)` failed, said plainly when the path is simply not there."""
+    if not Path(path).exists():
+        return "no such local directory, and it could not be fetched as a hub id (offline, or no such repo)"
+    return first_line(err)
 
 
 def first_line(err: BaseException) -> str:

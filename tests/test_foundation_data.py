@@ -1,6 +1,7 @@
 """Step 1 of the workflow: reading, validating, tokenizing with label masks, saving to disk."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -232,7 +233,15 @@ def test_unknown_template_and_missing_model_are_user_errors(tiny_qwen2, tmp_path
     assert exit_info.value.code == 2 and "unknown template 'nope'" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         tokenize_cli(tmp_path / "no-model", MATH, tmp_path)
-    assert exit_info.value.code == 2 and "cannot load a tokenizer from" in capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert "cannot load a tokenizer from" in (err := capsys.readouterr().err) and "no such local directory" in err
+
+
+def test_tokenize_sh_says_how_to_build_the_missing_demo_model(tmp_path, run):
+    shutil.copy(REPO / "tokenize.sh", tmp_path)
+    result = run("tokenize.sh", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "python -m llm_tuning.testing --arch qwen2 --out models/tiny-qwen2" in result.stderr
 
 
 def test_json_list_files_read_like_jsonl(tmp_path):
