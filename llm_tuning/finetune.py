@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 from transformers import Trainer, TrainingArguments, set_seed
 
-from .cli import exits_on_user_error
 from .batching import prepare_batching
-from .eval_callback import attach_generation_eval
+from .cli import exits_on_user_error
 from .data import check_tokenizer_matches, load_tokenized, print_data_example
+from .eval_callback import attach_generation_eval
 from .methods import check_method, count_parameters, method_callbacks, prepare_trainable, training_steps
 from .modeling import load_model, load_tokenizer, require_single_tokens
 from .templates import get_template, stop_token_ids
