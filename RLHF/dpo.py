@@ -22,73 +22,19 @@ Writes to --output_dir: the adapter (safetensors), the tokenizer, llm_tuning.jso
 --adapter works), trainer_log.jsonl and eval_metrics.json.
 """
 
-from datasets import Dataset
-from transformers import set_seed
 from trl import DPOConfig, DPOTrainer
 
-from llm_tuning.cli import UserError, exits_on_user_error
-from llm_tuning.modeling import load_model, load_tokenizer
-from llm_tuning.ppo import preference_margin
-from llm_tuning.preference import (
-    PreferenceArguments, encode_pair, encode_pairs, load_preference_pairs, lora_config, parse_trainer_args,
-    render_pair, resolve_template, save_eval_metrics,
-)
-from llm_tuning.training import TrainerLogCallback, require_output_dir, save_run_config
-
-
-
-def check_same_ids(trainer_row: dict, expected, tokenizer) -> None:
-    """DPOTrainer tokenizes the rendered text itself; it must give the ids the policy is used with."""
-    got = trainer_row["prompt_ids"] + trainer_row["chosen_ids"]
-    want = expected.prompt_ids + expected.chosen_ids
-    if got != want:
-        raise UserError(
-            "DPOTrainer's token ids differ from the chat template's: "
-            f"{tokenizer.decode(got)!r} vs {tokenizer.decode(want)!r}; check the tokenizer's special tokens"
-        )
+from llm_tuning.cli import exits_on_user_error
+from llm_tuning.preference import PreferenceArguments, parse_trainer_args, train_on_pairs
 
 
 @exits_on_user_error
 def main(args: PreferenceArguments, training_args: DPOConfig) -> dict | None:
-    require_output_dir(training_args)
-    set_seed(training_args.seed)
-
-    tokenizer = load_tokenizer(args.model_name_or_path, training_args.trust_remote_code)
-    template = resolve_template(args.model_name_or_path, args.template, training_args.trust_remote_code)
-    pairs = load_preference_pairs(args.train_file)
-    dataset = Dataset.from_list([render_pair(tokenizer, template, pair) for pair in pairs])
-    held_out = (encode_pairs(tokenizer, template, load_preference_pairs(args.eval_file), training_args.max_length)
-                if args.eval_file else None)
-
-    # The SFT model; DPOTrainer adds the LoRA adapter and uses the model without it as the reference.
-    model = load_model(args.model_name_or_path, "float32", training_args.trust_remote_code)
-    trainer = DPOTrainer(model=model, ref_model=None, args=training_args, train_dataset=dataset,
-                         processing_class=tokenizer, peft_config=lora_config(model, args, "CAUSAL_LM"),
-                         callbacks=[TrainerLogCallback()])
-    check_same_ids(trainer.train_dataset[0], encode_pair(tokenizer, template, pairs[0]), tokenizer)
-    print(f"{len(dataset)} pairs; first prompt: {dataset[0]['prompt']!r}")
-
-    before = None
-    if held_out:
-        with trainer.model.disable_adapter():
-            before = preference_margin(trainer.model, held_out, tokenizer.pad_token_id)
-    trainer.train()
-    trainer.save_model(training_args.output_dir)
-    if not trainer.is_world_process_zero():
-        return None
-    tokenizer.save_pretrained(training_args.output_dir)
-    save_run_config(training_args.output_dir, base_model=args.model_name_or_path, template=template.name,
-                    train_file=args.train_file, stage="dpo", loss_type=list(training_args.loss_type),
-                    beta=training_args.beta)
-    if held_out is None:
-        return None
-    trainer.model.eval()
-    metrics = {"pairs": len(held_out), "margin_before": before,
-               "margin_after": preference_margin(trainer.model, held_out, tokenizer.pad_token_id)}
-    save_eval_metrics(training_args.output_dir, metrics)
-    print(f"held-out log π(chosen) - log π(rejected): {metrics['margin_before']:.2f} (SFT) -> "
-          f"{metrics['margin_after']:.2f} (DPO) on {len(held_out)} pairs")
-    return metrics
+    # DPOTrainer with ref_model=None and a peft_config uses the SFT model with the adapter off as the reference.
+    return train_on_pairs(DPOTrainer, args, training_args, "dpo",
+                          trainer_ids=lambda row: row["prompt_ids"] + row["chosen_ids"],
+                          trainer_kwargs={"ref_model": None},
+                          run_config={"loss_type": list(training_args.loss_type), "beta": training_args.beta})
 
 
 @exits_on_user_error

@@ -32,9 +32,9 @@ from llm_tuning.modeling import first_line, load_tokenizer
 from llm_tuning.ppo import reward_scores
 from llm_tuning.preference import (
     PreferenceArguments, encode_pairs, load_preference_pairs, lora_config, pairwise_accuracy, parse_trainer_args,
-    resolve_template, save_eval_metrics,
+    resolve_template, save_eval_metrics, train_and_save,
 )
-from llm_tuning.training import TrainerLogCallback, require_output_dir, save_run_config
+from llm_tuning.training import TrainerLogCallback, require_output_dir
 
 
 
@@ -73,15 +73,7 @@ def main(args: PreferenceArguments, training_args: RewardConfig) -> dict | None:
     training_args.max_length = None  # already filtered by encode_pairs
     trainer = RewardTrainer(model=model, args=training_args, train_dataset=dataset, processing_class=tokenizer,
                             peft_config=lora_config(model, args, "SEQ_CLS"), callbacks=[TrainerLogCallback()])
-    trainer.train()
-    trainer.save_model(training_args.output_dir)
-    if not trainer.is_world_process_zero():
-        return None
-    tokenizer.save_pretrained(training_args.output_dir)
-    save_run_config(training_args.output_dir, base_model=args.model_name_or_path, template=template.name,
-                    train_file=args.train_file, stage="reward_model")
-
-    if held_out is None:
+    if not train_and_save(trainer, tokenizer, args, template, "reward_model") or held_out is None:
         return None
     metrics = held_out_accuracy(trainer.model, tokenizer, held_out)
     save_eval_metrics(training_args.output_dir, metrics)

@@ -1,5 +1,5 @@
 """RLHF tutorial: preference data rules, the PPO core against hand-computed values, and the whole
-SFT -> reward model -> PPO -> DPO pipeline on a tiny model with the figures the tutorial promises."""
+SFT -> reward model -> PPO -> DPO (-> ORPO) pipeline on a tiny model with the figures the tutorial promises."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from conftest import REPO_ROOT
 from llm_tuning.cli import UserError
 from llm_tuning.ppo import cut_at_stop, gae, generate_replies, kl_shaped_rewards, pack, ppo_losses, whiten
-from llm_tuning.preference import load_preference_pairs, pairwise_accuracy
+from llm_tuning.preference import EncodedPair, check_same_ids, load_preference_pairs, pairwise_accuracy
 
 RLHF_DIR = REPO_ROOT / "RLHF"
 DATA = RLHF_DIR / "data"
@@ -206,11 +206,52 @@ def test_dpo_raises_margin_and_style_rate(pipeline):
     assert rows["SFT"].kl == 0 and rows["DPO"].empty == 0
 
 
-def test_a_bad_record_stops_the_script_with_file_line_and_exit_code_2(tiny_qwen2, tmp_path, run):
+@pytest.fixture(scope="module")
+def orpo(pipeline):
+    """ORPO on the pipeline's SFT model (no reward model, no reference), measured like the others."""
+    out = pipeline["out"]
+    sft = str(out / "sft")
+    metrics = load_script("orpo").cli([
+        "--model_name_or_path", sft, "--train_file", str(DATA / "preference_train.jsonl"),
+        "--eval_file", str(DATA / "preference_eval.jsonl"), "--output_dir", str(out / "orpo"),
+        "--max_steps", "40", "--learning_rate", "2e-3", "--beta", "0.5", "--bf16", "false",
+        "--per_device_train_batch_size", "16", "--save_strategy", "no", "--report_to", "none"])
+    [row] = load_script("evaluate").measure_policies(sft, str(out / "rm"), str(DATA / "preference_eval.jsonl"),
+                                                     {"ORPO": str(out / "orpo")})[1:]
+    return {"metrics": metrics, "row": row, "out": out / "orpo"}
+
+
+def test_orpo_raises_margin_reward_and_style_rate_without_empty_replies(pipeline, orpo):
+    sft, row, metrics = pipeline["rows"]["SFT"], orpo["row"], orpo["metrics"]
+    assert metrics["margin_after"] > metrics["margin_before"] + 3.0
+    assert metrics["margin_before"] == pytest.approx(sft.margin, abs=1e-3)  # adapter off = the SFT model
+    assert row.margin == pytest.approx(metrics["margin_after"], abs=1e-3)
+    assert row.style_rate >= sft.style_rate + 0.4
+    assert row.reward > sft.reward + 2.0
+    assert row.empty == 0
+    # no reference model in the loss, yet the policy stays near the SFT model (exact KL, nats per reply)
+    assert 0 < row.kl <= PPO_KL_BOUND
+    config = json.loads((orpo["out"] / "llm_tuning.json").read_text())
+    assert config["stage"] == "orpo" and (orpo["out"] / "adapter_config.json").is_file()
+
+
+def test_trainer_token_ids_must_match_the_template():
+    class Tok:
+        def decode(self, ids):
+            return " ".join(map(str, ids))
+
+    expected = EncodedPair(prompt_ids=[1, 2], chosen_ids=[3, 9], rejected_ids=[4, 9])
+    check_same_ids([1, 2, 3, 9], expected, Tok(), "ORPOTrainer")
+    with pytest.raises(UserError, match=r"^ORPOTrainer's token ids differ from the chat template's: '0 1 2 3 9' vs '1 2 3 9'"):
+        check_same_ids([0, 1, 2, 3, 9], expected, Tok(), "ORPOTrainer")  # e.g. a BOS the template has not
+
+
+@pytest.mark.parametrize("script", ["reward_model", "orpo"])
+def test_a_bad_record_stops_the_script_with_file_line_and_exit_code_2(tiny_qwen2, tmp_path, run, script):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "q", "chosen": "a!", "rejected": "a."},
                                                {"prompt": "q", "chosen": "same", "rejected": "same"}])
-    result = run("RLHF/reward_model.py", "--model_name_or_path", tiny_qwen2, "--template", "qwen",
-                 "--train_file", bad, "--output_dir", tmp_path / "rm", "--bf16", "false")
+    result = run(f"RLHF/{script}.py", "--model_name_or_path", tiny_qwen2, "--template", "qwen",
+                 "--train_file", bad, "--output_dir", tmp_path / script, "--bf16", "false")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: {bad}:2: the chosen and the rejected reply are the same; a pair must differ")
