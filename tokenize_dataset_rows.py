@@ -24,7 +24,8 @@ import argparse
 from pathlib import Path
 
 from llm_tuning.cli import exits_on_user_error, parse_bool
-from llm_tuning.data import RECORD_FORMATS, RecordKeys, TokenizeConfig, print_data_example, save_tokenized, tokenize_file
+from llm_tuning.data import TokenizeConfig, print_data_example, save_tokenized, tokenize_file
+from llm_tuning.records import RECORD_FORMATS, RecordKeys
 from llm_tuning.modeling import load_tokenizer, read_model_type
 from llm_tuning.templates import guess_template, get_template
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llm_tuning.cli import UserError
-from llm_tuning.data import read_records
+from llm_tuning.records import read_records
 
 LABELS = ("positive", "neutral", "negative", "unmentioned")
 # The numeric codes of the ASAP data set (and of the paper's numeric-label design).

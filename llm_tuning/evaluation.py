@@ -20,7 +20,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .cli import UserError
-from .data import Conversation, RecordKeys, load_conversations, read_records
+from .records import Conversation, RecordKeys, load_conversations, read_records
 from .generation import GenerationSettings, generate_batch
 from .metrics import choice_accuracy, continuation_log_probs, generation_scores, perplexity, best_option
 from .templates import Template, encode_prompt, encode_turns, stop_token_ids

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cli import UserError
-from .data import read_records
+from .records import read_records
 from .templates import Template, encode_turns
 
 FORMATS_HELP = ("prompt/chosen/rejected, prompt/selected/rejected, "

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from llm_tuning.data import Conversation, tokenize_conversation
+from llm_tuning.data import tokenize_conversation
+from llm_tuning.records import Conversation
 from llm_tuning.modeling import load_model, load_tokenizer
 from llm_tuning.templates import get_template
 from llm_tuning.training import save_run_config

@@ -8,10 +8,11 @@ import pytest
 
 import tokenize_dataset_rows
 from llm_tuning.data import (
-    IGNORE_INDEX, Conversation, RecordKeys, TokenizeConfig, load_conversations, load_tokenized, make_collator,
-    save_tokenized, supervised_ids, tokenize_conversation, tokenize_file,
+    IGNORE_INDEX, TokenizeConfig, load_tokenized, make_collator, save_tokenized, supervised_ids,
+    tokenize_conversation, tokenize_file,
 )
 from llm_tuning.modeling import load_tokenizer
+from llm_tuning.records import Conversation, RecordKeys, load_conversations
 from llm_tuning.templates import encode_prompt, get_template
 
 REPO = Path(__file__).resolve().parent.parent

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from llm_tuning.cli import UserError, exits_on_user_error
-from llm_tuning.data import read_records
+from llm_tuning.records import read_records
 from llm_tuning.experiment import write_jsonl
 
 ANSWER_KEYS = {"chatgpt": ("chatgpt_answers",), "human": ("human_answers",),
