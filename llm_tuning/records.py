@@ -62,21 +62,26 @@ def read_records(path: str | Path) -> list[tuple[str, dict]]:
         if not isinstance(records, list):
             raise UserError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
         located = [(f"{path}: record {i}", record) for i, record in enumerate(records, start=1)]
+        for where, record in located:
+            if not isinstance(record, dict):
+                raise UserError(f"{where}: expected a JSON object, got {type(record).__name__}")
     else:
-        located = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                located.append((f"{path}:{lineno}", json.loads(line)))
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
+        located = [(f"{path}:{lineno}", parse_json_line(line, f"{path}:{lineno}"))
+                   for lineno, line in enumerate(text.splitlines(), start=1) if line.strip()]
     if not located:
         raise UserError(f"{path}: no records in the file")
-    for where, record in located:
-        if not isinstance(record, dict):
-            raise UserError(f"{where}: expected a JSON object, got {type(record).__name__}")
     return located
+
+
+def parse_json_line(line: str, where: str) -> dict:
+    """One jsonl line as a JSON object, or a UserError located at `where` (`file:line`)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
+    if not isinstance(record, dict):
+        raise UserError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    return record
 
 
 def _text_field(record: dict, key: str, where: str, what: str, flag: str) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .atomic import atomic_directory
 from .cli import UserError
+from .records import parse_json_line
 
 SHARD_SUFFIX = ".jsonl.zst"
 HELDOUT_FILE = "heldout" + SHARD_SUFFIX
@@ -66,12 +67,7 @@ def read_texts(path: str | Path, text_key: str = TEXT_KEY) -> Iterator[str]:
 
 
 def _line_text(line: str, text_key: str, where: str) -> str:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise UserError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
-    if not isinstance(record, dict):
-        raise UserError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    record = parse_json_line(line, where)
     if text_key not in record:
         found = ", ".join(record) or "no keys"
         raise UserError(f"{where}: no key {text_key!r} (found: {found}); pass --text_key <key>")
