@@ -18,7 +18,7 @@ parse every output back to labels → score. Prints and saves a comparison table
 
 Arguments this script does not know go to the recipe as they are (every TrainingArguments flag
 and the LoRA flags: --lora_rank, --quantization_bit 4, ...). Real data in the ASAP CSV style:
-convert it with SDE/reviews.py `load_asap_csv` to the jsonl schema and pass --train_file etc.
+convert it with SDE/convert_asap.py to the jsonl schema and pass --train_file etc.
 
 Writes to --output_dir (default runs/sde): results.md (the table), results.json, results.png
 (the chart), and per design: train.jsonl, the tokenized data, the adapter, predictions_*.jsonl.

@@ -58,6 +58,22 @@ def test_asap_csv_loader(tmp_path):
         load_asap_csv(csv_file, "d1", columns)
 
 
+def test_convert_asap_writes_records_run_sde_can_read(tmp_path, capsys):
+    import convert_asap
+
+    csv_file = tmp_path / "asap.csv"
+    csv_file.write_text("review,T,D,P,H,S,K\n好吃但是贵,1,-2,-1,-2,-2,0\n环境很脏,-2,-2,-2,-1,-2,-2\n", encoding="utf-8")
+    out = tmp_path / "asap.jsonl"
+    convert_asap.main(["--csv", str(csv_file), "--domain", "d1", "--out", str(out),
+                       "--columns", "food=T,drinks=D,price=P,hygiene=H,staff=S,parking=K"])
+    records = load_reviews(out)
+    assert [r["labels"]["hygiene"] for r in records] == ["unmentioned", "negative"]
+    assert "wrote 2 reviews of domain d1" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        convert_asap.main(["--csv", str(csv_file), "--domain", "d1", "--out", str(out), "--columns", "food"])
+    assert exit_info.value.code == 2 and "expected aspect=CSV column, got 'food'" in capsys.readouterr().err
+
+
 def test_bad_review_record_names_its_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"review": "好", "domain": "d1", "labels": {"food": "great"}}\n', encoding="utf-8")
