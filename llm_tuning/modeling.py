@@ -70,10 +70,25 @@ def load_model(
         kwargs["device_map"] = device_map
     if rope_scaling is not None:
         kwargs["config"] = scaled_rope_config(path, rope_scaling, rope_factor, trust_remote_code)
+    start_deepspeed_comm_for_zero3()
     try:
         return AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as err:
         raise UserError(f"cannot load a model from {path}: {load_failure(path, err)}") from None
+
+
+def start_deepspeed_comm_for_zero3() -> None:
+    """Under ZeRO-3, `from_pretrained` shards the weights while loading them (`deepspeed.zero.Init`),
+    and zero.Init counts the processes through DeepSpeed's own comm layer before starting it. With
+    `--use_cpu` the Trainer starts only torch.distributed (gloo), so zero.Init would count one process
+    and reject the batch size the Trainer filled for all of them. Wrap the running process group first
+    (what `deepspeed.initialize` does later anyway; on GPUs it is already wrapped, and this is a no-op)."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled() and torch.distributed.is_initialized():
+        import deepspeed
+
+        deepspeed.init_distributed()
 
 
 def quantization_config(bits: int, dtype: str = "auto"):

@@ -1,6 +1,6 @@
 """The shipped DeepSpeed and accelerate configs pass their own libraries' parsers, as the Trainer fills them.
 
-(Training under ZeRO-2 on 2 CPU processes is tested in tests/test_distributed.py.)
+(Training under ZeRO-2 and ZeRO-3 offload on 2 CPU processes is tested in tests/test_distributed.py.)
 """
 
 from __future__ import annotations
