@@ -106,8 +106,18 @@ def quantization_config(bits: int, dtype: str = "auto"):
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16 if dtype in {"bf16", "bfloat16"} else torch.float32,
+        bnb_4bit_compute_dtype=qlora_compute_dtype(dtype),
     )
+
+
+def qlora_compute_dtype(dtype: str) -> torch.dtype:
+    """The dtype 4-bit layers compute in: the one asked for, else bfloat16 on a GPU that has it
+    (float32 there would double the activation memory for nothing), else float32 (CPU)."""
+    if dtype in DTYPES:
+        return DTYPES[dtype]
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
 
 
 def scaled_rope_config(path: str, kind: str, factor: float, trust_remote_code: bool = False):

@@ -113,3 +113,14 @@ def test_bad_method_flags_are_one_sentence_and_exit_2(flags, message, qa_data, t
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_qlora_computes_in_the_asked_dtype_else_bf16_on_gpus_else_fp32(monkeypatch):
+    from llm_tuning.modeling import qlora_compute_dtype
+
+    assert qlora_compute_dtype("bfloat16") == torch.bfloat16 and qlora_compute_dtype("fp16") == torch.float16
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert qlora_compute_dtype("auto") == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert qlora_compute_dtype("auto") == torch.bfloat16
