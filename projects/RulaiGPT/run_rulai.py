@@ -52,6 +52,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--data_dir", default=str(PROJECT_DIR / "data"))
     parser.add_argument("--output_dir", default="runs/rulai")
     parser.add_argument("--max_new_tokens", type=int, default=64)
+    parser.add_argument("--trust_remote_code", action="store_true", help="for remote-code models (Baichuan, ChatGLM, ...)")
     return parser.parse_known_args(argv)
 
 
@@ -124,7 +125,8 @@ def main(args: argparse.Namespace, recipe_argv: list[str]) -> list[dict]:
 
     # The base model, and its own answers: the reference forgetting is measured against.
     base = teach_stand_in(out_dir, data_dir, general) if args.model == TINY else args.model
-    model, tokenizer, template = load_adapted(base)
+    remote_code = args.trust_remote_code
+    model, tokenizer, template = load_adapted(base, trust_remote_code=remote_code)
     base_control = answer_all(model, tokenizer, template, [g["q"] for g in control], args.max_new_tokens, desc="base")
     base_replay = answer_all(model, tokenizer, template, [g["q"] for g in replay], args.max_new_tokens, desc="base")
     base_nll = answer_nll(model, tokenizer, template, [(g["q"], a) for g, a in zip(control, base_control)])
@@ -132,15 +134,16 @@ def main(args: argparse.Namespace, recipe_argv: list[str]) -> list[dict]:
     base_row, replies = score("base", model, tokenizer, template, probe)
     rows = [base_row]
 
-    recipe_args = [*COMMON_RECIPE_ARGS, *(TINY_RECIPE_ARGS if args.model == TINY else []), *recipe_argv]
+    recipe_args = [*COMMON_RECIPE_ARGS, *(TINY_RECIPE_ARGS if args.model == TINY else []),
+                   *(["--trust_remote_code", "true"] if remote_code else []), *recipe_argv]
     fact_rows = [{"q": q, "a": f["answer"]} for f in facts for q in f["train_questions"]]
     for name, extra in (("facts only", []),
                         ("facts + replay", [{"q": g["q"], "a": a} for g, a in zip(replay, base_replay)])):
         run_dir = out_dir / name.replace(" + ", "_").replace(" ", "_")
         train_file = write_jsonl(fact_rows + extra, run_dir / "train.jsonl")
-        dataset = tokenize_records(train_file, base, run_dir / "tokenized")
+        dataset = tokenize_records(train_file, base, run_dir / "tokenized", trust_remote_code=remote_code)
         adapter = train_adapter(args.recipe, dataset, run_dir / "adapter", recipe_args)
-        row, run_replies = score(name, *load_adapted(adapter=adapter), probe)
+        row, run_replies = score(name, *load_adapted(adapter=adapter, trust_remote_code=remote_code), probe)
         rows.append(row)
         replies += run_replies
 
