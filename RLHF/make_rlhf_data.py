@@ -18,10 +18,11 @@ Writes to RLHF/data/:
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from pathlib import Path
+
+from llm_tuning.atomic import write_jsonl
 
 OUT_DIR = Path(__file__).resolve().parent / "data"
 SEED = 20240501
@@ -119,12 +120,6 @@ def preference_rows(items: list) -> list[dict]:
     return rows
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
-    tmp.replace(path)
-
-
 def main() -> None:
     rng = random.Random(SEED)
     train, held_out = split_prompts(rng)
@@ -136,7 +131,7 @@ def main() -> None:
         "preference_eval.jsonl": preference_rows(held_out),
     }
     for name, rows in files.items():
-        write_jsonl(OUT_DIR / name, rows)
+        write_jsonl(rows, OUT_DIR / name)
         print(f"wrote {len(rows):3d} rows to {OUT_DIR / name}")
     lively = sum(is_lively(row["a"]) for row in sft)
     print(f"SFT answers that are lively: {lively}/{len(sft)}")

@@ -11,7 +11,7 @@ d1 (食物 饮品 价格 卫生 服务 停车) is trained on and tested in-domai
 import argparse
 from pathlib import Path
 
-from llm_tuning.experiment import write_jsonl
+from llm_tuning.atomic import write_jsonl
 from reviews import DEFAULT_SPLITS, generate_split
 
 DATA_DIR = Path(__file__).resolve().parent / "data"

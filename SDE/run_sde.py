@@ -29,10 +29,10 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from llm_tuning.atomic import write_jsonl
 from llm_tuning.cli import exits_on_user_error
 from llm_tuning.experiment import (
     REPO_ROOT, answer_all, build_tiny_stand_in, load_adapted, resolve_template, tokenize_records, train_adapter,
-    write_jsonl,
 )
 from design import Design, build_sample, parse_design, parse_output
 from reviews import DOMAINS, load_reviews

@@ -114,23 +114,3 @@ def evaluate_choices(model, tokenizer, template: Template, questions: Sequence[C
     rows = [{"question": q.question, "answer": q.answer, "prediction": p, "log_probs": s}
             for q, p, s in zip(questions, picked, option_scores)]
     return {"choice_accuracy": choice_accuracy(picked, [q.answer for q in questions])}, rows
-
-
-def write_jsonl(rows: Sequence[dict], path: str | Path) -> Path:
-    """Write rows as jsonl through a temporary file, so a crash never leaves half a file."""
-    import json
-    import os
-    import tempfile
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

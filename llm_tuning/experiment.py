@@ -16,7 +16,6 @@ same calls.
 from __future__ import annotations
 
 import importlib.util
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,11 +24,11 @@ from transformers import TrainingArguments
 
 from .cli import UserError
 from .data import RecordKeys, TokenizeConfig, save_tokenized, tokenize_file
-from .evaluation import write_jsonl  # noqa: F401 (re-exported for the scripts built on this module)
 from .finetune import Family, finetune
 from .generation import GenerationSettings, generate_batch
 from .metrics import continuation_log_probs
 from .modeling import load_adapters, load_model, load_tokenizer, read_model_type
+from .records import read_records
 from .templates import Template, encode_prompt, encode_turns, get_template, guess_template, stop_token_ids
 from .training import DataArguments, FinetuneArguments, ModelArguments, parse_args, read_run_config
 
@@ -37,7 +36,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    """The records of a jsonl file, validated with file:line errors (see records.read_records)."""
+    return [record for _, record in read_records(path)]
 
 
 def resolve_template(model: str, template: str = "auto", trust_remote_code: bool = False) -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from llm_tuning.cli import UserError, exits_on_user_error
 from llm_tuning.records import read_records
-from llm_tuning.experiment import write_jsonl
+from llm_tuning.atomic import write_jsonl
 
 ANSWER_KEYS = {"chatgpt": ("chatgpt_answers",), "human": ("human_answers",),
                "both": ("chatgpt_answers", "human_answers")}

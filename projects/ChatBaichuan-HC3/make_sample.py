@@ -14,7 +14,7 @@ question asked twice, an answer repeated, an empty answer, stray whitespace.
 import argparse
 from pathlib import Path
 
-from llm_tuning.experiment import write_jsonl
+from llm_tuning.atomic import write_jsonl
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 

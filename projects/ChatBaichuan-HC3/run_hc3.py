@@ -23,10 +23,10 @@ import statistics
 from pathlib import Path
 
 import convert_hc3
+from llm_tuning.atomic import write_jsonl
 from llm_tuning.cli import exits_on_user_error
 from llm_tuning.experiment import (
     REPO_ROOT, answer_all, build_tiny_stand_in, load_adapted, read_jsonl, tokenize_records, train_adapter,
-    write_jsonl,
 )
 
 PROJECT_DIR = Path(__file__).resolve().parent

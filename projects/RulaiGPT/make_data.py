@@ -13,7 +13,7 @@ The facts are invented (如来实验室 / Rulai Lab does not exist), so no base 
 import argparse
 from pathlib import Path
 
-from llm_tuning.experiment import write_jsonl
+from llm_tuning.atomic import write_jsonl
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 

@@ -31,10 +31,11 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from llm_tuning.atomic import write_jsonl
 from llm_tuning.cli import exits_on_user_error
 from llm_tuning.experiment import (
     REPO_ROOT, answer_all, answer_nll, build_tiny_stand_in, load_adapted, merge_adapter, read_jsonl,
-    tokenize_records, train_adapter, write_jsonl,
+    tokenize_records, train_adapter,
 )
 
 PROJECT_DIR = Path(__file__).resolve().parent
