@@ -27,10 +27,10 @@ from .data import RecordKeys, TokenizeConfig, save_tokenized, tokenize_file
 from .finetune import Family, finetune
 from .generation import GenerationSettings, generate_batch
 from .metrics import continuation_log_probs
-from .modeling import load_adapters, load_model, load_tokenizer, read_model_type
+from .modeling import load_tokenizer, read_model_type
 from .records import read_records
 from .templates import Template, encode_prompt, encode_turns, get_template, guess_template, stop_token_ids
-from .training import DataArguments, FinetuneArguments, ModelArguments, parse_args, read_run_config
+from .training import DataArguments, FinetuneArguments, ModelArguments, parse_args
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,17 +104,12 @@ def merge_adapter(adapter: str | Path, output: str | Path, trust_remote_code: bo
 
 
 def load_adapted(base: str | None = None, adapter: str | Path | None = None, trust_remote_code: bool = False):
-    """(model, tokenizer, template) in eval mode: a base model, or a base + adapter as chat.py loads them."""
-    run_config = read_run_config(str(adapter)) if adapter else {}
-    base = base or run_config.get("base_model")
-    if base is None:
-        raise UserError("pass a base model or a trained adapter")
-    tokenizer = load_tokenizer(str(adapter) if adapter else base, trust_remote_code)
-    template = get_template(run_config.get("template") or resolve_template(base, "auto", trust_remote_code))
-    model = load_model(base, "auto", trust_remote_code)
-    model = load_adapters(model, [str(adapter)] if adapter else [])
-    model.eval()
-    return model, tokenizer, template
+    """(model, tokenizer, template) in eval mode: a base model, or a base + adapter, loaded by
+    chat.py's own `load_chat_model`."""
+    chat = import_script(REPO_ROOT / "chat.py")
+    argv = [*(["--base", str(base)] if base else []), *(["--adapter", str(adapter)] if adapter else []),
+            "--trust_remote_code", str(trust_remote_code)]
+    return chat.load_chat_model(chat.parse_args(argv))
 
 
 def answer_all(
