@@ -230,6 +230,22 @@ def save_tiny_model(arch: str, out: str | Path, hidden_size: int = 64, num_layer
     return out
 
 
+def save_model_for_tokenizer(tokenizer_dir: str | Path, arch: str, out: str | Path, hidden_size: int = 16,
+                             num_layers: int = 1, seed: int = 0) -> Path:
+    """A tiny random model of `arch` around a real tokenizer's whole vocabulary, saved with it.
+
+    Real vocabularies are large (128k-152k rows): keep `hidden_size` small."""
+    from .modeling import load_tokenizer
+
+    out = Path(out)
+    tokenizer = load_tokenizer(str(tokenizer_dir))
+    model = build_model(arch, tokenizer, hidden_size=hidden_size, num_layers=num_layers, seed=seed)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 # Eight short q/a pairs, Chinese and English: a tiny model memorises them in ~150 LoRA steps, so a
 # recipe that trains correctly (template, masking, stop token) answers every one exactly.
 MEMORISE_PAIRS = (
