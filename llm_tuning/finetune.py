@@ -53,6 +53,8 @@ class Family:
 
 def default_lora_targets(family: Family, model) -> str:
     model_type = model.config.model_type
+    if not family.lora_targets:  # a recipe for any model (generic_lora_tuning.py)
+        return "all-linear"
     if model_type in family.lora_targets:
         return family.lora_targets[model_type]
     print(f"note: {family.script} knows model types {', '.join(sorted(family.lora_targets))}, not "
@@ -146,6 +148,8 @@ def save(run: Run, family: Family, model_args: ModelArguments, finetune_args: Fi
     trainer.model.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
     trainer.save_model(output_dir)
     if trainer.is_world_process_zero():
+        # An adapter directory gets one too: stock transformers and vLLM read the stop tokens from it.
+        trainer.model.generation_config.save_pretrained(output_dir)
         rope = {"rope_scaling": model_args.rope_scaling, "rope_factor": model_args.rope_factor} if model_args.rope_scaling else {}
         save_run_config(output_dir, base_model=run.base_model, template=run.metadata["template"],
                         template_source=run.metadata.get("template_source"),
