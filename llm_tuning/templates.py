@@ -207,11 +207,20 @@ def conversation_messages(turns: Sequence[tuple[str, str | None]], system: str |
     return messages
 
 
+_END_OF_TURN_PATTERNS: dict[int, tuple[object, re.Pattern]] = {}  # id(tokenizer) -> (tokenizer, pattern)
+
+
 def end_of_turn_pattern(tokenizer) -> re.Pattern:
-    """Whitespace, then one of the tokenizer's special or added tokens: what ends an answer."""
+    """Whitespace, then one of the tokenizer's special or added tokens: what ends an answer.
+    Built once per tokenizer (it is needed for every row)."""
+    cached = _END_OF_TURN_PATTERNS.get(id(tokenizer))
+    if cached is not None and cached[0] is tokenizer:
+        return cached[1]
     specials = set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab())
     alternatives = "|".join(re.escape(token) for token in sorted(specials, key=len, reverse=True) if token)
-    return re.compile(rf"\s*(?:{alternatives})")
+    pattern = re.compile(rf"\s*(?:{alternatives})")
+    _END_OF_TURN_PATTERNS[id(tokenizer)] = (tokenizer, pattern)
+    return pattern
 
 
 def unsplittable(reason: str) -> UserError:

@@ -209,3 +209,16 @@ def test_train_chat_and_merge_stop_at_the_end_of_turn(name, real_tokenizer, tmp_
     merge_lora.main(merge_lora.parse_args(["--adapter", str(adapter), "--output", str(merged)]))
     merged_stops = json.loads((merged / "generation_config.json").read_text())["eos_token_id"]
     assert end_of_turn_id in (merged_stops if isinstance(merged_stops, list) else [merged_stops])
+
+
+def test_info_shows_the_template_its_source_and_the_supervised_part(real_tokenizer_dir):
+    from llm_tuning import info
+
+    lines = info.template_report(str(real_tokenizer_dir("qwen3")), "qwen3")
+    assert lines[0].startswith("template native: the tokenizer's own chat_template (sha256 ")
+    assert lines[0].endswith("end of turn '<|im_end|>'")
+    sample = "\n".join(lines[2:])
+    # Every answer + <|im_end|> marked; the think block Qwen3 writes on the last turn is not.
+    assert sample.count("[[") == 2
+    assert "assistant\n[[我是小助手。<|im_end|>]]" in sample
+    assert "<think>\n\n</think>\n\n[[3 + 4 = 7<|im_end|>]]" in sample
