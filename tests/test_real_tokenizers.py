@@ -48,15 +48,32 @@ LLAMA2_CHAT_TEMPLATE = (
     "{% endfor %}"
 )
 
+# Qwen2.5-Instruct's template (tools aside): its own default system prompt when none is given.
+QWEN25_CHAT_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}"
+    "{{ '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}"
+    "{% else %}{{ '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n' }}"
+    "{% endif %}"
+    "{% for message in messages %}"
+    "{% if message['role'] != 'system' or not loop.first %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
 # name -> (architecture of its tiny model, registry counterpart, what ends an assistant turn)
 REAL = {
     "qwen3": ("qwen3", "qwen3", "<|im_end|>"),
     "llama3": ("llama", "llama3", "<|eot_id|>"),
     "llama2": ("llama", "llama2", " </s>"),
+    "qwen2.5": ("qwen2", "qwen2.5", "<|im_end|>"),  # Qwen2.5 shares Qwen3's vocabulary
 }
+# Tokenizers that ship no chat template (or another one): the template the real model uses.
+TOKENIZER_FILES = {"qwen2.5": "qwen3"}
+SET_TEMPLATES = {"llama2": LLAMA2_CHAT_TEMPLATE, "qwen2.5": QWEN25_CHAT_TEMPLATE}
 # What the template may write after the final end-of-turn, which training leaves out: a newline
 # (ChatML), or the generation prompt the original Llama-3 template appends unconditionally.
-TAILS = {"qwen3": "\n", "llama3": "<|start_header_id|>assistant<|end_header_id|>\n\n", "llama2": ""}
+TAILS = {"qwen3": "\n", "llama3": "<|start_header_id|>assistant<|end_header_id|>\n\n", "llama2": "", "qwen2.5": "\n"}
 
 CASES = {
     "single-turn": (None, [("What is 3 + 4?", "3 + 4 = 7")]),
@@ -74,9 +91,9 @@ def real_tokenizer(real_tokenizer_dir):
 
     def load(name: str):
         if name not in loaded:
-            tokenizer = load_tokenizer(str(real_tokenizer_dir(name)))
-            if name == "llama2":
-                tokenizer.chat_template = LLAMA2_CHAT_TEMPLATE
+            tokenizer = load_tokenizer(str(real_tokenizer_dir(TOKENIZER_FILES.get(name, name))))
+            if name in SET_TEMPLATES:
+                tokenizer.chat_template = SET_TEMPLATES[name]
             loaded[name] = tokenizer
         return loaded[name]
 
@@ -175,7 +192,7 @@ def run_recipe(script: str, *argv: str) -> None:
         sys.argv = saved
 
 
-@pytest.mark.parametrize("name", list(REAL))
+@pytest.mark.parametrize("name", ["qwen3", "llama3", "llama2"])
 def test_train_chat_and_merge_stop_at_the_end_of_turn(name, real_tokenizer, tmp_path, capsys):
     arch, _, end_of_turn = REAL[name]
     tokenizer = real_tokenizer(name)
