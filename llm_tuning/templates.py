@@ -140,8 +140,15 @@ class NativeTemplate:
         if not getattr(tokenizer, "chat_template", None):
             raise UserError("--template native needs a tokenizer with a chat_template, and this one has "
                             f"none; pass --template with one of: {', '.join(sorted(TEMPLATES))}")
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
-                                             enable_thinking=self.enable_thinking)
+        if not getattr(tokenizer, "is_fast", False):
+            raise unsplittable("a slow tokenizer gives no character offsets to locate the answers")
+        from jinja2 import TemplateError
+
+        try:
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                                 enable_thinking=self.enable_thinking)
+        except TemplateError as err:  # e.g. raise_exception('...roles must alternate...'), no system role
+            raise unsplittable(f"it refuses the conversation: {err}") from None
 
     def encode_turns(self, tokenizer, turns: Sequence[tuple[str, str | None]],
                      system: str | None = None) -> list[tuple[list[int], list[int]]]:
@@ -473,9 +480,9 @@ def guess_template(model_type: str | None, model_path: str) -> str:
 
 
 def auto_template(tokenizer, model_type: str | None, model_path: str) -> str:
-    """`--template auto`: the tokenizer's own chat template when it has one, else the registry
-    template of the model type."""
-    if getattr(tokenizer, "chat_template", None):
+    """`--template auto`: the tokenizer's own chat template when it has one (and is a fast
+    tokenizer, whose character offsets locate the answers), else the registry template of the model type."""
+    if getattr(tokenizer, "chat_template", None) and getattr(tokenizer, "is_fast", False):
         return NATIVE
     return guess_template(model_type, model_path)
 

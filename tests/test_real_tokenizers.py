@@ -12,9 +12,6 @@ trained, chatted with and merged, and must stop at the template's end-of-turn to
 from __future__ import annotations
 
 import json
-import runpy
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -27,8 +24,7 @@ from llm_tuning.modeling import load_tokenizer
 from llm_tuning.records import Conversation
 from llm_tuning.templates import NativeTemplate, encode_prompt, get_template, stop_token_ids
 from llm_tuning.testing import save_model_for_tokenizer
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.test_recipes import run_recipe
 
 # Meta's Llama-2-chat format: <s>[INST] before every user turn, <<SYS>> inside the first one,
 # messages stripped, " </s>" after every answer, roles must alternate.
@@ -183,15 +179,6 @@ PAIR = ("你好，你是谁？ Who are you?", "我是小助手。 I am a helper.
 RECIPES = {"qwen3": "qwen_lora_tuning.py", "llama3": "generic_lora_tuning.py", "llama2": "llama2_lora_tuning.py"}
 
 
-def run_recipe(script: str, *argv: str) -> None:
-    saved = sys.argv
-    sys.argv = [script, *argv]
-    try:
-        runpy.run_path(str(REPO_ROOT / script), run_name="__main__")
-    finally:
-        sys.argv = saved
-
-
 @pytest.mark.parametrize("name", ["qwen3", "llama3", "llama2"])
 def test_train_chat_and_merge_stop_at_the_end_of_turn(name, real_tokenizer, tmp_path, capsys):
     arch, _, end_of_turn = REAL[name]
@@ -239,3 +226,14 @@ def test_info_shows_the_template_its_source_and_the_supervised_part(real_tokeniz
     assert sample.count("[[") == 2
     assert "assistant\n[[我是小助手。<|im_end|>]]" in sample
     assert "<think>\n\n</think>\n\n[[3 + 4 = 7<|im_end|>]]" in sample
+
+
+def test_a_conversation_the_template_rejects_is_one_sentence(real_tokenizer):
+    tokenizer = real_tokenizer("llama2")
+    saved = tokenizer.chat_template
+    tokenizer.chat_template = "{{ raise_exception('System role not supported') }}"
+    try:
+        with pytest.raises(UserError, match="it refuses the conversation: System role not supported.*--template"):
+            NativeTemplate().encode_turns(tokenizer, [("q", "a")], "be brief")
+    finally:
+        tokenizer.chat_template = saved
