@@ -12,7 +12,10 @@
     python chat.py --base weights/merged
 
 The base model and chat template default to what the adapter was trained with (its
-llm_tuning.json); the prompt is built by the same function that built the training prompts.
+llm_tuning.json); the prompt is built by the same function that built the training prompts (for the
+tokenizer's own template: apply_chat_template(..., add_generation_prompt=True)), and a reply ends
+on the template's end-of-turn token (<|im_end|>, <|eot_id|>, ...). Qwen3 answers without thinking
+unless --enable_thinking true.
 """
 
 import argparse

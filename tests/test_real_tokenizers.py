@@ -237,3 +237,21 @@ def test_a_conversation_the_template_rejects_is_one_sentence(real_tokenizer):
             NativeTemplate().encode_turns(tokenizer, [("q", "a")], "be brief")
     finally:
         tokenizer.chat_template = saved
+
+
+def test_a_recipe_refuses_data_rendered_with_another_chat_template(tiny_qwen2, tmp_path, capsys):
+    import shutil
+
+    from llm_tuning.testing import save_tokenized_pairs
+
+    data = save_tokenized_pairs(tiny_qwen2, "native", tmp_path / "qa")
+    changed = tmp_path / "model"
+    shutil.copytree(tiny_qwen2, changed)
+    tokenizer = load_tokenizer(str(changed))
+    tokenizer.chat_template += "{# edited #}"  # the same vocabulary, another template text
+    tokenizer.save_pretrained(changed)
+    with pytest.raises(SystemExit) as exit_info:
+        run_recipe("qwen_lora_tuning.py", "--tokenized_dataset", str(data), "--output_dir", str(tmp_path / "out"),
+                   "--model_name_or_path", str(changed), "--use_cpu", "true", "--report_to", "none")
+    assert exit_info.value.code == 2
+    assert "was rendered with a chat template (sha256 " in capsys.readouterr().err
