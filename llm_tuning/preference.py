@@ -178,8 +178,12 @@ def parse_trainer_args(*dataclass_types, argv: list[str] | None = None):
 def render_pair(tokenizer, template: Template, pair: PreferencePair) -> dict[str, str]:
     """The pair as text for trainers that tokenize themselves (TRL's DPOTrainer): the prompt with
     its history, and each reply with the template's stop token, as `encode_pair` encodes them."""
-    from .templates import EOS_PLACEHOLDER
+    from .templates import EOS_PLACEHOLDER, NativeTemplate, conversation_messages
 
+    if isinstance(template, NativeTemplate):
+        messages = conversation_messages([*pair.history, (pair.prompt, None)], pair.system)
+        prompt, reply = template.render(tokenizer, messages, add_generation_prompt=True), template.end_of_turn(tokenizer)
+        return {"prompt": prompt, "chosen": pair.chosen + reply, "rejected": pair.rejected + reply}
     rendered = template.render_turns([*pair.history, (pair.prompt, None)], pair.system)
     prompt = "".join(p + a for p, a in rendered[:-1]).replace(EOS_PLACEHOLDER, tokenizer.eos_token or "")
     prompt += rendered[-1][0]

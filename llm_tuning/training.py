@@ -192,7 +192,8 @@ def read_run_config(adapter_dir: str) -> dict:
 
 
 def check_template_allowed(template: str, allowed: set[str], dataset_path: Path, recipe: str) -> None:
-    if template not in allowed:
+    """A registry template must be one of the recipe's; the tokenizer's own ("native") fits every recipe."""
+    if template != "native" and template not in allowed:
         raise UserError(
             f"{dataset_path} was tokenized with the {template!r} template, but {recipe} trains "
             f"{' / '.join(sorted(allowed))}; tokenize again with --template {sorted(allowed)[0]}"

