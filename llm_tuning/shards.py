@@ -168,10 +168,6 @@ def shard_paths(corpus_dir: str | Path, manifest: dict, source: str) -> list[str
     return [str(Path(corpus_dir) / shard) for shard in manifest["sources"][source]["shards"]]
 
 
-def heldout_paths(corpus_dir: str | Path, manifest: dict) -> list[str]:
-    return [str(Path(corpus_dir) / s["heldout"]) for s in manifest["sources"].values() if s.get("heldout")]
-
-
 def iter_corpus(corpus_dir: str | Path, include_heldout: bool = False) -> Iterator[str]:
     """Every training text of a sharded corpus, source by source, in order."""
     manifest = load_manifest(corpus_dir)
