@@ -36,14 +36,14 @@ import os
 from pathlib import Path
 
 from chat import add_model_arguments, load_chat_model, load_chat_tokenizer
-from llm_tuning.cli import UserError, exits_on_user_error
+from llm_tuning.cli import ArgumentParser, UserError, exits_on_user_error
 from llm_tuning.generation import context_length
 from llm_tuning.openai_api import DEFAULT_MAX_REQUEST_BYTES, Admission, DrainingServer, ServedModel, create_app
 from llm_tuning.serving import TransformersEngine, VllmEngine
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)
     parser.add_argument("--backend", choices=["transformers", "vllm"], default="transformers")
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to accept other machines")

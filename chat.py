@@ -17,7 +17,7 @@ llm_tuning.json); the prompt is built by the same function that built the traini
 
 import argparse
 
-from llm_tuning.cli import UserError, exits_on_user_error, parse_bool
+from llm_tuning.cli import ArgumentParser, UserError, exits_on_user_error, parse_bool
 from llm_tuning.generation import GenerationSettings, context_length, fit_history, generate_reply, stream_reply
 from llm_tuning.modeling import AdapterMenu, adapter_base_model, load_adapters, load_model, load_tokenizer, read_model_type
 from llm_tuning.templates import get_template, guess_template
@@ -42,7 +42,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)
     parser.add_argument("--system", default=None, help="system prompt (default: the template's)")
     parser.add_argument("--query", action="append", default=[], help="ask this and exit; repeat for several")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from transformers import HfArgumentParser, TrainerCallback, TrainingArguments
 
-from .cli import UserError
+from .cli import ChecksFlags, UserError, checked_flags, exit_with_usage_error
 
 RUN_CONFIG_FILE = "llm_tuning.json"
 TRAINER_LOG_FILE = "trainer_log.jsonl"
@@ -92,13 +92,23 @@ def parse_args(*dataclass_types, argv: list[str] | None = None):
 
     A single `.yaml`/`.json` argument is read as a config file. `--resume_from_checkpoint true`
     means "the last checkpoint in --output_dir"."""
-    parser = HfArgumentParser(dataclass_types)
+    parser = CheckedArgumentParser(dataclass_types)
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(argv[0], allow_extra_keys=False)
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(argv[0], allow_extra_keys=False)
-    return parser.parse_args_into_dataclasses(args=argv)
+    try:
+        if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+            parsed = parser.parse_yaml_file(argv[0], allow_extra_keys=False)
+        elif len(argv) == 1 and argv[0].endswith(".json"):
+            parsed = parser.parse_json_file(argv[0], allow_extra_keys=False)
+        else:
+            parsed = parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as err:  # the configs' own checks (TrainingArguments.__post_init__): flags that clash
+        exit_with_usage_error(str(err).strip().splitlines()[0])
+    checked_flags(*parsed)
+    return parsed
+
+
+class CheckedArgumentParser(ChecksFlags, HfArgumentParser):
+    """HfArgumentParser whose flags are checked against `cli.FLAG_RULES`, mistakes in one line."""
 
 
 def resume_argument(training_args: TrainingArguments) -> str | None:
