@@ -130,8 +130,7 @@ AS_A_USER = [
 def test_as_a_user_runs_them_a_bad_flag_is_one_line_and_exit_2():
     def run(case):
         argv, flag = case
-        # PYTHONPATH: scripts in RLHF/ and pretrain/ import this checkout's llm_tuning
-        return flag, run_script(*argv, env={"PYTHONPATH": str(REPO_ROOT)}, timeout=300)
+        return flag, run_script(*argv, timeout=300)
 
     with ThreadPoolExecutor(3) as pool:
         results = list(pool.map(run, AS_A_USER))
