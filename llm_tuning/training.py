@@ -115,20 +115,42 @@ def resume_argument(training_args: TrainingArguments) -> str | None:
     """What to hand to `Trainer.train(resume_from_checkpoint=...)`: a checkpoint path or None.
 
     `true` means the last checkpoint in --output_dir, and it is a mistake if there is none."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     value = training_args.resume_from_checkpoint
     if value is None or value.strip().lower() in {"false", "0", "no", "none", ""}:
         return None
     if value.strip().lower() in {"true", "1", "yes"}:
         output_dir = Path(training_args.output_dir)
-        last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+        last = last_complete_checkpoint(output_dir) if output_dir.is_dir() else None
         if last is None:
             raise UserError(f"--resume_from_checkpoint true, but {output_dir} has no checkpoint-* directory to resume from")
-        return last
+        return str(last)
     if not Path(value).is_dir():
         raise UserError(f"--resume_from_checkpoint {value}: no such checkpoint directory")
+    if not checkpoint_is_complete(Path(value)):
+        raise UserError(f"--resume_from_checkpoint {value}: the checkpoint is incomplete (the run stopped while "
+                        f"saving it); resume from an earlier one")
     return value
+
+
+def checkpoint_is_complete(checkpoint: Path) -> bool:
+    """Trainer writes trainer_state.json last when it saves a checkpoint, so a checkpoint whose
+    trainer_state.json is missing or cut short was interrupted while being saved."""
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def last_complete_checkpoint(output_dir: Path) -> Path | None:
+    """The newest `checkpoint-N` in output_dir that was saved to the end; says which it skips."""
+    steps = {int(p.name.split("-")[1]): p for p in output_dir.glob("checkpoint-*")
+             if p.is_dir() and p.name.split("-")[1].isdigit()}
+    for step in sorted(steps, reverse=True):
+        if checkpoint_is_complete(steps[step]):
+            return steps[step]
+        print(f"warning: skipping {steps[step]}: it is incomplete (the run stopped while saving it)", file=sys.stderr)
+    return None
 
 
 def resolve_dataset_path(name_or_path: str) -> Path:
