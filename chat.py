@@ -20,7 +20,7 @@ unless --enable_thinking true.
 
 import argparse
 
-from llm_tuning.cli import UserError, exits_on_user_error, parse_bool
+from llm_tuning.cli import ArgumentParser, UserError, exits_on_user_error, parse_bool
 from llm_tuning.generation import GenerationSettings, context_length, fit_history, generate_reply, stream_reply
 from llm_tuning.modeling import AdapterMenu, adapter_base_model, load_adapters, load_model, load_tokenizer, read_model_type
 from llm_tuning.templates import NativeTemplate, auto_template, get_template
@@ -48,7 +48,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)
     parser.add_argument("--system", default=None, help="system prompt (default: the template's)")
     parser.add_argument("--query", action="append", default=[], help="ask this and exit; repeat for several")

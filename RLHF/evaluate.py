@@ -22,7 +22,7 @@ from pathlib import Path
 
 from make_rlhf_data import is_lively
 
-from llm_tuning.cli import UserError, exits_on_user_error
+from llm_tuning.cli import ArgumentParser, UserError, exits_on_user_error
 from llm_tuning.modeling import load_model, load_tokenizer
 from llm_tuning.ppo import evaluate_policy, implicit_reward_margin, load_reward_model, preference_margin
 from llm_tuning.preference import EVAL_METRICS_FILE, encode_pairs, load_preference_pairs, resolve_template
@@ -42,7 +42,7 @@ class Row:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sft", required=True, help="the SFT model the adapters were trained on")
     parser.add_argument("--reward_model", required=True, help="reward_model.py's output directory")
     parser.add_argument("--eval_file", required=True, help="held-out preference pairs")
