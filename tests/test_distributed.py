@@ -50,7 +50,8 @@ def worker(record_dir: Path, recipe_args: list[str], shm_comm: bool) -> None:
     original_save = finetune_module.save
 
     def recording_prepare(*args, **kwargs):
-        dataset, collator = original_prepare(*args, **kwargs)
+        batching = original_prepare(*args, **kwargs)
+        collator = batching.collator
 
         def collate(rows):
             with open(record_dir / f"rows-{rank}.jsonl", "a", encoding="utf-8") as f:
@@ -58,7 +59,8 @@ def worker(record_dir: Path, recipe_args: list[str], shm_comm: bool) -> None:
                     f.write(json.dumps(list(row["input_ids"])) + "\n")
             return collator(rows)
 
-        return dataset, collate
+        batching.collator = collate
+        return batching
 
     def recording_save(run, *args, **kwargs):
         model, engine = run.trainer.model, run.trainer.model_wrapped
