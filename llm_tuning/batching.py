@@ -6,9 +6,10 @@ pads every other row of its batch to its length. The ways out, shared by every r
 
 - sorted (the default without a varlen attention kernel): rows are sorted by length (ties in a
   seeded random order) and cut into batches of `--per_device_train_batch_size` rows; the batches
-  are shuffled. Neighbours in length share a batch, so almost nothing is padding.
+  are shuffled. Neighbours in length share a batch, so little is padding.
 - token budget (`--max_tokens_per_batch N`): the same sorted order cut into batches of at most N
-  padded positions, so short rows come many to a batch and long ones few; memory is capped by N.
+  padded positions, so short rows come many to a batch and long ones few; memory is capped by N,
+  and no batch is more than 3 % padding.
 - length grouping (`--batching group_by_length`, `--group_by_length true`, the same as
   `--train_sampling_strategy group_by_length`): transformers' sampler draws mega-batches of 50
   batches and sorts each by length. Lengths come from a `length` column read from the Arrow data.
@@ -174,14 +175,16 @@ class LengthSortedBatchSampler(torch.utils.data.Sampler[list[int]]):
     """Batches cut from the rows sorted by length, in a shuffled order: rows of (nearly) the same
     length share a batch, so almost no position is padding.
 
-    Each batch holds up to `batch_size` rows, or, with `max_tokens`, as many rows as fit
-    `max_tokens` padded positions (rows x its longest row). Ties in length are broken in a random order and
-    the batches shuffled, both from `seed + epoch`: the same seed and epoch give the same batches,
-    which is what lets a resumed run skip exactly the batches it has trained on. The number of
-    batches depends on the lengths only. A batch also closes before a row that would make more than
-    MAX_PADDING of its positions padding (where the long tail thins out, a shorter batch beats a
-    padded one), so at least 97 % of every batch is real tokens. Every process builds the same list; accelerate hands
-    each rank its share (`BatchSamplerShard`)."""
+    Each batch holds `batch_size` rows (the last one fewer) or, with `max_tokens`, as many rows as
+    fit in `max_tokens` padded positions (rows x longest row). A token-budget batch also closes
+    before a row that would make more than MAX_PADDING of its positions padding (where the long
+    tail thins out, a shorter batch beats a padded one), so at least 97 % of every such batch is
+    real tokens. The number of batches depends on the lengths only.
+
+    Ties in length are broken in a random order and the batches shuffled, both drawn from
+    (seed, epoch): the same seed and epoch give the same batches, which is what lets a resumed run
+    skip exactly the batches it has trained on. Every process builds the same list; accelerate
+    hands each rank its share (`BatchSamplerShard`)."""
 
     MAX_PADDING = 0.03
 
@@ -212,11 +215,9 @@ class LengthSortedBatchSampler(torch.utils.data.Sampler[list[int]]):
         return sizes + ([rows] if rows else [])
 
     def _fits(self, rows: int, tokens: int, padded: int) -> bool:
-        if self.batch_size is not None and rows > self.batch_size:
-            return False
-        if self.max_tokens is not None and padded > self.max_tokens:
-            return False
-        return tokens >= padded * (1 - self.MAX_PADDING)
+        if self.batch_size is not None:
+            return rows <= self.batch_size
+        return padded <= self.max_tokens and tokens >= padded * (1 - self.MAX_PADDING)
 
     def batches(self) -> list[list[int]]:
         """This epoch's batches (row indices), in training order."""
@@ -317,7 +318,7 @@ def resolve_batching(data_args, training_args) -> tuple[str, bool]:
 
 def describe_batching(mode: str, automatic: bool, data_args, training_args) -> str:
     what = {
-        SORTED: f"length-sorted batches of up to {training_args.per_device_train_batch_size} rows",
+        SORTED: f"length-sorted batches of {training_args.per_device_train_batch_size} rows",
         TOKENS: f"length-sorted batches of at most {data_args.max_tokens_per_batch} tokens",
         GROUP_BY_LENGTH: "length-grouped batches (transformers' sampler)",
         RANDOM: f"the Trainer's {training_args.train_sampling_strategy} sampler, batches padded to their longest row",

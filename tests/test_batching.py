@@ -86,7 +86,8 @@ def test_sorted_and_token_budget_batches_cut_the_padding_of_a_long_tailed_set(ti
     # Measured (bench/train_throughput.py, same rows): 58.9% of a random batch is padding, 13.3% grouped.
     assert fractions["random"] > 0.4
     assert fractions["grouped"] < fractions["random"] / 3
-    assert fractions["default"] < 0.03 and fractions["tokens"] < 0.03  # padding efficiency >= 0.97
+    assert fractions["default"] < fractions["grouped"] / 2  # measured: 3.9%
+    assert fractions["tokens"] < 0.03  # padding efficiency >= 0.97
 
 
 def test_token_budget_batches_hold_every_row_once_within_the_budget():
@@ -126,8 +127,8 @@ MODES = {"random": DataArguments("unused", batching="random"),
 
 def test_every_mode_gives_the_same_first_step_loss(tiny_qwen2, tmp_path):
     # One step over all 8 rows: the mean loss over supervised tokens cannot depend on the batching.
-    # Sorted and token-budget batches split rows of unlike lengths: their first optimizer step
-    # accumulates every batch, and num_items_in_batch must weigh each supervised token alike.
+    # Token-budget batches split rows of unlike lengths: the first optimizer step accumulates
+    # every batch, and num_items_in_batch must weigh each supervised token alike.
     tokenizer, dataset, _ = tokenize_long_tail(tiny_qwen2, rows=8, max_seq_length=128)
     losses = {}
     for name, data_args in MODES.items():
@@ -135,7 +136,7 @@ def test_every_mode_gives_the_same_first_step_loss(tiny_qwen2, tmp_path):
         trainer = trainer_for(lora(tiny_qwen2), tokenizer, dataset, tmp_path / name, data_args,
                               per_device_train_batch_size=8, max_steps=1)
         trainer.args.gradient_accumulation_steps = len(trainer.get_train_dataloader())
-        assert name not in ("sorted", "tokens") or trainer.args.gradient_accumulation_steps > 1
+        assert name != "tokens" or trainer.args.gradient_accumulation_steps > 1
         trainer.train()
         losses[name] = trainer.state.log_history[0]["loss"]
     assert max(losses.values()) - min(losses.values()) < 1e-5, losses
@@ -237,7 +238,7 @@ def test_the_recipe_prints_its_automatic_choice_and_takes_a_token_budget(run, ti
               "--report_to", "none", "--use_cpu", "true", "--per_device_train_batch_size", "2"]
     result = run("qwen_lora_tuning.py", *common, "--output_dir", tmp_path / "auto")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "batching: sorted, length-sorted batches of up to 2 rows (auto: no varlen attention kernel)" in result.stdout
+    assert "batching: sorted, length-sorted batches of 2 rows (auto: no varlen attention kernel)" in result.stdout
     result = run("qwen_lora_tuning.py", *common, "--output_dir", tmp_path / "budget", "--max_tokens_per_batch", "300")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "batching: tokens, length-sorted batches of at most 300 tokens" in result.stdout
