@@ -63,9 +63,9 @@ python RLHF/orpo.py --model_name_or_path "$OUT/sft" --train_file $DATA/preferenc
     --learning_rate "$ORPO_LR" --beta "$ORPO_BETA" --per_device_train_batch_size 16 \
     --logging_steps 20 --save_strategy no --report_to none $EXTRA
 
-echo "==> 6b/7 GRPO (LoRA, exact-answer + format rewards on arithmetic, TRL GRPOTrainer, no value model)"
+echo "==> 6b/7 GRPO (LoRA, exact-answer reward on arithmetic, TRL GRPOTrainer, no value model)"
 python RLHF/grpo.py --model_name_or_path "$OUT/sft" --train_file $DATA/grpo_math.jsonl \
-    --output_dir "$OUT/grpo" --reward_funcs exact_answer format --reward_weights 1.0 0.2 \
+    --output_dir "$OUT/grpo" --reward_funcs exact_answer \
     --max_steps "$GRPO_STEPS" --learning_rate "$GRPO_LR" --beta "$GRPO_BETA" --report_to none $EXTRA
 
 echo "==> 7/7 the figures, on held-out prompts"

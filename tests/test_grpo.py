@@ -3,7 +3,6 @@ seeded run that raises the exact-answer reward of a tiny SFT model on a fixed se
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from fractions import Fraction
@@ -11,23 +10,12 @@ from fractions import Fraction
 import pytest
 
 from conftest import REPO_ROOT
+from llm_tuning.atomic import write_jsonl
 from llm_tuning.cli import UserError
 from llm_tuning.rewards import FormatReward, RewardModelReward, build_reward_functions, exact_answer, final_number
+from test_rlhf import RLHF_DIR, load_script
 
-RLHF_DIR = REPO_ROOT / "RLHF"
 MATH = RLHF_DIR / "data" / "grpo_math.jsonl"
-
-
-def load_grpo_script():
-    spec = importlib.util.spec_from_file_location("rlhf_grpo", RLHF_DIR / "grpo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def write_jsonl(path, rows) -> str:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return str(path)
 
 
 # --- Reading the final number --------------------------------------------------------------------
@@ -125,9 +113,9 @@ def test_an_unknown_reward_name_stops_the_script_with_exit_code_2(tiny_qwen2, tm
      "--reward_weights has 1 value(s) for 2 --reward_funcs (exact_answer format); give one weight per function"),
 ])
 def test_bad_data_and_flags_stop_with_one_sentence(tiny_qwen2, tmp_path, capsys, rows, flags, message):
-    data = write_jsonl(tmp_path / "math.jsonl", rows)
+    data = str(write_jsonl(rows, tmp_path / "math.jsonl"))
     with pytest.raises(SystemExit) as exit_info:
-        load_grpo_script().cli(["--model_name_or_path", str(tiny_qwen2), "--template", "qwen", "--train_file", data,
+        load_script("grpo").cli(["--model_name_or_path", str(tiny_qwen2), "--template", "qwen", "--train_file", data,
                                 "--output_dir", str(tmp_path / "grpo"), "--bf16", "false", *flags])
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
@@ -141,7 +129,8 @@ def test_bad_data_and_flags_stop_with_one_sentence(tiny_qwen2, tmp_path, capsys,
 @pytest.fixture(scope="module")
 def grpo_run(tiny_qwen2, tmp_path_factory):
     """The SFT model of rlhf.sh (full fine-tuning on RLHF/data/sft.jsonl, 300 steps), then GRPO with the
-    exact-answer and format rewards on the 24 arithmetic questions of RLHF/data/grpo_math.jsonl."""
+    exact-answer reward on the 24 arithmetic questions of RLHF/data/grpo_math.jsonl, with
+    grpo.py's defaults (30 steps of 8 questions × 8 replies, seed 42), as rlhf.sh runs it."""
     from llm_tuning.testing import save_tokenized_pairs, train_tiny
 
     sys.path.insert(0, str(REPO_ROOT))
@@ -153,10 +142,9 @@ def grpo_run(tiny_qwen2, tmp_path_factory):
                                    pairs=[(r["q"], r["a"]) for r in records], max_seq_length=256)
     train_tiny(qwen_lora_tuning.QWEN, dataset, out / "sft", "--finetuning_type", "full", steps=300,
                learning_rate=2e-3)
-    metrics = load_grpo_script().cli([
+    metrics = load_script("grpo").cli([
         "--model_name_or_path", str(out / "sft"), "--train_file", str(MATH), "--output_dir", str(out / "grpo"),
-        "--reward_funcs", "exact_answer", "format", "--reward_weights", "1.0", "0.2", "--max_steps", "20",
-        "--bf16", "false", "--seed", "0"])
+        "--reward_funcs", "exact_answer", "--bf16", "false"])
     return {"metrics": metrics, "out": out}
 
 
@@ -181,22 +169,24 @@ def test_grpo_logs_rewards_accuracy_kl_length_and_clip_ratio(grpo_run):
     run_dir = grpo_run["out"] / "grpo"
     log = [json.loads(line) for line in (run_dir / "trainer_log.jsonl").read_text().splitlines()]
     steps = [entry for entry in log if "reward" in entry]
-    assert len(steps) == 4  # every 5 of the 20 steps
-    assert {"rewards/exact_answer/mean", "rewards/format/mean", "accuracy", "completions/mean_length",
-            "clip_ratio/region_mean"} <= set(steps[0])
+    assert len(steps) == 6  # every 5 of the 30 steps
+    assert {"rewards/exact_answer/mean", "accuracy", "completions/mean_length", "clip_ratio/region_mean"} <= set(steps[0])
     assert steps[-1]["accuracy"] > steps[0]["accuracy"]
     assert list((run_dir / "runs").rglob("events.out.tfevents.*"))
     config = json.loads((run_dir / "llm_tuning.json").read_text())
-    assert config["stage"] == "grpo" and config["reward_funcs"] == ["exact_answer", "format"]
+    assert config["stage"] == "grpo" and config["reward_funcs"] == ["exact_answer"]
     assert (run_dir / "adapter_config.json").is_file() and "pass@8" in (run_dir / "eval_table.txt").read_text()
 
 
-def test_a_kl_penalty_and_another_loss_variant_run_and_log_kl(grpo_run, tmp_path):
-    metrics = load_grpo_script().cli([
+def test_combined_rewards_a_kl_penalty_and_another_loss_variant_run_and_log(grpo_run, tmp_path):
+    metrics = load_script("grpo").cli([
         "--model_name_or_path", str(grpo_run["out"] / "sft"), "--train_file", str(MATH),
+        "--reward_funcs", "exact_answer", "format", "--reward_weights", "1.0", "0.2",
         "--output_dir", str(tmp_path / "grpo"), "--max_steps", "2", "--logging_steps", "1", "--beta", "0.1",
         "--loss_type", "dr_grpo", "--num_generations", "4", "--per_device_train_batch_size", "16",
         "--eval_samples", "2", "--report_to", "none", "--bf16", "false"])
     log = [json.loads(line) for line in (tmp_path / "grpo" / "trainer_log.jsonl").read_text().splitlines()]
     assert all(entry["kl"] >= 0 for entry in log if "reward" in entry) and "kl" in log[0]
+    # the logged reward is the weighted sum of the two rewards
+    assert log[0]["reward"] == pytest.approx(log[0]["rewards/exact_answer/mean"] + 0.2 * log[0]["rewards/format/mean"])
     assert metrics["after"]["kl"] >= 0 and metrics["script"]["eval_samples"] == 2
