@@ -10,7 +10,7 @@ the exact KL to the SFT policy and the reply length.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -37,7 +37,7 @@ def load_questions(path: str | Path, tokenizer, template: Template, need_numbers
     """The last question of each record as a prompt (its earlier turns as history) with the
     reference answer. With `need_numbers` (the exact_answer reward) every answer must hold a number."""
     records = read_records(path)
-    keys = RecordKeys(**{**RECORD_KEYS.__dict__, "format": detect_format(records[0][1])})
+    keys = replace(RECORD_KEYS, format=detect_format(records[0][1]))  # one format per file, as for training
     questions = []
     for where, record in records:
         conversation = record_to_conversation(record, keys, where)

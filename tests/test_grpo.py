@@ -126,6 +126,11 @@ def test_bad_data_and_flags_stop_with_one_sentence(tiny_qwen2, tmp_path, capsys,
 # --- A short seeded run on the tutorial's data -------------------------------------------------------
 
 
+# SFT (300 steps) + GRPO (30 steps) take a few minutes on 2 cores; the first test pays for the fixture,
+# and on a machine shared with other jobs that can pass the suite's 600 s.
+RUN_TIMEOUT = pytest.mark.timeout(1800)
+
+
 @pytest.fixture(scope="module")
 def grpo_run(tiny_qwen2, tmp_path_factory):
     """The SFT model of rlhf.sh (full fine-tuning on RLHF/data/sft.jsonl, 300 steps), then GRPO with the
@@ -148,6 +153,7 @@ def grpo_run(tiny_qwen2, tmp_path_factory):
     return {"metrics": metrics, "out": out}
 
 
+@RUN_TIMEOUT
 def test_the_sft_policy_half_knows_the_answers(grpo_run):
     before = grpo_run["metrics"]["before"]
     # Greedy gets some questions right; sampling finds right answers greedy misses: room to sharpen.
@@ -156,6 +162,7 @@ def test_the_sft_policy_half_knows_the_answers(grpo_run):
     assert before["kl"] == 0
 
 
+@RUN_TIMEOUT
 def test_grpo_raises_the_exact_answer_reward_and_greedy_accuracy(grpo_run):
     before, after = grpo_run["metrics"]["before"], grpo_run["metrics"]["after"]
     # 24 questions × 8 samples each, the same seed for both policies
@@ -165,6 +172,7 @@ def test_grpo_raises_the_exact_answer_reward_and_greedy_accuracy(grpo_run):
     assert 0 < after["kl"] < 10
 
 
+@RUN_TIMEOUT
 def test_grpo_logs_rewards_accuracy_kl_length_and_clip_ratio(grpo_run):
     run_dir = grpo_run["out"] / "grpo"
     log = [json.loads(line) for line in (run_dir / "trainer_log.jsonl").read_text().splitlines()]
@@ -178,6 +186,7 @@ def test_grpo_logs_rewards_accuracy_kl_length_and_clip_ratio(grpo_run):
     assert (run_dir / "adapter_config.json").is_file() and "pass@8" in (run_dir / "eval_table.txt").read_text()
 
 
+@RUN_TIMEOUT
 def test_combined_rewards_a_kl_penalty_and_another_loss_variant_run_and_log(grpo_run, tmp_path):
     metrics = load_script("grpo").cli([
         "--model_name_or_path", str(grpo_run["out"] / "sft"), "--train_file", str(MATH),
