@@ -18,6 +18,12 @@ from test_rlhf import RLHF_DIR, load_script
 MATH = RLHF_DIR / "data" / "grpo_math.jsonl"
 
 
+def load_grpo_script():
+    module = load_script("grpo")
+    sys.modules[module.__name__] = module  # Trainer.save_model pickles GRPOArguments: importable by name
+    return module
+
+
 # --- Reading the final number --------------------------------------------------------------------
 
 
@@ -115,7 +121,7 @@ def test_an_unknown_reward_name_stops_the_script_with_exit_code_2(tiny_qwen2, tm
 def test_bad_data_and_flags_stop_with_one_sentence(tiny_qwen2, tmp_path, capsys, rows, flags, message):
     data = str(write_jsonl(rows, tmp_path / "math.jsonl"))
     with pytest.raises(SystemExit) as exit_info:
-        load_script("grpo").cli(["--model_name_or_path", str(tiny_qwen2), "--template", "qwen", "--train_file", data,
+        load_grpo_script().cli(["--model_name_or_path", str(tiny_qwen2), "--template", "qwen", "--train_file", data,
                                 "--output_dir", str(tmp_path / "grpo"), "--bf16", "false", *flags])
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
@@ -147,7 +153,7 @@ def grpo_run(tiny_qwen2, tmp_path_factory):
                                    pairs=[(r["q"], r["a"]) for r in records], max_seq_length=256)
     train_tiny(qwen_lora_tuning.QWEN, dataset, out / "sft", "--finetuning_type", "full", steps=300,
                learning_rate=2e-3)
-    metrics = load_script("grpo").cli([
+    metrics = load_grpo_script().cli([
         "--model_name_or_path", str(out / "sft"), "--train_file", str(MATH), "--output_dir", str(out / "grpo"),
         "--reward_funcs", "exact_answer", "--bf16", "false"])
     return {"metrics": metrics, "out": out}
@@ -188,7 +194,7 @@ def test_grpo_logs_rewards_accuracy_kl_length_and_clip_ratio(grpo_run):
 
 @RUN_TIMEOUT
 def test_combined_rewards_a_kl_penalty_and_another_loss_variant_run_and_log(grpo_run, tmp_path):
-    metrics = load_script("grpo").cli([
+    metrics = load_grpo_script().cli([
         "--model_name_or_path", str(grpo_run["out"] / "sft"), "--train_file", str(MATH),
         "--reward_funcs", "exact_answer", "format", "--reward_weights", "1.0", "0.2",
         "--output_dir", str(tmp_path / "grpo"), "--max_steps", "2", "--logging_steps", "1", "--beta", "0.1",
