@@ -12,15 +12,18 @@
     python chat.py --base weights/merged
 
 The base model and chat template default to what the adapter was trained with (its
-llm_tuning.json); the prompt is built by the same function that built the training prompts.
+llm_tuning.json); the prompt is built by the same function that built the training prompts (for the
+tokenizer's own template: apply_chat_template(..., add_generation_prompt=True)), and a reply ends
+on the template's end-of-turn token (<|im_end|>, <|eot_id|>, ...). Qwen3 answers without thinking
+unless --enable_thinking true.
 """
 
 import argparse
 
-from llm_tuning.cli import UserError, exits_on_user_error, parse_bool
+from llm_tuning.cli import ArgumentParser, UserError, exits_on_user_error, parse_bool
 from llm_tuning.generation import GenerationSettings, context_length, fit_history, generate_reply, stream_reply
 from llm_tuning.modeling import AdapterMenu, adapter_base_model, load_adapters, load_model, load_tokenizer, read_model_type
-from llm_tuning.templates import get_template, guess_template
+from llm_tuning.templates import NativeTemplate, auto_template, get_template
 from llm_tuning.training import read_run_config
 
 EXIT_COMMANDS = {"exit", "quit", "stop"}
@@ -33,7 +36,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", default=None, help="base or merged model (default: the adapter's base)")
     parser.add_argument("--adapter", action="append", default=[], help="LoRA adapter directory; repeat for several")
     parser.add_argument("--adapter_weights", default=None, help="comma-separated weights to mix several adapters")
-    parser.add_argument("--template", default=None, help="chat template (default: the adapter's, else from the model type)")
+    parser.add_argument("--template", default=None,
+                        help="chat template (default: the adapter's, else the tokenizer's own, else the model type's)")
+    parser.add_argument("--enable_thinking", type=parse_bool, default=False,
+                        help="native templates of reasoning models (Qwen3): let the model think before answering")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--trust_remote_code", type=parse_bool, default=False)
     parser.add_argument("--rope_scaling", default=None, choices=("linear", "dynamic", "yarn"),
@@ -42,7 +48,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)
     parser.add_argument("--system", default=None, help="system prompt (default: the template's)")
     parser.add_argument("--query", action="append", default=[], help="ask this and exit; repeat for several")
@@ -63,9 +69,12 @@ def load_chat_tokenizer(args: argparse.Namespace):
     run_config = read_run_config(args.adapter[0] if args.adapter else base)
     # The adapter directory holds the tokenizer it was trained with.
     tokenizer = load_tokenizer(args.adapter[0] if args.adapter else base, args.trust_remote_code)
-    template_name = args.template or run_config.get("template") or guess_template(
-        read_model_type(base, args.trust_remote_code), base)
-    return base, tokenizer, get_template(template_name)
+    template_name = args.template or run_config.get("template") or auto_template(
+        tokenizer, read_model_type(base, args.trust_remote_code), base)
+    template = get_template(template_name)
+    if isinstance(template, NativeTemplate):
+        template = NativeTemplate(enable_thinking=getattr(args, "enable_thinking", False))
+    return base, tokenizer, template
 
 
 def load_chat_model(args: argparse.Namespace):

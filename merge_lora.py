@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from llm_tuning.atomic import atomic_directory
-from llm_tuning.cli import UserError, exits_on_user_error, parse_bool
+from llm_tuning.cli import ArgumentParser, UserError, exits_on_user_error, parse_bool
 from llm_tuning.methods import MERGEABLE_PEFT_TYPES
 from llm_tuning.modeling import adapter_base_model, load_adapters, load_model, load_tokenizer
 from llm_tuning.templates import encode_prompt, get_template, stop_token_ids
@@ -33,7 +33,7 @@ PROBE_QUERY = "你好！Please introduce yourself."
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", default=None, help="base model (default: the one recorded in the adapter)")
     parser.add_argument("--adapter", required=True, help="LoRA adapter directory")
     parser.add_argument("--output", required=True, help="directory for the merged model")

@@ -11,7 +11,7 @@ TARGET_KEY=${TARGET_KEY:-a}
 SAVE_NAME=${SAVE_NAME:-simple_math_4op}
 MAX_SEQ_LENGTH=${MAX_SEQ_LENGTH:-512}
 SKIP_OVERLENGTH=${SKIP_OVERLENGTH:-false}         # false: truncate long rows; true: drop them
-TEMPLATE=${TEMPLATE:-auto}                        # auto: read from the model's config
+TEMPLATE=${TEMPLATE:-auto}                        # auto: the tokenizer's own chat template, else the model type's
 NUM_PROC=${NUM_PROC:-1}
 
 if [ "$MODEL" = models/tiny-qwen2 ] && [ ! -d "$MODEL" ]; then

@@ -11,9 +11,14 @@ Records are JSON objects. `--format qa` (default): a question and an answer (`--
 `--target_key`), optionally earlier turns as `[question, answer]` pairs (`--history_key`) and a
 system prompt (`--system_key`). Also `--format alpaca` (instruction/input/output/history),
 `messages` (OpenAI chat messages, system prompt included), `sharegpt` (conversations of
-from/value), or `auto` (decided by the first record). Samples of each are in data/. Prompts are rendered with the model family's chat template (`--template auto`
-reads it from the model's config); labels supervise every answer plus its stop token and mask
-every prompt token (`--last_turn_only true` supervises the last answer alone).
+from/value), or `auto` (decided by the first record). Samples of each are in data/.
+
+Which chat format (`--template auto`): the tokenizer's own chat_template when it has one
+(rendered with apply_chat_template; Llama-3, Qwen2.5/3, Mistral, Gemma, GLM-4, Phi, ...), else the
+registry template of the model type (ChatGLM, Baichuan, InternLM v1). `--template NAME` picks a
+registry template (`alpaca` for base models). Labels supervise every answer plus the end-of-turn
+token the template writes after it, and mask every prompt token (`--last_turn_only true`
+supervises the last answer alone). `python -m llm_tuning.info MODEL` shows the choice and a sample.
 
 Writes `data/tokenized_data/<save_name>/`: the dataset (`input_ids`, `labels`) and metadata.json
 (tokenizer fingerprint, template, counts). A training recipe refuses data made with another
@@ -23,15 +28,15 @@ tokenizer. Bad records stop the run with `file:line: what is wrong` and exit cod
 import argparse
 from pathlib import Path
 
-from llm_tuning.cli import exits_on_user_error, parse_bool
+from llm_tuning.cli import ArgumentParser, exits_on_user_error, parse_bool
 from llm_tuning.data import TokenizeConfig, print_data_example, save_tokenized, tokenize_file
 from llm_tuning.records import RECORD_FORMATS, RecordKeys
 from llm_tuning.modeling import load_tokenizer, read_model_type
-from llm_tuning.templates import guess_template, get_template
+from llm_tuning.templates import auto_template, describe_template, get_template
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_checkpoint", required=True, help="hub id or local path of the model whose tokenizer to use")
     parser.add_argument("--input_file", required=True, help=".json (a list) or .jsonl (one object a line)")
     parser.add_argument("--format", default="qa", choices=RECORD_FORMATS,
@@ -42,7 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--system_key", default=None, help="key of a per-record system prompt")
     parser.add_argument("--save_name", required=True, help="name of the dataset under --output_dir")
     parser.add_argument("--output_dir", default="data/tokenized_data")
-    parser.add_argument("--template", default="auto", help="chat template name, or auto (from the model type)")
+    parser.add_argument("--template", default="auto",
+                        help="auto (the tokenizer's own chat template, else the model type's), native, or a registry name")
     parser.add_argument("--max_seq_length", type=int, default=512)
     parser.add_argument("--skip_overlength", type=parse_bool, default=False,
                         help="true: drop rows longer than --max_seq_length; false: truncate them")
@@ -60,8 +66,9 @@ def main(args: argparse.Namespace) -> None:
     tokenizer = load_tokenizer(args.model_checkpoint, trust_remote_code=args.trust_remote_code)
     template = args.template
     if template == "auto":
-        template = guess_template(read_model_type(args.model_checkpoint, args.trust_remote_code), args.model_checkpoint)
-    get_template(template)  # an unknown name fails here, before any work
+        template = auto_template(tokenizer, read_model_type(args.model_checkpoint, args.trust_remote_code),
+                                 args.model_checkpoint)
+    print(describe_template(tokenizer, get_template(template)))  # an unknown name fails here, before any work
 
     config = TokenizeConfig(
         tokenizer_path=args.model_checkpoint,

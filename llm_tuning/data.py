@@ -17,7 +17,7 @@ from pathlib import Path
 from .atomic import atomic_directory
 from .cli import UserError
 from .records import Conversation, RecordKeys, load_conversations
-from .templates import Template, encode_turns, get_template
+from .templates import NativeTemplate, Template, chat_template_hash, encode_turns, get_template, template_source
 
 IGNORE_INDEX = -100
 METADATA_FILE = "metadata.json"
@@ -46,17 +46,9 @@ def _fit_prompt_and_answer(
     return prompt_ids, answer_ids[: max_len - len(prompt_ids)]
 
 
-def _prompt_head_length(tokenizer, template: Template, system: str | None) -> int:
-    """Tokens before the question in a first-turn prompt (BOS, prefix, system block, user header)."""
-    sentinel = "\x00"
-    head_text = template.render_turns([(sentinel, None)], system)[0][0].split(sentinel)[0]
-    bos = int(template.add_bos and tokenizer.bos_token_id is not None)
-    return bos + len(tokenizer.encode(head_text, add_special_tokens=False))
-
-
 def tokenize_conversation(
     tokenizer,
-    template: Template,
+    template: Template | NativeTemplate,
     conversation: Conversation,
     max_seq_length: int,
     skip_overlength: bool = False,
@@ -79,7 +71,7 @@ def tokenize_conversation(
         turns = turns[1:]
         encoded = encode_turns(tokenizer, template, turns, conversation.system)
     if len(encoded) == 1 and len(encoded[0][0]) + len(encoded[0][1]) > max_seq_length:
-        keep_head = _prompt_head_length(tokenizer, template, conversation.system)
+        keep_head = template.prompt_head_length(tokenizer, conversation.system)
         encoded = [_fit_prompt_and_answer(*encoded[0], max_seq_length, keep_head)]
 
     input_ids: list[int] = []
@@ -159,6 +151,7 @@ def tokenize_file(input_file: str | Path, tokenizer, config: TokenizeConfig):
         "tokenizer": config.tokenizer_path,
         "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
         "template": config.template,
+        "template_source": template_source(tokenizer, config.template),
         "max_seq_length": config.max_seq_length,
         "skip_overlength": config.skip_overlength,
         "last_turn_only": config.last_turn_only,
@@ -205,6 +198,16 @@ def check_tokenizer_matches(metadata: dict, tokenizer, tokenizer_path: str, data
         raise UserError(
             f"{dataset_path} was tokenized with {metadata['tokenizer']}, whose tokenizer differs from "
             f"{tokenizer_path}'s; tokenize the data again with --model_checkpoint {tokenizer_path}"
+        )
+
+
+def check_template_matches(metadata: dict, tokenizer, tokenizer_path: str, dataset_path: str | Path) -> None:
+    """Refuse data rendered with a chat template other than the one the tokenizer carries now."""
+    recorded = metadata.get("template_source", {}).get("chat_template_sha256")
+    if metadata["template"] == "native" and recorded != chat_template_hash(tokenizer):
+        raise UserError(
+            f"{dataset_path} was rendered with a chat template (sha256 {recorded}) that differs from the one "
+            f"{tokenizer_path}'s tokenizer carries now ({chat_template_hash(tokenizer)}); tokenize the data again"
         )
 
 

@@ -29,7 +29,7 @@ from .generation import GenerationSettings, generate_batch
 from .metrics import continuation_log_probs
 from .modeling import load_tokenizer, read_model_type
 from .records import read_records
-from .templates import Template, encode_prompt, encode_turns, get_template, guess_template, stop_token_ids
+from .templates import Template, auto_template, encode_prompt, encode_turns, get_template, stop_token_ids
 from .training import DataArguments, FinetuneArguments, ModelArguments, parse_args
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -42,7 +42,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 def resolve_template(model: str, template: str = "auto", trust_remote_code: bool = False) -> str:
     if template == "auto":
-        template = guess_template(read_model_type(model, trust_remote_code), model)
+        template = auto_template(load_tokenizer(model, trust_remote_code), read_model_type(model, trust_remote_code), model)
     get_template(template)  # an unknown name fails before any work
     return template
 

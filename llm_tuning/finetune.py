@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 import torch
 from transformers import Trainer, TrainingArguments, set_seed
 
+from .atomic import atomic_files
 from .batching import prepare_batching
 from .cli import exits_on_user_error
-from .data import check_tokenizer_matches, load_tokenized, print_data_example
+from .data import check_template_matches, check_tokenizer_matches, load_tokenized, print_data_example
 from .eval_callback import attach_generation_eval
 from .methods import check_method, count_parameters, method_callbacks, prepare_trainable, training_steps
 from .modeling import load_model, load_tokenizer, require_single_tokens
@@ -38,7 +39,7 @@ class Family:
     """What one model family's recipe decides; everything else is shared."""
 
     script: str                      # the recipe's file name, for messages
-    templates: frozenset[str]        # templates its chat models use
+    templates: frozenset[str]        # registry templates it trains (the tokenizer's own, "native", always)
     # config.model_type -> comma-separated LoRA target names. A model of another type (a
     # LLaMA-format conversion, a stand-in) gets all-linear, with a note saying so.
     lora_targets: Mapping[str, str]
@@ -53,6 +54,8 @@ class Family:
 
 def default_lora_targets(family: Family, model) -> str:
     model_type = model.config.model_type
+    if not family.lora_targets:  # a recipe for any model (generic_lora_tuning.py)
+        return "all-linear"
     if model_type in family.lora_targets:
         return family.lora_targets[model_type]
     print(f"note: {family.script} knows model types {', '.join(sorted(family.lora_targets))}, not "
@@ -92,6 +95,7 @@ def build_trainer(family: Family, model_args: ModelArguments, data_args: DataArg
     if family.marker_tokens:
         require_single_tokens(tokenizer, list(family.marker_tokens), f"{family.script}'s template marks turns with them")
     check_tokenizer_matches(metadata, tokenizer, base_model, dataset_path)
+    check_template_matches(metadata, tokenizer, base_model, dataset_path)
     if main_process:
         print_data_example(dataset[0], tokenizer)
     # Batching: dynamic padding, or --group_by_length / --packing (llm_tuning/batching.py).
@@ -143,12 +147,18 @@ def save(run: Run, family: Family, model_args: ModelArguments, finetune_args: Fi
     trainer, output_dir = run.trainer, run.trainer.args.output_dir
     stops = stop_token_ids(run.tokenizer, get_template(run.metadata["template"]))
     trainer.model.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
-    trainer.save_model(output_dir)
+    # Written aside, then renamed in: a full disk or a kill leaves the previous adapter as it was.
+    with atomic_files(output_dir, writer=trainer.is_world_process_zero()) as saving_dir:
+        trainer.save_model(str(saving_dir))
+        if trainer.is_world_process_zero():
+            # An adapter directory gets one too: stock transformers and vLLM read the stop tokens from it.
+            trainer.model.generation_config.save_pretrained(str(saving_dir))
+            rope = {"rope_scaling": model_args.rope_scaling, "rope_factor": model_args.rope_factor} if model_args.rope_scaling else {}
+            save_run_config(str(saving_dir), base_model=run.base_model, template=run.metadata["template"],
+                            template_source=run.metadata.get("template_source"),
+                            tokenized_dataset=run.dataset_path, recipe=family.script,
+                            finetuning_type=finetune_args.finetuning_type,
+                            trust_remote_code=model_args.trust_remote_code or family.trust_remote_code, **rope)
     if trainer.is_world_process_zero():
-        rope = {"rope_scaling": model_args.rope_scaling, "rope_factor": model_args.rope_factor} if model_args.rope_scaling else {}
-        save_run_config(output_dir, base_model=run.base_model, template=run.metadata["template"],
-                        tokenized_dataset=run.dataset_path, recipe=family.script,
-                        finetuning_type=finetune_args.finetuning_type,
-                        trust_remote_code=model_args.trust_remote_code or family.trust_remote_code, **rope)
         what = "model" if finetune_args.finetuning_type in {"freeze", "full"} else "adapter"
         print(f"saved the {what} to {output_dir}")

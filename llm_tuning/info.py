@@ -2,10 +2,13 @@
 
     python -m llm_tuning.info Qwen/Qwen2.5-7B-Instruct --batch_size 4 --seq_len 1024
     python -m llm_tuning.info models/tiny-qwen2 --adapter weights/simple_math_4op
+    python -m llm_tuning.info meta-llama/Meta-Llama-3-8B-Instruct --template llama3
 
-Reads only the config (the model is built on the `meta` device: no weights are loaded), then
-prints the architecture, the parameter count, how many parameters each tuning method trains, and
-an estimate of the GPU memory training needs with full fine-tuning, LoRA and QLoRA.
+Reads only the config and the tokenizer (the model is built on the `meta` device: no weights are
+loaded), then prints the architecture, the parameter count, how many parameters each tuning method
+trains, an estimate of the GPU memory training needs with full fine-tuning, LoRA and QLoRA, and
+the chat format training will use (`--template auto`: the tokenizer's own chat template, else the
+registry's for the model type) with a rendered sample whose supervised part is marked [[ ]].
 
 The estimate, in bytes (AdamW, bf16 weights and activations, fp32 optimizer states):
   full   16 per parameter (2 weight + 2 gradient + 4 master copy + 8 Adam moments)
@@ -25,8 +28,12 @@ from pathlib import Path
 
 import torch
 
-from .cli import UserError, exits_on_user_error, parse_bool
-from .modeling import first_line, linear_module_names
+from .cli import ArgumentParser, UserError, exits_on_user_error, parse_bool
+from .modeling import first_line, linear_module_names, load_tokenizer
+from .templates import auto_template, describe_template, encode_turns, get_template
+
+# Rendered by `template_report`: two turns, Chinese and English, so both supervised spans show.
+SAMPLE_TURNS = (("你好，你是谁？", "我是小助手。"), ("What is 3 + 4?", "3 + 4 = 7"))
 
 GIB = 1024**3
 
@@ -122,6 +129,21 @@ def adapter_summary(adapter: str) -> str:
     return f"adapter {adapter}: {config['peft_type']} ({details}), {count:,} parameters"
 
 
+def template_report(model_path: str, model_type: str, template_name: str = "auto",
+                    trust_remote_code: bool = False) -> list[str]:
+    """Which chat template training uses, where it comes from, and a sample with the labels marked."""
+    try:
+        tokenizer = load_tokenizer(model_path, trust_remote_code)
+        name = auto_template(tokenizer, model_type, model_path) if template_name == "auto" else template_name
+        template = get_template(name)
+        pieces = encode_turns(tokenizer, template, SAMPLE_TURNS)
+    except UserError as err:
+        return [f"chat template: {err}"]
+    sample = "".join(tokenizer.decode(prompt) + "[[" + tokenizer.decode(answer) + "]]" for prompt, answer in pieces)
+    return [describe_template(tokenizer, template),
+            "sample as trained (supervised part in [[ ]], everything else masked):", sample]
+
+
 def report(args: argparse.Namespace) -> str:
     model = build_on_meta(args.model, args.trust_remote_code)
     shape = model_shape(model)
@@ -139,14 +161,16 @@ def report(args: argparse.Namespace) -> str:
         lines.append(f"  {method:<6} {gib:10.2f} GiB" if gib >= 1 else f"  {method:<6} {gib * 1024:10.2f} MiB")
     if args.adapter:
         lines.append(adapter_summary(args.adapter))
+    lines += template_report(args.model, shape.model_type, args.template, args.trust_remote_code)
     return "\n".join(lines)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m llm_tuning.info", description=__doc__,
+    parser = ArgumentParser(prog="python -m llm_tuning.info", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="hub id or local path (only its config is read)")
     parser.add_argument("--adapter", default=None, help="also describe this adapter directory")
+    parser.add_argument("--template", default="auto", help="chat template to show (auto: as tokenize_dataset_rows.py picks it)")
     parser.add_argument("--batch_size", type=int, default=1)
     parser.add_argument("--seq_len", type=int, default=1024)
     parser.add_argument("--gradient_checkpointing", type=parse_bool, default=False)

@@ -179,8 +179,11 @@ def render_prompt(tokenizer, template: Template, history: Sequence[tuple[str, st
                   system: str | None = None) -> str:
     """The prompt (history, then the query, up to where the reply starts) as text, for trainers
     that tokenize themselves (DPOTrainer, GRPOTrainer): the text of `encode_prompt`'s ids."""
-    from .templates import EOS_PLACEHOLDER
+    from .templates import EOS_PLACEHOLDER, NativeTemplate, conversation_messages
 
+    if isinstance(template, NativeTemplate):
+        messages = conversation_messages([*history, (query, None)], system)
+        return template.render(tokenizer, messages, add_generation_prompt=True)
     rendered = template.render_turns([*history, (query, None)], system)
     prompt = "".join(p + a for p, a in rendered[:-1]).replace(EOS_PLACEHOLDER, tokenizer.eos_token or "")
     prompt += rendered[-1][0]
@@ -192,10 +195,11 @@ def render_prompt(tokenizer, template: Template, history: Sequence[tuple[str, st
 def render_pair(tokenizer, template: Template, pair: PreferencePair) -> dict[str, str]:
     """The pair as text for trainers that tokenize themselves (TRL's DPOTrainer): the prompt with
     its history, and each reply with the template's stop token, as `encode_pair` encodes them."""
-    from .templates import EOS_PLACEHOLDER
+    from .templates import EOS_PLACEHOLDER, NativeTemplate
 
     prompt = render_prompt(tokenizer, template, pair.history, pair.prompt, pair.system)
-    reply = template.answer_suffix.replace(EOS_PLACEHOLDER, tokenizer.eos_token or "")
+    reply = (template.end_of_turn(tokenizer) if isinstance(template, NativeTemplate)
+             else template.answer_suffix.replace(EOS_PLACEHOLDER, tokenizer.eos_token or ""))
     return {"prompt": prompt, "chosen": pair.chosen + reply, "rejected": pair.rejected + reply}
 
 
@@ -218,17 +222,19 @@ def train_and_save(trainer, tokenizer, args: PreferenceArguments, template: Temp
                    **run_config) -> bool:
     """Train, then save the adapter, the tokenizer and llm_tuning.json (what chat.py --adapter and
     the later stages read) to the trainer's output_dir. False on the processes that are not the main one."""
+    from .atomic import atomic_files
     from .training import save_run_config
 
     output_dir = trainer.args.output_dir
     trainer.train()
-    trainer.save_model(output_dir)
-    if not trainer.is_world_process_zero():
-        return False
-    tokenizer.save_pretrained(output_dir)
-    save_run_config(output_dir, base_model=args.model_name_or_path, template=template.name,
-                    train_file=args.train_file, stage=stage, **run_config)
-    return True
+    # Written aside, then renamed in: a full disk or a kill leaves the previous adapter as it was.
+    with atomic_files(output_dir, writer=trainer.is_world_process_zero()) as saving_dir:
+        trainer.save_model(str(saving_dir))
+        if trainer.is_world_process_zero():
+            tokenizer.save_pretrained(saving_dir)
+            save_run_config(str(saving_dir), base_model=args.model_name_or_path, template=template.name,
+                            train_file=args.train_file, stage=stage, **run_config)
+    return trainer.is_world_process_zero()
 
 
 def check_same_ids(got: list[int], expected: EncodedPair, tokenizer, trainer_name: str) -> None:

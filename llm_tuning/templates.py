@@ -1,8 +1,15 @@
-"""Chat templates, one registry for every family.
+"""Chat templates: the tokenizer's own `chat_template` where the model ships one, else the registry.
 
 One function, `encode_turns`, turns a dialogue into token ids for training AND inference, so the
-prompt a model sees when chatting is token-for-token the prompt it was trained on. Each turn is
-encoded on its own (prompt text, then answer text), which also gives the exact label boundaries.
+prompt a model sees when chatting is token-for-token the prompt it was trained on. Two kinds of
+template share that interface:
+- `NativeTemplate` ("native"): the tokenizer's own Jinja `chat_template`, rendered with
+  `apply_chat_template`. The whole conversation is rendered once and tokenized once; each
+  assistant answer is then located in the rendering, and the answer plus the end-of-turn token the
+  template writes after it (`<|eot_id|>`, `<|im_end|>`, ...) becomes the supervised span.
+- `Template`: the hand-written registry below, for models without a chat template (ChatGLM,
+  Baichuan, InternLM v1, `alpaca` for base models) and as an explicit choice. Each turn is encoded
+  on its own (prompt text, then answer text), which gives the label boundaries.
 
 Texts may contain the tokenizer's special tokens as strings (`<|im_start|>`); `{eos}` in an answer
 suffix and `{bos}` in a turn separator stand for the tokenizer's own EOS / BOS tokens.
@@ -10,6 +17,9 @@ suffix and `{bos}` in a turn separator stand for the tokenizer's own EOS / BOS t
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -17,6 +27,9 @@ from .cli import UserError
 
 EOS_PLACEHOLDER = "{eos}"
 BOS_PLACEHOLDER = "{bos}"
+NATIVE = "native"  # the template name that means "the tokenizer's own chat_template"
+# Stands for the question where a rendering is cut at it; no real text contains it.
+SENTINEL = "\ue000\ue001"
 
 
 @dataclass(frozen=True)
@@ -40,6 +53,9 @@ class Template:
     round_offset: int = 0
     # Strings whose token ends a reply at inference, besides the tokenizer's EOS.
     stop_words: tuple[str, ...] = ()
+    # Put after the last turn's prompt only (Qwen3's empty think block: its own template writes it
+    # for the answer after the last user message, never in the history).
+    last_prompt_suffix: str = ""
     notes: str = field(default="", compare=False)
 
     def render_turns(
@@ -58,10 +74,201 @@ class Template:
                 prompt += self.turn_separator
             prompt += self.user_format.format(query=query, round=index + self.round_offset,
                                               system=system_block if index == 0 else "")
+            if index == len(turns) - 1:
+                prompt += self.last_prompt_suffix
             answer_text = "" if answer is None else self.answer_prefix + answer + self.answer_suffix
             rendered.append((prompt, answer_text))
         return rendered
 
+    def encode_turns(self, tokenizer, turns: Sequence[tuple[str, str | None]],
+                     system: str | None = None) -> list[tuple[list[int], list[int]]]:
+        """Each turn's prompt and answer encoded on its own (see the module function)."""
+        encoded = []
+        for index, (prompt, answer) in enumerate(self.render_turns(turns, system)):
+            prompt = prompt.replace(BOS_PLACEHOLDER, tokenizer.bos_token or "")
+            prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
+            if index == 0 and self.add_bos and tokenizer.bos_token_id is not None:
+                prompt_ids = [tokenizer.bos_token_id] + prompt_ids
+            answer = answer.replace(EOS_PLACEHOLDER, tokenizer.eos_token or "")
+            answer_ids = tokenizer.encode(answer, add_special_tokens=False) if answer else []
+            encoded.append((prompt_ids, answer_ids))
+        return encoded
+
+    def stop_token_ids(self, tokenizer) -> list[int]:
+        """The stop words that are single tokens, then EOS."""
+        ids = []
+        for word in self.stop_words:
+            word_ids = tokenizer.encode(word, add_special_tokens=False)
+            if len(word_ids) == 1:
+                ids.append(word_ids[0])
+        if tokenizer.eos_token_id is not None:
+            ids.append(tokenizer.eos_token_id)
+        return list(dict.fromkeys(ids))
+
+    def prompt_head_length(self, tokenizer, system: str | None) -> int:
+        """Tokens before the question in a first-turn prompt (BOS, prefix, system block, user header)."""
+        head_text = self.render_turns([(SENTINEL, None)], system)[0][0].split(SENTINEL)[0]
+        head_text = head_text.replace(BOS_PLACEHOLDER, tokenizer.bos_token or "")
+        bos = int(self.add_bos and tokenizer.bos_token_id is not None)
+        return bos + len(tokenizer.encode(head_text, add_special_tokens=False))
+
+    def source(self, tokenizer) -> dict:
+        """Where the format comes from, as metadata.json records it."""
+        return {"kind": "registry", "name": self.name}
+
+
+# --- The tokenizer's own chat template ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NativeTemplate:
+    """The tokenizer's own `chat_template`, with label spans derived from its rendering.
+
+    Rendering the whole conversation at once keeps templates that are not prefix-preserving exact
+    (Qwen3 writes its empty think block only after the last user message). Each answer is found
+    verbatim in the rendering, after the messages before it; the end-of-turn text is whatever the
+    template writes right after the answer up to and including the first special token (optionally
+    after whitespace: LLaMA-2 writes ` </s>`). Token spans come from the tokenizer's character
+    offsets, and a row whose tokens straddle an answer's edge is refused."""
+
+    name: str = NATIVE
+    # Qwen3 and other hybrid reasoners: at inference, let the model think first. Training renders
+    # full conversations, where the template decides (Qwen3: an empty think block on the last answer).
+    enable_thinking: bool = False
+
+    def render(self, tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
+        if not getattr(tokenizer, "chat_template", None):
+            raise UserError("--template native needs a tokenizer with a chat_template, and this one has "
+                            f"none; pass --template with one of: {', '.join(sorted(TEMPLATES))}")
+        if not getattr(tokenizer, "is_fast", False):
+            raise unsplittable("a slow tokenizer gives no character offsets to locate the answers")
+        from jinja2 import TemplateError
+
+        try:
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                                 enable_thinking=self.enable_thinking)
+        except TemplateError as err:  # e.g. raise_exception('...roles must alternate...'), no system role
+            raise unsplittable(f"it refuses the conversation: {err}") from None
+
+    def encode_turns(self, tokenizer, turns: Sequence[tuple[str, str | None]],
+                     system: str | None = None) -> list[tuple[list[int], list[int]]]:
+        """(prompt_ids, answer_ids) per turn, cut out of the one tokenized rendering. What the
+        template writes after the last end-of-turn (a newline; an unasked generation prompt) is left out."""
+        messages = conversation_messages(turns, system)
+        open_ended = turns[-1][1] is None
+        text = self.render(tokenizer, messages, add_generation_prompt=open_ended)
+        spans = answer_spans(text, messages, end_of_turn_pattern(tokenizer))
+        encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = encoding["input_ids"], encoding["offset_mapping"]
+        pieces, cursor = [], 0
+        for start, end in spans:
+            first, stop = token_span(text, offsets, start, end)
+            pieces.append((ids[cursor:first], ids[first:stop]))
+            cursor = stop
+        if open_ended:
+            pieces.append((ids[cursor:], []))
+        return pieces
+
+    def end_of_turn(self, tokenizer) -> str:
+        """The text the template writes after an answer (e.g. `<|im_end|>`), from a probe rendering."""
+        messages = conversation_messages([("Hi", SENTINEL)], None)
+        text = self.render(tokenizer, messages, add_generation_prompt=False)
+        start, end = answer_spans(text, messages, end_of_turn_pattern(tokenizer))[0]
+        return text[start + len(SENTINEL):end]
+
+    def stop_token_ids(self, tokenizer) -> list[int]:
+        """The end-of-turn special token, then EOS (a model may still end on either)."""
+        end_of_turn = self.end_of_turn(tokenizer).strip()
+        ids = [tokenizer.convert_tokens_to_ids(end_of_turn)]
+        if tokenizer.eos_token_id is not None:
+            ids.append(tokenizer.eos_token_id)
+        return list(dict.fromkeys(ids))
+
+    def prompt_head_length(self, tokenizer, system: str | None) -> int:
+        """Tokens before the question in a first-turn prompt."""
+        text = self.render(tokenizer, conversation_messages([(SENTINEL, None)], system), add_generation_prompt=True)
+        cut = text.index(SENTINEL)
+        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        return sum(1 for _, end in offsets if end <= cut)
+
+    def source(self, tokenizer) -> dict:
+        return {"kind": "native", "chat_template_sha256": chat_template_hash(tokenizer)}
+
+
+def chat_template_hash(tokenizer) -> str | None:
+    """A short hash of the tokenizer's chat_template text (None without one)."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        return None
+    text = template if isinstance(template, str) else json.dumps(template, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def conversation_messages(turns: Sequence[tuple[str, str | None]], system: str | None) -> list[dict]:
+    """(query, answer) turns as chat messages; a None answer is left out."""
+    messages = [{"role": "system", "content": system}] if system else []
+    for query, answer in turns:
+        messages.append({"role": "user", "content": query})
+        if answer is not None:
+            messages.append({"role": "assistant", "content": answer})
+    return messages
+
+
+_END_OF_TURN_PATTERNS: dict[int, tuple[object, re.Pattern]] = {}  # id(tokenizer) -> (tokenizer, pattern)
+
+
+def end_of_turn_pattern(tokenizer) -> re.Pattern:
+    """Whitespace, then one of the tokenizer's special or added tokens: what ends an answer.
+    Built once per tokenizer (it is needed for every row)."""
+    cached = _END_OF_TURN_PATTERNS.get(id(tokenizer))
+    if cached is not None and cached[0] is tokenizer:
+        return cached[1]
+    specials = set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab())
+    alternatives = "|".join(re.escape(token) for token in sorted(specials, key=len, reverse=True) if token)
+    pattern = re.compile(rf"\s*(?:{alternatives})")
+    _END_OF_TURN_PATTERNS[id(tokenizer)] = (tokenizer, pattern)
+    return pattern
+
+
+def unsplittable(reason: str) -> UserError:
+    return UserError(f"the tokenizer's chat template cannot be split into prompts and answers ({reason}); "
+                     f"pass --template with a registry template, one of: {', '.join(sorted(TEMPLATES))}")
+
+
+def answer_spans(text: str, messages: list[dict], end_of_turn: re.Pattern) -> list[tuple[int, int]]:
+    """Character spans (start, end) of each assistant answer plus its end-of-turn text in `text`."""
+    spans, cursor = [], 0
+    for message in messages:
+        content = message["content"]
+        position = text.find(content, cursor)
+        if position < 0 and content.strip():  # templates often strip messages
+            content = content.strip()
+            position = text.find(content, cursor)
+        if message["role"] != "assistant":
+            cursor = position + len(content) if position >= 0 else cursor
+            continue
+        if position < 0:
+            raise unsplittable(f"it does not write the answer {short(message['content'])} as given")
+        match = end_of_turn.match(text, position + len(content))
+        if match is None:
+            raise unsplittable(f"no end-of-turn token follows the answer {short(content)}")
+        spans.append((position, match.end()))
+        cursor = match.end()
+    return spans
+
+
+def token_span(text: str, offsets: Sequence[tuple[int, int]], start: int, end: int) -> tuple[int, int]:
+    """[first, stop) token indices covering characters [start, end); refused when a token straddles
+    an edge with text other than whitespace outside the span."""
+    first = next(i for i, (_, token_end) in enumerate(offsets) if token_end > start)
+    stop = next((i for i, (token_start, _) in enumerate(offsets) if token_start >= end), len(offsets))
+    if text[offsets[first][0]:start].strip() or offsets[stop - 1][1] != end:
+        raise unsplittable(f"a token crosses the edge of the answer {short(text[start:end])}")
+    return first, stop
+
+
+def short(text: str, limit: int = 40) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 TEMPLATES: dict[str, Template] = {}
 
@@ -71,37 +278,33 @@ def register(template: Template) -> Template:
     return template
 
 
-def get_template(name: str) -> Template:
+def get_template(name: str) -> Template | NativeTemplate:
+    """A registry template by name, or the tokenizer's own for "native"."""
+    if name == NATIVE:
+        return NativeTemplate()
     try:
         return TEMPLATES[name]
     except KeyError:
         raise UserError(
-            f"unknown template {name!r}; choose one of: {', '.join(sorted(TEMPLATES))}"
+            f"unknown template {name!r}; choose {NATIVE} (the tokenizer's own chat template) or one of: "
+            f"{', '.join(sorted(TEMPLATES))}"
         ) from None
 
 
 def encode_turns(
     tokenizer,
-    template: Template,
+    template: Template | NativeTemplate,
     turns: Sequence[tuple[str, str | None]],
     system: str | None = None,
 ) -> list[tuple[list[int], list[int]]]:
-    """Token ids of each turn as (prompt_ids, answer_ids); the answer ids end with the stop token."""
-    encoded = []
-    for index, (prompt, answer) in enumerate(template.render_turns(turns, system)):
-        prompt = prompt.replace(BOS_PLACEHOLDER, tokenizer.bos_token or "")
-        prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
-        if index == 0 and template.add_bos and tokenizer.bos_token_id is not None:
-            prompt_ids = [tokenizer.bos_token_id] + prompt_ids
-        answer = answer.replace(EOS_PLACEHOLDER, tokenizer.eos_token or "")
-        answer_ids = tokenizer.encode(answer, add_special_tokens=False) if answer else []
-        encoded.append((prompt_ids, answer_ids))
-    return encoded
+    """Token ids of each turn as (prompt_ids, answer_ids); the answer ids end with the end-of-turn
+    token(s). A last turn whose answer is None ends with the prompt the model answers."""
+    return template.encode_turns(tokenizer, turns, system)
 
 
 def encode_prompt(
     tokenizer,
-    template: Template,
+    template: Template | NativeTemplate,
     query: str,
     history: Sequence[tuple[str, str]] = (),
     system: str | None = None,
@@ -114,16 +317,9 @@ def encode_prompt(
     return ids
 
 
-def stop_token_ids(tokenizer, template: Template) -> list[int]:
-    """Token ids that end a reply: the template's stop words that are single tokens, and EOS."""
-    ids = []
-    for word in template.stop_words:
-        word_ids = tokenizer.encode(word, add_special_tokens=False)
-        if len(word_ids) == 1:
-            ids.append(word_ids[0])
-    if tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    return list(dict.fromkeys(ids))
+def stop_token_ids(tokenizer, template: Template | NativeTemplate) -> list[int]:
+    """Token ids that end a reply: the template's end-of-turn token(s), then EOS."""
+    return template.stop_token_ids(tokenizer)
 
 
 # --- The registry. Each entry says where its format comes from. -------------------------------
@@ -140,10 +336,17 @@ register(Template(
 ))
 register(replace(
     TEMPLATES["qwen"],
+    name="qwen2.5",
+    notes="ChatML as in Qwen2.5-Instruct, whose template defaults to its own system prompt.",
+    default_system="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
+))
+register(replace(
+    TEMPLATES["qwen"],
     name="qwen3",
-    notes="ChatML as in Qwen3 (no default system prompt; thinking disabled in training samples).",
+    notes="ChatML as in Qwen3 with thinking off: no default system prompt; the empty think block only "
+    "opens the answer after the last user message (history answers are bare, as Qwen3's template writes them).",
     default_system=None,
-    user_format="<|im_start|>user\n{query}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n",
+    last_prompt_suffix="<think>\n\n</think>\n\n",
 ))
 register(Template(
     name="chatglm",
@@ -194,13 +397,26 @@ register(Template(
 ))
 register(Template(
     name="llama2",
-    notes="meta-llama/Llama-2-*-chat: <s>[INST] q [/INST] a </s> per turn, <<SYS>> inside the first [INST].",
+    notes="meta-llama/Llama-2-*-chat: <s>[INST] q [/INST] a </s> per turn, <<SYS>> inside the first [INST]; "
+    "<s>[INST] is one string, as the official template renders it (a SentencePiece tokenizer reads "
+    "text after <s> differently from text encoded on its own).",
+    prefix="{bos}",
     system_format="<<SYS>>\n{system}\n<</SYS>>\n\n",
     user_format="[INST] {system}{query} [/INST]",
     answer_prefix=" ",
     answer_suffix=" {eos}",
     turn_separator="{bos}",
-    add_bos=True,
+))
+register(Template(
+    name="llama3",
+    notes="meta-llama/Meta-Llama-3-8B-Instruct header format; <|eot_id|> (not EOS <|end_of_text|>) ends "
+    "a turn. Llama-3.1+ templates add a dated system block: use native for them.",
+    prefix="<|begin_of_text|>",
+    system_format="<|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>",
+    user_format="<|start_header_id|>user<|end_header_id|>\n\n{query}<|eot_id|>"
+    "<|start_header_id|>assistant<|end_header_id|>\n\n",
+    answer_suffix="<|eot_id|>",
+    stop_words=("<|eot_id|>",),
 ))
 register(replace(
     TEMPLATES["llama2"],
@@ -253,10 +469,32 @@ MODEL_TYPE_TEMPLATES = {
 
 
 def guess_template(model_type: str | None, model_path: str) -> str:
-    """The template name for a model type, or a UserError asking for --template."""
+    """The registry template name for a model type, or a UserError asking for --template."""
     if model_type in MODEL_TYPE_TEMPLATES:
         return MODEL_TYPE_TEMPLATES[model_type]
     raise UserError(
-        f"cannot tell which chat template {model_path} (model type {model_type!r}) uses; "
-        f"pass --template, one of: {', '.join(sorted(TEMPLATES))}"
+        f"cannot tell which chat template {model_path} (model type {model_type!r}) uses: its tokenizer "
+        f"has no chat_template; pass --template, one of: {', '.join(sorted(TEMPLATES))} "
+        "(alpaca for a base model)"
     )
+
+
+def auto_template(tokenizer, model_type: str | None, model_path: str) -> str:
+    """`--template auto`: the tokenizer's own chat template when it has one (and is a fast
+    tokenizer, whose character offsets locate the answers), else the registry template of the model type."""
+    if getattr(tokenizer, "chat_template", None) and getattr(tokenizer, "is_fast", False):
+        return NATIVE
+    return guess_template(model_type, model_path)
+
+
+def describe_template(tokenizer, template: Template | NativeTemplate) -> str:
+    """One line: which template, and where it comes from."""
+    if isinstance(template, NativeTemplate):
+        return (f"template native: the tokenizer's own chat_template (sha256 {chat_template_hash(tokenizer)}), "
+                f"end of turn {template.end_of_turn(tokenizer)!r}")
+    return f"template {template.name}: registry ({template.notes})"
+
+
+def template_source(tokenizer, name: str) -> dict:
+    """What metadata.json and llm_tuning.json record about the template."""
+    return get_template(name).source(tokenizer)

