@@ -114,9 +114,23 @@ def parse_args(*dataclass_types, argv: list[str] | None = None):
         else:
             parsed = parser.parse_args_into_dataclasses(args=argv)
     except ValueError as err:  # the configs' own checks (TrainingArguments.__post_init__): flags that clash
-        exit_with_usage_error(str(err).strip().splitlines()[0])
+        exit_with_usage_error(config_error_sentence(err))
     checked_flags(*parsed)
     return parsed
+
+
+# TrainingArguments refuses bf16 without a device for it in words that do not say what to pass.
+_NO_BF16_DEVICE = "doesn't support bf16"
+NO_BF16_DEVICE_HINT = ("--bf16 true needs a GPU (or TPU) with bf16 support and none is found: drop --bf16 "
+                       "(or pass --bf16 false) to train in float32, or add --use_cpu true to train in bf16 on the CPU")
+
+
+def config_error_sentence(err: ValueError) -> str:
+    """A clash TrainingArguments found, as one sentence that says what to pass instead."""
+    message = str(err).strip()
+    if _NO_BF16_DEVICE in message:
+        return NO_BF16_DEVICE_HINT
+    return message.splitlines()[0]
 
 
 class CheckedArgumentParser(ChecksFlags, HfArgumentParser):
