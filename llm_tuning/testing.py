@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,12 @@ from .cli import ArgumentParser
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CORPUS_DIR = REPO_ROOT / "data"
+# The tiny tokenizer learns from exactly these shipped files, so data the docs' commands write under
+# data/ (converted datasets, tokenized data) never changes the demo model or its tokenizer.
+SHIPPED_CORPUS_FILES = tuple(DEFAULT_CORPUS_DIR / name for name in (
+    "alpaca_sample.jsonl", "eval/choice_eval.jsonl", "eval/qa_eval.jsonl", "messages_sample.jsonl",
+    "multi_turn_sample.jsonl", "sharegpt_sample.jsonl", "simple_math_4op.jsonl",
+))
 
 # Qwen2's split rule: digits one by one, which keeps arithmetic learnable for a tiny model.
 PRETOKENIZE_PATTERN = (
@@ -123,8 +129,16 @@ ARCHS: dict[str, ArchSpec] = {
 }
 
 
-def iter_corpus_texts(corpus_dir: Path = DEFAULT_CORPUS_DIR) -> Iterator[str]:
-    """Every string value of every json/jsonl file under `corpus_dir`, in a fixed order."""
+def corpus_files(corpus_dir: Path | None = None) -> list[Path]:
+    """The json/jsonl files under `corpus_dir` in a fixed order; None: the shipped sample files."""
+    if corpus_dir is None:
+        return list(SHIPPED_CORPUS_FILES)
+    return [path for path in sorted(corpus_dir.rglob("*.json*"))
+            if path.suffix in {".json", ".jsonl"} and "tokenized_data" not in path.parts]
+
+
+def iter_corpus_texts(files: Iterable[Path]) -> Iterator[str]:
+    """Every string value of every json/jsonl file in `files`, in their order."""
 
     def strings(value) -> Iterator[str]:
         if isinstance(value, str):
@@ -136,9 +150,7 @@ def iter_corpus_texts(corpus_dir: Path = DEFAULT_CORPUS_DIR) -> Iterator[str]:
             for item in value:
                 yield from strings(item)
 
-    for path in sorted(corpus_dir.rglob("*.json*")):
-        if path.suffix not in {".json", ".jsonl"} or "tokenized_data" in path.parts:
-            continue
+    for path in files:
         text = path.read_text(encoding="utf-8")
         records = json.loads(text) if path.suffix == ".json" else [
             json.loads(line) for line in text.splitlines() if line.strip()
@@ -147,9 +159,10 @@ def iter_corpus_texts(corpus_dir: Path = DEFAULT_CORPUS_DIR) -> Iterator[str]:
 
 
 def build_tokenizer(
-    arch: str, vocab_size: int = 2000, corpus_dir: Path = DEFAULT_CORPUS_DIR
+    arch: str, vocab_size: int = 2000, corpus_dir: Path | None = None
 ) -> PreTrainedTokenizerFast:
-    """A byte-level BPE trained on the shipped data, with the family's special tokens."""
+    """A byte-level BPE trained on the shipped data (or the json/jsonl under `corpus_dir`), with
+    the family's special tokens."""
     spec = ARCHS[arch]
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
@@ -163,7 +176,7 @@ def build_tokenizer(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(iter_corpus_texts(corpus_dir), trainer=trainer)
+    tokenizer.train_from_iterator(iter_corpus_texts(corpus_files(corpus_dir)), trainer=trainer)
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token=spec.bos_token,
