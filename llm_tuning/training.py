@@ -114,6 +114,7 @@ def parse_args(*dataclass_types, argv: list[str] | None = None):
                             help="Start over in an --output_dir that holds an earlier run: its checkpoints, "
                                  "trainer_log.jsonl and loss.png are deleted first.")
     argv = sys.argv[1:] if argv is None else argv
+    overwrite = False
     try:
         if len(argv) == 1 and argv[0].endswith((".yaml", ".yml", ".json")):
             config = read_config_file(argv[0])

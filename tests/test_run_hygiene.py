@@ -146,7 +146,8 @@ def test_what_looks_like_a_local_path(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("load", [load_tokenizer, load_model])
 def test_a_missing_local_path_fails_at_once_without_asking_the_hub(load, tmp_path):
-    with pytest.raises(UserError, match=r"missing: no such local directory \(a hub id looks like org/name\)"):
+    with pytest.raises(UserError, match=r"^cannot load a (tokenizer|model) from .*missing: no such local directory "
+                                        r"\(a hub id looks like org/name\)$"):
         load(str(tmp_path / "missing"))
 
 
@@ -155,7 +156,7 @@ def test_a_recipe_given_a_missing_local_model_says_so_in_one_line(run, dataset):
                  "--output_dir", str(dataset.parent / "out"), "--use_cpu", "true")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        "error: ./no/such/model: no such local directory (a hub id looks like org/name); check the path")
+        "error: cannot load a tokenizer from ./no/such/model: no such local directory (a hub id looks like org/name)")
 
 
 # --- history that would be dropped -----------------------------------------------------------------
