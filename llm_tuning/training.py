@@ -143,7 +143,11 @@ def read_config_file(path: str) -> dict:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as err:
         exit_with_usage_error(f"cannot read the config file {path}: {err.strerror}")
-    config = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    try:
+        config = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as err:
+        exit_with_usage_error(f"{path} is not valid {'JSON' if path.endswith('.json') else 'YAML'}: "
+                              f"{str(err).strip().splitlines()[0]}")
     if not isinstance(config, dict):
         exit_with_usage_error(f"{path} must hold a mapping of flag names to values")
     return config

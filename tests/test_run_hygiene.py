@@ -194,3 +194,11 @@ def test_the_tiny_tokenizer_ignores_data_written_under_data(tmp_path):
     # the same file in a corpus the tokenizer is asked to read is learned at once
     (tmp_path / "train.jsonl").write_text(record)
     assert any("zqxjv" in token for token in build_tokenizer("qwen2", corpus_dir=tmp_path).get_vocab())
+
+
+def test_a_config_file_that_does_not_parse_is_one_line(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("output_dir: [unclosed\n")
+    with pytest.raises(SystemExit) as exited:
+        parse_args(*RECIPE_TYPES, argv=[str(config)])
+    assert exited.value.code == 2 and stderr_line(capsys).startswith(f"error: {config} is not valid YAML: ")
