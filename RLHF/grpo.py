@@ -105,8 +105,6 @@ def check_reward_flags(args: GRPOScriptArguments, training_args: GRPOArguments) 
     if weights is not None and len(weights) != len(args.reward_funcs):
         raise UserError(f"--reward_weights has {len(weights)} value(s) for {len(args.reward_funcs)} "
                         f"--reward_funcs ({' '.join(args.reward_funcs)}); give one weight per function")
-    if args.eval_samples < 1:
-        raise UserError(f"--eval_samples must be at least 1, got {args.eval_samples}")
 
 
 @exits_on_user_error
