@@ -200,7 +200,7 @@ BAD_INPUTS = [
     ("empty_answer.jsonl", '{"q": "x", "a": "  "}\n', ":1: empty answer in 'a'"),
     ("number.jsonl", GOOD_LINE + '{"q": "x", "a": 42}\n', ":2: 'a' must be a string, got int"),
     ("empty.jsonl", "\n\n", ": the file is empty"),
-    ("latin1.jsonl", '{"q": "caf\xe9", "a": "x"}\n'.encode("latin-1"), ": not UTF-8 text"),
+    ("latin1.jsonl", '{"q": "caf\xe9", "a": "x"}\n'.encode("latin-1"), ":1:11: not UTF-8 text (byte 0xe9)"),
     ("object.json", '{"q": "x", "a": "y"}', ": expected a JSON list of records, got dict"),
     ("record.json", '[{"q": "x", "a": "y"}, ["x", "y"]]', ": record 2: expected a JSON object, got list"),
     ("history.jsonl", '{"q": "x", "a": "y", "history": [["only one"]]}\n',
