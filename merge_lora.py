@@ -27,7 +27,7 @@ from llm_tuning.cli import UserError, exits_on_user_error, parse_bool
 from llm_tuning.methods import MERGEABLE_PEFT_TYPES
 from llm_tuning.modeling import adapter_base_model, load_adapters, load_model, load_tokenizer
 from llm_tuning.templates import encode_prompt, get_template, stop_token_ids
-from llm_tuning.training import read_run_config, save_run_config
+from llm_tuning.run_config import read_run_config, save_run_config
 
 PROBE_QUERY = "你好！Please introduce yourself."
 

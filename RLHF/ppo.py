@@ -53,7 +53,7 @@ from llm_tuning.preference import (
     save_eval_metrics,
 )
 from llm_tuning.templates import stop_token_ids
-from llm_tuning.training import save_run_config
+from llm_tuning.run_config import save_run_config
 
 LOG_FILE = "ppo_log.jsonl"
 

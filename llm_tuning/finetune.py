@@ -22,10 +22,11 @@ from .data import check_template_matches, check_tokenizer_matches, load_tokenize
 from .eval_callback import attach_generation_eval
 from .methods import check_method, count_parameters, method_callbacks, prepare_trainable, training_steps
 from .modeling import load_model, load_tokenizer, require_single_tokens
+from .run_config import save_run_config
 from .templates import get_template, stop_token_ids
 from .training import (
     DataArguments, FinetuneArguments, LossPlotCallback, ModelArguments, TrainerLogCallback,
-    check_template_allowed, require_output_dir, resolve_dataset_path, resume_argument, save_run_config,
+    check_template_allowed, require_output_dir, resolve_dataset_path, resume_argument,
 )
 
 
@@ -46,9 +47,8 @@ class Family:
     padding_side: str = "right"
     # Template markers written as text that the tokenizer must read as single special tokens.
     marker_tokens: tuple[str, ...] = ()
-    # Quirk hooks, each documented in the recipe that sets it.
+    # Quirk hook, documented in the recipe that sets it.
     fix_tokenizer: Callable = field(default=_unchanged)
-    prepare_model: Callable = field(default=_unchanged)
 
 
 def default_lora_targets(family: Family, model) -> str:
@@ -100,10 +100,9 @@ def build_trainer(family: Family, model_args: ModelArguments, data_args: DataArg
     # Batching: dynamic padding, or --group_by_length / --packing (llm_tuning/batching.py).
     dataset, collator = prepare_batching(dataset, tokenizer, data_args, training_args, metadata["max_seq_length"])
 
-    # Model: base (optionally 4/8-bit, RoPE-scaled), family quirks, then the method's parameters.
+    # Model: base (optionally 4/8-bit, RoPE-scaled), then the method's parameters.
     model = load_model(base_model, model_args.dtype, remote_code, quantization_bit,
                        rope_scaling=model_args.rope_scaling, rope_factor=model_args.rope_factor)
-    model = family.prepare_model(model, tokenizer)
     steps = training_steps(len(dataset), training_args.per_device_train_batch_size,
                            training_args.gradient_accumulation_steps, training_args.world_size,
                            training_args.num_train_epochs, training_args.max_steps)

@@ -132,7 +132,7 @@ def resolve_template(model_path: str, name: str, trust_remote_code: bool = False
     """`name`, or for auto the template the SFT run recorded (llm_tuning.json), else the model type's."""
     from .modeling import read_model_type
     from .templates import get_template, guess_template
-    from .training import read_run_config
+    from .run_config import read_run_config
 
     if name == "auto":
         name = read_run_config(model_path).get("template") or guess_template(
@@ -212,7 +212,7 @@ def train_and_save(trainer, tokenizer, args: PreferenceArguments, template: Temp
                    **run_config) -> bool:
     """Train, then save the adapter, the tokenizer and llm_tuning.json (what chat.py --adapter and
     the later stages read) to the trainer's output_dir. False on the processes that are not the main one."""
-    from .training import save_run_config
+    from .run_config import save_run_config
 
     output_dir = trainer.args.output_dir
     trainer.train()
