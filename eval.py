@@ -20,13 +20,13 @@ import argparse
 import json
 from pathlib import Path
 
-from chat import add_model_arguments, load_chat_model
 from llm_tuning.atomic import write_jsonl
 from llm_tuning.cli import UserError, exits_on_user_error, parse_bool
 from llm_tuning.evaluation import (
     evaluate_choices, evaluate_generation, evaluate_perplexity, load_choice_questions, load_eval_conversations,
 )
 from llm_tuning.generation import GenerationSettings
+from llm_tuning.inference import add_model_arguments, load_chat_model
 
 TASKS = ("generate", "perplexity", "choice", "reward")
 

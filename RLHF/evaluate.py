@@ -17,13 +17,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from make_rlhf_data import is_lively
-
 from llm_tuning.cli import UserError, exits_on_user_error
 from llm_tuning.modeling import load_model, load_tokenizer
 from llm_tuning.ppo import evaluate_policy, load_reward_model, preference_margin
 from llm_tuning.preference import EVAL_METRICS_FILE, encode_pairs, load_preference_pairs, resolve_template
 from llm_tuning.templates import stop_token_ids
+from style import is_lively
 
 
 @dataclass

@@ -22,7 +22,7 @@ PPO_KL_BOUND = 8.0
 
 
 def load_script(name: str):
-    """Import RLHF/<name>.py as module rlhf_<name> (the scripts import make_rlhf_data as users run them)."""
+    """Import RLHF/<name>.py as module rlhf_<name> (RLHF/ on sys.path, as when a user runs them, for style.py)."""
     if str(RLHF_DIR) not in sys.path:
         sys.path.insert(0, str(RLHF_DIR))
     spec = importlib.util.spec_from_file_location(f"rlhf_{name}", RLHF_DIR / f"{name}.py")
