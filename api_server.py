@@ -24,21 +24,26 @@ or curl:
 The model name is the adapter's (or model's) directory name unless --model_name says otherwise.
 Without the API key variable set, the server accepts every request (it says so at start-up);
 it binds 127.0.0.1 unless --host 0.0.0.0 is given.
+
+Under load it answers instead of stalling: a body over --max_request_bytes gets 413, a request
+arriving when --max_queued_requests are already queued or decoding gets 429 with `Retry-After`,
+and a conversation too long for the context is refused before it is tokenized. SIGTERM (or
+Ctrl-C) drains: new requests get 503 while those in flight finish, for up to --shutdown_grace_s.
 """
 
 import argparse
 import os
 from pathlib import Path
 
-from llm_tuning.cli import UserError, exits_on_user_error
+from llm_tuning.cli import ArgumentParser, UserError, exits_on_user_error
 from llm_tuning.generation import context_length
 from llm_tuning.inference import add_model_arguments, load_chat_model, load_chat_tokenizer, trust_remote_code_for
-from llm_tuning.openai_api import ServedModel, create_app
+from llm_tuning.openai_api import DEFAULT_MAX_REQUEST_BYTES, Admission, DrainingServer, ServedModel, create_app
 from llm_tuning.serving import TransformersEngine, VllmEngine
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)
     parser.add_argument("--backend", choices=["transformers", "vllm"], default="transformers")
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to accept other machines")
@@ -52,6 +57,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--gpu_memory_utilization", type=float, default=0.9, help="vllm only")
     parser.add_argument("--tensor_parallel_size", type=int, default=1, help="vllm only")
     parser.add_argument("--max_lora_rank", type=int, default=64, help="vllm only")
+    parser.add_argument("--max_request_bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
+                        help="larger request bodies get 413")
+    parser.add_argument("--max_queued_requests", type=int, default=64,
+                        help="requests queued or decoding at once; more get 429 with Retry-After")
+    parser.add_argument("--shutdown_grace_s", type=float, default=30.0,
+                        help="on SIGTERM, how long requests in flight may take to finish")
     return parser.parse_args(argv)
 
 
@@ -77,14 +88,14 @@ def build_engine(args: argparse.Namespace):
 
 @exits_on_user_error
 def main(args: argparse.Namespace) -> None:
-    import uvicorn
-
     api_key = os.environ.get(args.api_key_env) or None
     engine, served = build_engine(args)
     if api_key is None:
         print(f"warning: ${args.api_key_env} is not set, so the server accepts requests without a key")
     print(f"serving {served.name!r} ({engine.backend} backend) at http://{args.host}:{args.port}/v1")
-    uvicorn.run(create_app(engine, served, api_key), host=args.host, port=args.port, log_level="info")
+    app = create_app(engine, served, api_key, max_request_bytes=args.max_request_bytes,
+                     admission=Admission(args.max_queued_requests))
+    DrainingServer(app, args.host, args.port, args.shutdown_grace_s).run()
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ unless --enable_thinking true.
 
 import argparse
 
-from llm_tuning.cli import UserError, exits_on_user_error
+from llm_tuning.cli import ArgumentParser, UserError, exits_on_user_error
 from llm_tuning.generation import GenerationSettings, context_length, fit_history, generate_reply, stream_reply
 from llm_tuning.inference import add_model_arguments, load_chat_model
 from llm_tuning.modeling import AdapterMenu
@@ -31,7 +31,7 @@ ADAPTER_COMMAND = "adapter"  # "adapter" lists the choices, "adapter NAME" switc
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)
     parser.add_argument("--system", default=None, help="system prompt (default: the template's)")
     parser.add_argument("--query", action="append", default=[], help="ask this and exit; repeat for several")

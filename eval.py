@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 
 from llm_tuning.atomic import write_jsonl
-from llm_tuning.cli import UserError, exits_on_user_error, parse_bool
+from llm_tuning.cli import ArgumentParser, UserError, exits_on_user_error, parse_bool
 from llm_tuning.evaluation import (
     evaluate_choices, evaluate_generation, evaluate_perplexity, load_choice_questions, load_eval_conversations,
 )
@@ -32,7 +32,7 @@ TASKS = ("generate", "perplexity", "choice", "reward")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("task", choices=TASKS)
     parser.add_argument("--data", required=True, help="the test file (json or jsonl)")
     parser.add_argument("--output", default=None, help="per-sample jsonl (default: runs/eval/<task>.jsonl)")

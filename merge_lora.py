@@ -17,12 +17,12 @@ The output is written to a temporary directory and renamed when complete.
 
 import argparse
 
-from llm_tuning.cli import exits_on_user_error, parse_bool
+from llm_tuning.cli import ArgumentParser, exits_on_user_error, parse_bool
 from llm_tuning.merging import merge_adapter
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", default=None, help="base model (default: the one recorded in the adapter)")
     parser.add_argument("--adapter", required=True, help="LoRA adapter directory")
     parser.add_argument("--output", required=True, help="directory for the merged model")

@@ -15,7 +15,7 @@ import threading
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline machines: no phoning home
 
-from llm_tuning.cli import UserError, exits_on_user_error
+from llm_tuning.cli import ArgumentParser, UserError, exits_on_user_error
 from llm_tuning.generation import GenerationSettings, context_length, fit_history, stream_reply
 from llm_tuning.inference import add_model_arguments, load_chat_model
 from llm_tuning.modeling import AdapterMenu
@@ -24,7 +24,7 @@ BASE_CHOICE = AdapterMenu.BASE
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)
     parser.add_argument("--system", default=None, help="system prompt (default: the template's)")
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to open the page to other machines")

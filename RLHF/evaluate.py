@@ -8,7 +8,10 @@ For each policy (the SFT model itself, then each LoRA adapter on it), on the hel
 - KL         exact KL(policy ‖ SFT) summed over each greedy reply, averaged (nats)
 - style      share of greedy replies in the lively style (exclamation mark + emoji)
 - empty      number of empty replies
-- margin     mean log π(chosen) - log π(rejected) over the held-out preference pairs
+- logp-margin  mean log π(chosen) - log π(rejected) over the held-out preference pairs (summed token
+             log-probs: the policy's own preference, no reference, lower for longer replies)
+- DPO-margin   DPO's implicit reward margin β·[(log π - log π_ref)(chosen) - (log π - log π_ref)(rejected)]
+             with π_ref = the SFT model and --beta (0 for the SFT model itself)
 The reward model's held-out pairwise accuracy (from reward_model.py) heads the table.
 """
 
@@ -17,9 +20,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from llm_tuning.cli import UserError, exits_on_user_error
+from llm_tuning.cli import ArgumentParser, UserError, exits_on_user_error
 from llm_tuning.modeling import load_model, load_tokenizer
-from llm_tuning.ppo import evaluate_policy, load_reward_model, preference_margin
+from llm_tuning.ppo import evaluate_policy, implicit_reward_margin, load_reward_model, preference_margin
 from llm_tuning.preference import EVAL_METRICS_FILE, encode_pairs, load_preference_pairs, resolve_template
 from llm_tuning.templates import stop_token_ids
 from style import is_lively
@@ -32,12 +35,13 @@ class Row:
     kl: float
     style_rate: float
     empty: int
-    margin: float
+    logp_margin: float
+    dpo_margin: float
     sample: str
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sft", required=True, help="the SFT model the adapters were trained on")
     parser.add_argument("--reward_model", required=True, help="reward_model.py's output directory")
     parser.add_argument("--eval_file", required=True, help="held-out preference pairs")
@@ -45,11 +49,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="a LoRA policy to measure (repeatable), e.g. PPO=weights/rlhf/ppo")
     parser.add_argument("--template", default="auto")
     parser.add_argument("--max_new_tokens", type=int, default=24)
+    parser.add_argument("--beta", type=float, default=0.1,
+                        help="β of the DPO-margin column, the same for every policy (rlhf.sh trains DPO with 0.1)")
     return parser.parse_args(argv)
 
 
 def measure_policies(sft: str, reward_model_path: str, eval_file: str, policies: dict[str, str],
-                     template_name: str = "auto", max_new_tokens: int = 24) -> list[Row]:
+                     template_name: str = "auto", max_new_tokens: int = 24, beta: float = 0.1) -> list[Row]:
     tokenizer = load_tokenizer(sft)
     template = resolve_template(sft, template_name)
     stops = stop_token_ids(tokenizer, template)
@@ -62,7 +68,8 @@ def measure_policies(sft: str, reward_model_path: str, eval_file: str, policies:
         report = evaluate_policy(model, reward_model, tokenizer, prompts, stops, max_new_tokens)
         style = sum(map(is_lively, report.replies)) / len(report.replies)
         return Row(name, report.mean_reward, report.mean_kl, style, report.empty_replies,
-                   preference_margin(model, pairs, tokenizer.pad_token_id), report.replies[0])
+                   preference_margin(model, pairs, tokenizer.pad_token_id),
+                   implicit_reward_margin(model, pairs, tokenizer.pad_token_id, beta), report.replies[0])
 
     model = load_model(sft, "float32").eval()
     rows = [row("SFT", model)]
@@ -85,9 +92,11 @@ def format_table(rows: list[Row], rm_accuracy: float | None) -> str:
     lines = []
     if rm_accuracy is not None:
         lines.append(f"reward model held-out pairwise accuracy: {rm_accuracy:.3f}")
-    lines.append(f"{'policy':<8}{'reward':>8}{'KL':>8}{'style':>8}{'empty':>7}{'margin':>9}  first reply")
+    lines.append(f"{'policy':<8}{'reward':>8}{'KL':>8}{'style':>8}{'empty':>7}{'logp-margin':>13}{'DPO-margin':>12}"
+                 "  first reply")
     for r in rows:
-        lines.append(f"{r.name:<8}{r.reward:>8.2f}{r.kl:>8.2f}{r.style_rate:>8.2f}{r.empty:>7d}{r.margin:>9.2f}  {r.sample!r}")
+        lines.append(f"{r.name:<8}{r.reward:>8.2f}{r.kl:>8.2f}{r.style_rate:>8.2f}{r.empty:>7d}{r.logp_margin:>13.2f}"
+                     f"{r.dpo_margin:>12.2f}  {r.sample!r}")
     return "\n".join(lines)
 
 
@@ -99,7 +108,8 @@ def main(args: argparse.Namespace) -> list[Row]:
         if not sep or not name or not path:
             raise UserError(f"--policy {item!r}: expected NAME=ADAPTER_DIR")
         policies[name] = path
-    rows = measure_policies(args.sft, args.reward_model, args.eval_file, policies, args.template, args.max_new_tokens)
+    rows = measure_policies(args.sft, args.reward_model, args.eval_file, policies, args.template, args.max_new_tokens,
+                            args.beta)
     metrics_file = Path(args.reward_model) / EVAL_METRICS_FILE
     accuracy = json.loads(metrics_file.read_text())["accuracy"] if metrics_file.is_file() else None
     print(format_table(rows, accuracy))

@@ -13,7 +13,14 @@ critic. TRL removed its PPOTrainer, so the loop is written out here over `llm_tu
         GAE       advantages (whitened over the batch) and returns from the value head's values
         update    --ppo_epochs passes over mini-batches: clipped policy loss + vf_coef × clipped
                   value loss, gradient clipping
-    logs reward, KL, entropy, reply length, clip fraction, value loss to tensorboard and ppo_log.jsonl
+    logs reward, KL, entropy, reply length, clip fraction, value loss and peak memory to tensorboard
+    and ppo_log.jsonl
+
+Sampling uses an explicit generation config (softmax at --temperature, nothing else): a model's own
+generation_config.json (a repetition penalty, top-k/top-p) would sample tokens from another
+distribution than the one the log-probs and the KL are computed on. The rollout is scored
+--mini_batch_size rows at a time and keeps only per-token log-probs, so memory grows with the
+mini-batch, not with --batch_size.
 
     # offline (what rlhf.sh runs)
     python RLHF/ppo.py --model_name_or_path weights/rlhf/sft --reward_model weights/rlhf/reward_model \
@@ -46,7 +53,7 @@ from llm_tuning.cli import UserError, exits_on_user_error
 from llm_tuning.modeling import load_model, load_tokenizer
 from llm_tuning.ppo import (
     PolicyWithValue, evaluate_policy, gae, generate_replies, kl_shaped_rewards, load_reward_model, masked_mean,
-    pack, ppo_losses, reward_scores, token_logprobs, whiten,
+    pack, peak_memory_mb, ppo_losses, reward_scores, score_rollout, token_logprobs, whiten,
 )
 from llm_tuning.preference import (
     PreferenceArguments, encode_pair, load_preference_pairs, lora_config, parse_trainer_args, resolve_template,
@@ -89,16 +96,19 @@ def ppo_iteration(policy: PolicyWithValue, optimizer, reward_model, prompts, sto
     """One rollout and its PPO updates; returns the iteration's statistics."""
     # Rollout: sample, score, and record what the update compares against.
     policy.eval()
+    device = policy.value_head.weight.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     replies = generate_replies(policy.model, prompts, stop_ids, pad_id, args.max_new_tokens, args.temperature)
-    batch = pack(prompts, replies, pad_id)
+    batch = pack(prompts, replies, pad_id).to(device)
+    # Scored a mini-batch at a time, keeping per-token log-probs only (no full-vocabulary logits).
+    rollout = score_rollout(policy, batch, args.temperature, stop_ids, args.mini_batch_size)
+    old_logp, old_values = rollout.logp, rollout.values
     with torch.no_grad():
-        logits, old_values = policy(batch)
-        old_logp, entropy = token_logprobs(logits, batch.reply_ids, args.temperature)
-        ref_logp, _ = token_logprobs(policy.reference_logits(batch), batch.reply_ids, args.temperature)
-        scores = reward_scores(reward_model, [list(p) + r for p, r in zip(prompts, replies)], pad_id)
-        finished = torch.tensor([r[-1] in stop_ids for r in replies])
+        scores = reward_scores(reward_model, [list(p) + r for p, r in zip(prompts, replies)], pad_id).to(device)
+        finished = torch.tensor([r[-1] in stop_ids for r in replies], device=device)
         scores = scores - args.missing_eos_penalty * (~finished).float()
-        rewards, kl = kl_shaped_rewards(scores, old_logp, ref_logp, batch.reply_mask, args.kl_coef)
+        rewards, kl = kl_shaped_rewards(scores, old_logp, rollout.ref_logp, batch.reply_mask, args.kl_coef)
         advantages, returns = gae(rewards, old_values, batch.reply_mask, args.gamma, args.lam)
         advantages = whiten(advantages, batch.reply_mask)
 
@@ -109,7 +119,7 @@ def ppo_iteration(policy: PolicyWithValue, optimizer, reward_model, prompts, sto
         for index in torch.randperm(len(prompts)).split(args.mini_batch_size):
             mini = batch.rows(index)
             logits, values = policy(mini)
-            logp, _ = token_logprobs(logits, mini.reply_ids, args.temperature)
+            logp, _ = token_logprobs(logits, mini.reply_ids, args.temperature, stop_ids)
             part = ppo_losses(logp, old_logp[index], advantages[index], values, old_values[index],
                               returns[index], mini.reply_mask, args.cliprange, args.cliprange_value, args.vf_coef)
             optimizer.zero_grad()
@@ -121,13 +131,14 @@ def ppo_iteration(policy: PolicyWithValue, optimizer, reward_model, prompts, sto
     return {
         "reward": scores.mean().item(),
         "kl": kl.sum(-1).mean().item(),
-        "entropy": masked_mean(entropy, mask).item(),
+        "entropy": masked_mean(rollout.entropy, mask).item(),
         "reply_length": mask.sum(-1).mean().item(),
         "unfinished": (~finished).float().mean().item(),
         "clip_fraction": sum(p.clip_fraction for p in parts) / len(parts),
         "policy_loss": sum(p.policy_loss for p in parts) / len(parts),
         "value_loss": sum(p.value_loss for p in parts) / len(parts),
         "approx_kl": sum(p.approx_kl for p in parts) / len(parts),
+        "peak_memory_mb": peak_memory_mb(device),  # GPU: this iteration's peak allocation; CPU: peak RSS so far
     }
 
 

@@ -10,7 +10,7 @@ The CSV has a review column (--review_column) and one column per aspect of the d
 
 import argparse
 
-from llm_tuning.cli import UserError, exits_on_user_error
+from llm_tuning.cli import ArgumentParser, UserError, exits_on_user_error
 from llm_tuning.atomic import write_jsonl
 from reviews import DOMAINS, load_asap_csv
 
@@ -28,7 +28,7 @@ def parse_columns(spec: str) -> dict[str, str]:
 
 @exits_on_user_error
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--csv", required=True)
     parser.add_argument("--domain", required=True, choices=sorted(DOMAINS))
     parser.add_argument("--columns", required=True, help="aspect=column pairs, comma-separated")

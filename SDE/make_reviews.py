@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from llm_tuning.atomic import write_jsonl
+from llm_tuning.cli import ArgumentParser
 from reviews import DEFAULT_SPLITS, generate_split
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -22,7 +23,7 @@ def write_splits(out_dir: Path) -> list[Path]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out_dir", type=Path, default=DATA_DIR)
     args = parser.parse_args()
     for path in write_splits(args.out_dir):

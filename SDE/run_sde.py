@@ -30,7 +30,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from llm_tuning.atomic import write_jsonl
-from llm_tuning.cli import exits_on_user_error
+from llm_tuning.cli import ArgumentParser, exits_on_user_error
 from llm_tuning.experiment import (
     answer_all, build_tiny_stand_in, load_adapted, tokenize_records, train_adapter,
 )
@@ -51,7 +51,7 @@ DEFAULT_RECIPE_ARGS = ["--per_device_train_batch_size", "8", "--num_train_epochs
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--designs", nargs="+", default=["ES-SDE"], help="preset names or option=value,... specs")
     parser.add_argument("--model", default=TINY, help=f"hub id or path; {TINY!r} builds an offline stand-in")
     parser.add_argument("--recipe", default=str(REPO_ROOT / "qwen_lora_tuning.py"), help="the training recipe")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import Trainer, TrainingArguments, set_seed
 
+from .atomic import atomic_files
 from .batching import prepare_batching
 from .cli import exits_on_user_error
 from .data import check_template_matches, check_tokenizer_matches, load_tokenized, print_data_example
@@ -145,15 +146,18 @@ def save(run: Run, family: Family, model_args: ModelArguments, finetune_args: Fi
     trainer, output_dir = run.trainer, run.trainer.args.output_dir
     stops = stop_token_ids(run.tokenizer, get_template(run.metadata["template"]))
     trainer.model.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
-    trainer.save_model(output_dir)
+    # Written aside, then renamed in: a full disk or a kill leaves the previous adapter as it was.
+    with atomic_files(output_dir, writer=trainer.is_world_process_zero()) as saving_dir:
+        trainer.save_model(str(saving_dir))
+        if trainer.is_world_process_zero():
+            # An adapter directory gets one too: stock transformers and vLLM read the stop tokens from it.
+            trainer.model.generation_config.save_pretrained(str(saving_dir))
+            rope = {"rope_scaling": model_args.rope_scaling, "rope_factor": model_args.rope_factor} if model_args.rope_scaling else {}
+            save_run_config(str(saving_dir), base_model=run.base_model, template=run.metadata["template"],
+                            template_source=run.metadata.get("template_source"),
+                            tokenized_dataset=run.dataset_path, recipe=family.script,
+                            finetuning_type=finetune_args.finetuning_type,
+                            trust_remote_code=model_args.trust_remote_code or family.trust_remote_code, **rope)
     if trainer.is_world_process_zero():
-        # An adapter directory gets one too: stock transformers and vLLM read the stop tokens from it.
-        trainer.model.generation_config.save_pretrained(output_dir)
-        rope = {"rope_scaling": model_args.rope_scaling, "rope_factor": model_args.rope_factor} if model_args.rope_scaling else {}
-        save_run_config(output_dir, base_model=run.base_model, template=run.metadata["template"],
-                        template_source=run.metadata.get("template_source"),
-                        tokenized_dataset=run.dataset_path, recipe=family.script,
-                        finetuning_type=finetune_args.finetuning_type,
-                        trust_remote_code=model_args.trust_remote_code or family.trust_remote_code, **rope)
         what = "model" if finetune_args.finetuning_type in {"freeze", "full"} else "adapter"
         print(f"saved the {what} to {output_dir}")

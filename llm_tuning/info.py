@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .cli import UserError, exits_on_user_error, parse_bool
+from .cli import ArgumentParser, UserError, exits_on_user_error, parse_bool
 from .modeling import first_line, linear_module_names, load_tokenizer
 from .templates import auto_template, describe_template, encode_turns, get_template
 
@@ -166,7 +166,7 @@ def report(args: argparse.Namespace) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m llm_tuning.info", description=__doc__,
+    parser = ArgumentParser(prog="python -m llm_tuning.info", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="hub id or local path (only its config is read)")
     parser.add_argument("--adapter", default=None, help="also describe this adapter directory")

@@ -49,8 +49,10 @@ def training_steps(num_rows: int, batch_size: int, grad_accum: int, world_size: 
 
 
 def prepare_trainable(model, args: FinetuneArguments, default_targets: str, tokenizer=None,
-                      total_steps: int = 1, gradient_checkpointing: bool = False):
-    """The model with exactly the method's parameters trainable (a peft model for adapter methods)."""
+                      total_steps: int = 1, gradient_checkpointing: bool = False,
+                      modules_to_save: list[str] | None = None):
+    """The model with exactly the method's parameters trainable (a peft model for adapter methods).
+    LoRA also trains and saves `modules_to_save` whole (e.g. the embeddings of new tokens)."""
     method = args.finetuning_type
     if method in {"freeze", "full"}:
         if gradient_checkpointing:
@@ -63,10 +65,17 @@ def prepare_trainable(model, args: FinetuneArguments, default_targets: str, toke
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
         model.enable_input_require_grads()  # frozen embeddings would otherwise cut the graph
-    return get_peft_model(model, peft_config(model, args, default_targets, tokenizer, total_steps))
+    return get_peft_model(model, peft_config(model, args, default_targets, tokenizer, total_steps, modules_to_save))
 
 
-def peft_config(model, args: FinetuneArguments, default_targets: str, tokenizer=None, total_steps: int = 1):
+def has_tied_embeddings(model) -> bool:
+    """The output projection is the input embedding matrix itself."""
+    output = model.get_output_embeddings()
+    return output is not None and output.weight is model.get_input_embeddings().weight
+
+
+def peft_config(model, args: FinetuneArguments, default_targets: str, tokenizer=None, total_steps: int = 1,
+                modules_to_save: list[str] | None = None):
     import peft
 
     method = args.finetuning_type
@@ -85,6 +94,10 @@ def peft_config(model, args: FinetuneArguments, default_targets: str, tokenizer=
 
     lora = {"task_type": "CAUSAL_LM", "lora_alpha": args.lora_alpha, "lora_dropout": args.lora_dropout,
             "target_modules": resolve_lora_targets(model, args.lora_target or default_targets)}
+    if modules_to_save:
+        # A tied input/output embedding (Qwen2.5-0.5B, Llama-3.2, Gemma) must stay one matrix: two
+        # separate trained copies drift apart, and a save with the tie still in the config drops one.
+        lora.update(modules_to_save=modules_to_save, ensure_weight_tying=has_tied_embeddings(model))
     if method == "adalora":
         # Warm up on the full rank for the first 10% of steps, prune until 80%, then settle.
         tinit, tfinal = (total_steps // 10, total_steps // 5) if total_steps >= 10 else (0, 0)

@@ -60,6 +60,14 @@ def mixture_probabilities(sizes: dict[str, int], weights: dict[str, float] | Non
     return {name: score / total for name, score in scores.items()}
 
 
+def text_probabilities(token_shares: dict[str, float], tokens_per_text: dict[str, float]) -> dict[str, float]:
+    """The probability of drawing a text from each source so that the sources get `token_shares`
+    of the tokens: a source whose texts are twice as long is drawn half as often (q_i ∝ p_i / L_i)."""
+    scores = {name: share / tokens_per_text[name] for name, share in token_shares.items()}
+    total = sum(scores.values())
+    return {name: score / total for name, score in scores.items()}
+
+
 def mixture_table(sizes: dict[str, int], weights: dict[str, float], probabilities: dict[str, float],
                   total_draws: int | None = None) -> list[MixtureRow]:
     total_lines = sum(sizes.values())
@@ -73,11 +81,11 @@ def mixture_table(sizes: dict[str, int], weights: dict[str, float], probabilitie
     ]
 
 
-def format_table(rows: list[MixtureRow]) -> str:
-    """A fixed-width text table of the mixture, one source a row."""
+def format_table(rows: list[MixtureRow], unit: str = "lines") -> str:
+    """A fixed-width text table of the mixture, one source a row (sizes counted in `unit`)."""
     width = max(len("source"), *(len(r.source) for r in rows))
     with_epochs = any(r.epochs is not None for r in rows)
-    header = f"{'source':<{width}}  {'lines':>9}  {'weight':>6}  {'share':>7}  {'prob':>7}"
+    header = f"{'source':<{width}}  {unit:>9}  {'weight':>6}  {'share':>7}  {'prob':>7}"
     header += "  {:>7}".format("epochs") if with_epochs else ""
     lines = [header, "-" * len(header)]
     for r in rows:

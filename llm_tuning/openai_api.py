@@ -6,24 +6,34 @@
     GET  /health                 200 when the server is up (no key needed)
 
 Errors have OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`: 400 for a bad
-request, 401 for a missing or wrong `Authorization: Bearer <key>`, 404 for an unknown model.
+request, 401 for a missing or wrong `Authorization: Bearer <key>`, 404 for an unknown model,
+413 for a body over `max_request_bytes`, 429 (with `Retry-After`) when `max_queued_requests` are
+already admitted, 503 while the server drains for shutdown.
 The prompt is built by the family template (`templates.encode_prompt`), exactly as in training.
+
+One slow request must not stall the others: the event loop only parses and routes. Building and
+tokenizing the prompt runs in a worker thread, and a conversation that cannot fit the context is
+refused before it is tokenized at all (`ServedModel.max_token_chars` bounds the characters one
+token can cover, so more than `context_length * max_token_chars` characters can never fit).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
+import math
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .cli import UserError
@@ -77,16 +87,105 @@ class ChatCompletionRequest(BaseModel):
 
 class APIError(Exception):
     def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None):
+                 param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+        self.headers = headers
 
     def response(self) -> JSONResponse:
-        return JSONResponse(status_code=self.status, content={"error": {
+        return JSONResponse(status_code=self.status, headers=self.headers, content={"error": {
             "message": self.message, "type": self.type, "param": self.param, "code": self.code}})
 
 
-def _validation_error(exc: RequestValidationError) -> APIError:
+def context_length_error(context_length: int, prompt_tokens: int, completion_tokens: int,
+                         at_least: bool = False) -> APIError:
+    measured = f"at least {prompt_tokens}" if at_least else str(prompt_tokens)
+    return APIError(400, f"This model's maximum context length is {context_length} tokens. However, you "
+                         f"requested {'at least ' if at_least else ''}{prompt_tokens + completion_tokens} tokens "
+                         f"({measured} in the messages, {completion_tokens} in the completion). Please reduce "
+                         "the length of the messages or completion.", param="messages", code="context_length_exceeded")
+
+
+# --- Admission: a bounded queue, a body limit, and draining for shutdown ----------------------------
+
+
+DEFAULT_MAX_REQUEST_BYTES = 8 * 2**20
+RETRY_AFTER_S = 1
+
+
+class Admission:
+    """Counts the chat requests admitted and not yet answered (queued or decoding). Past `limit`, or
+    once `drain()` was called, a new request is refused at once instead of waiting without bound.
+    Used from the event loop only, so the counter needs no lock."""
+
+    def __init__(self, limit: int | None = None):
+        self.limit = limit
+        self.active = 0
+        self.draining = False
+
+    def drain(self) -> None:
+        self.draining = True
+
+    def enter(self) -> Callable[[], None]:
+        """Admit one request or raise 429/503; returns the (idempotent) release for when it is answered."""
+        if self.draining:
+            raise APIError(503, "The server is shutting down and takes no new requests; retry on another "
+                                "instance.", type_="server_error", code="shutting_down",
+                           headers={"Retry-After": str(RETRY_AFTER_S)})
+        if self.limit is not None and self.active >= self.limit:
+            raise APIError(429, f"The server is busy: {self.limit} requests are already queued "
+                                f"(--max_queued_requests); retry after {RETRY_AFTER_S} s.",
+                           type_="rate_limit_error", code="rate_limit_exceeded",
+                           headers={"Retry-After": str(RETRY_AFTER_S)})
+        self.active += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.active -= 1
+
+        return release
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `max_bytes` is read to its end without being kept, then
+    answered 413 (reading it lets the client see the answer instead of a reset connection)."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            size += len(message.get("body", b""))
+            if size <= self.max_bytes:
+                chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        if size > self.max_bytes:
+            refusal = APIError(413, f"The request body is {size} bytes; this server accepts at most "
+                                    f"{self.max_bytes} (--max_request_bytes).", code="request_too_large")
+            return await refusal.response()(scope, receive, send)
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+
+def _validation_error(exc: RequestValidationError | ValidationError) -> APIError:
     first = exc.errors()[0]
     location = [str(part) for part in first.get("loc", ()) if part != "body"]
     param = ".".join(location) or None
@@ -107,12 +206,31 @@ class ServedModel:
     context_length: int
     default_max_tokens: int = 512
     system: str | None = None  # default system prompt (None: the template's)
+    max_token_chars: int | None = None  # most characters one token covers (None: measured from the vocab)
+
+    def __post_init__(self):
+        if self.max_token_chars is None:
+            self.max_token_chars = longest_token_chars(self.tokenizer)
 
 
-def create_app(engine, served: ServedModel, api_key: str | None = None) -> FastAPI:
-    """A FastAPI app serving `served` through `engine`; with `api_key`, every /v1 call needs it."""
+def longest_token_chars(tokenizer) -> int:
+    """The most characters a single token of `tokenizer` can stand for. A vocabulary entry is never
+    shorter than the text it decodes to (byte-level BPE spells each byte as one character,
+    sentencepiece spells a space as `▁`), special tokens included, so its longest entry bounds it."""
+    return max(map(len, tokenizer.get_vocab()), default=1)
+
+
+def create_app(engine, served: ServedModel, api_key: str | None = None, *,
+               max_request_bytes: int | None = DEFAULT_MAX_REQUEST_BYTES,
+               admission: Admission | None = None) -> FastAPI:
+    """A FastAPI app serving `served` through `engine`; with `api_key`, every /v1 call needs it.
+    `admission` bounds the requests in flight (and drains for shutdown); `app.state.admission` is it."""
     app = FastAPI(title="LLM-Tuning OpenAI-compatible API")
     created = int(time.time())
+    admission = admission or Admission()
+    app.state.admission = admission
+    if max_request_bytes is not None:
+        app.add_middleware(BodyLimit, max_bytes=max_request_bytes)
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError):
@@ -145,22 +263,70 @@ def create_app(engine, served: ServedModel, api_key: str | None = None) -> FastA
         return {"object": "list", "data": [
             {"id": served.name, "object": "model", "created": created, "owned_by": "llm-tuning"}]}
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest):
-        if body.model != served.name:
-            raise APIError(404, f"The model '{body.model}' does not exist; this server serves '{served.name}'.",
-                           param="model", code="model_not_found")
-        prompt_ids, settings = _prepare(body, served)
-        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-        deltas = engine.generate(prompt_ids, settings, body.n)
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(
-                _sse(deltas, completion_id, served.name, body.n, len(prompt_ids), include_usage),
-                media_type="text/event-stream")
-        return await _complete(deltas, completion_id, served.name, body.n, len(prompt_ids))
+    @app.post("/v1/chat/completions", openapi_extra={"requestBody": {"content": {"application/json": {
+        "schema": ChatCompletionRequest.model_json_schema()}}, "required": True}})
+    async def chat_completions(request: Request):
+        release = admission.enter()
+        try:
+            # Parsing, validating and tokenizing cost time in proportion to the body: a worker
+            # thread does them, so the event loop keeps answering everyone else meanwhile.
+            body, prompt_ids, settings = await asyncio.to_thread(_read_request, await request.body(), served)
+            completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+            deltas = engine.generate(prompt_ids, settings, body.n)
+            if body.stream:
+                include_usage = bool(body.stream_options and body.stream_options.include_usage)
+                events = _sse(deltas, completion_id, served.name, body.n, len(prompt_ids), include_usage)
+                return StreamingResponse(_released_after(events, release), media_type="text/event-stream")
+        except BaseException:
+            release()
+            raise
+        try:
+            return await _complete(deltas, completion_id, served.name, body.n, len(prompt_ids))
+        finally:
+            release()
 
     return app
+
+
+class DrainingServer:
+    """uvicorn, but the first SIGTERM (or Ctrl-C) drains: new requests get 503 while those in flight
+    finish, for up to `grace_s` seconds; then the server stops. A second signal stops it at once."""
+
+    def __init__(self, app: FastAPI, host: str, port: int, grace_s: float, log_level: str = "info"):
+        import uvicorn
+
+        admission: Admission = app.state.admission
+
+        class _Server(uvicorn.Server):
+            def handle_exit(self, sig, frame) -> None:
+                if admission.draining:
+                    return super().handle_exit(sig, frame)
+                admission.drain()
+                threading.Thread(target=self.stop_when_idle, name="drain", daemon=True).start()
+
+            def stop_when_idle(self) -> None:
+                deadline = time.monotonic() + grace_s
+                while admission.active and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                self.should_exit = True
+
+        self.server = _Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                                             timeout_graceful_shutdown=1))
+
+    def run(self) -> None:
+        self.server.run()
+
+
+def _read_request(raw: bytes, served: ServedModel) -> tuple[ChatCompletionRequest, list[int], GenerationSettings]:
+    """(request, prompt ids, sampling settings) from a raw body, or an APIError saying what is wrong."""
+    try:
+        body = ChatCompletionRequest.model_validate_json(raw)
+    except ValidationError as err:
+        raise _validation_error(err) from None
+    if body.model != served.name:
+        raise APIError(404, f"The model '{body.model}' does not exist; this server serves '{served.name}'.",
+                       param="model", code="model_not_found")
+    return body, *_prepare(body, served)
 
 
 def _prepare(body: ChatCompletionRequest, served: ServedModel) -> tuple[list[int], GenerationSettings]:
@@ -170,15 +336,16 @@ def _prepare(body: ChatCompletionRequest, served: ServedModel) -> tuple[list[int
         system, history, query = split_messages(messages)
     except UserError as err:
         raise APIError(400, str(err), param="messages") from None
+    requested = body.max_completion_tokens or body.max_tokens
+    characters = sum(len(m["content"]) for m in messages)
+    if characters > served.context_length * served.max_token_chars:  # cannot fit: refuse before tokenizing
+        raise context_length_error(served.context_length, math.ceil(characters / served.max_token_chars),
+                                   requested or 1, at_least=True)
     prompt_ids = encode_prompt(served.tokenizer, served.template, query, history,
                                system if system is not None else served.system)
     room = served.context_length - len(prompt_ids)
-    requested = body.max_completion_tokens or body.max_tokens
     if room < 1 or (requested is not None and requested > room):
-        raise APIError(400, f"This model's maximum context length is {served.context_length} tokens. However, "
-                            f"you requested {len(prompt_ids) + (requested or 1)} tokens ({len(prompt_ids)} in the "
-                            f"messages, {requested or 1} in the completion). Please reduce the length of the "
-                            "messages or completion.", param="messages", code="context_length_exceeded")
+        raise context_length_error(served.context_length, len(prompt_ids), requested or 1)
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if len(stop) > 4:
         raise APIError(400, "stop: at most 4 stop sequences", param="stop")
@@ -194,6 +361,14 @@ def _prepare(body: ChatCompletionRequest, served: ServedModel) -> tuple[list[int
         seed=body.seed,
     )
     return prompt_ids, settings
+
+
+async def _released_after(events: AsyncIterator[str], release: Callable[[], None]) -> AsyncIterator[str]:
+    try:
+        async for event in events:
+            yield event
+    finally:
+        release()
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict:

@@ -10,12 +10,15 @@ left, replies on the right) → `PolicyWithValue.forward` / `.reference_logits` 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import resource
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from transformers import GenerationConfig
 
 from .cli import UserError
 
@@ -35,6 +38,10 @@ class Packed:
     def rows(self, index: torch.Tensor) -> Packed:
         return Packed(self.input_ids[index], self.attention_mask[index], self.position_ids[index],
                       self.reply_ids[index], self.reply_mask[index], self.prompt_width)
+
+    def to(self, device: torch.device) -> Packed:
+        return Packed(self.input_ids.to(device), self.attention_mask.to(device), self.position_ids.to(device),
+                      self.reply_ids.to(device), self.reply_mask.to(device), self.prompt_width)
 
 
 def pack(prompts: Sequence[Sequence[int]], replies: Sequence[Sequence[int]], pad_id: int) -> Packed:
@@ -63,10 +70,37 @@ def cut_at_stop(tokens: Sequence[int], stop_ids: Sequence[int]) -> list[int]:
     return reply
 
 
+def rollout_generation_config(stop_ids: Sequence[int], pad_id: int, max_new_tokens: int,
+                              temperature: float) -> GenerationConfig:
+    """Sampling from exactly the distribution `token_logprobs` scores: softmax(logits / temperature),
+    no top-k/top-p, no penalties, and the stop tokens masked at the first position (`min_new_tokens`,
+    which `token_logprobs(..., banned_first=stop_ids)` masks too). temperature 0 means greedy."""
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 \
+        else {"do_sample": False}
+    return GenerationConfig(max_new_tokens=max_new_tokens, min_new_tokens=1, eos_token_id=list(stop_ids),
+                            pad_token_id=pad_id, **sampling)
+
+
+@contextmanager
+def only_generation_config(model) -> Iterator[None]:
+    """`generate` fills every field its `generation_config` leaves unset from the model's own
+    generation_config.json (Qwen2.5-Instruct ships `repetition_penalty: 1.05`, others top_k/top_p):
+    the sampled tokens would then not come from the distribution PPO scores, biasing the importance
+    ratio and the KL. Hide the model's own config while sampling."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    own = inner.generation_config
+    inner.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        inner.generation_config = own
+
+
 @torch.no_grad()
 def generate_replies(model, prompts: Sequence[Sequence[int]], stop_ids: Sequence[int], pad_id: int,
                      max_new_tokens: int, temperature: float = 0.0) -> list[list[int]]:
-    """Replies (ids, each ending with its stop token unless cut by max_new_tokens).
+    """Replies (ids, each ending with its stop token unless cut by max_new_tokens), sampled with
+    `rollout_generation_config` alone.
 
     `min_new_tokens=1` masks every stop token at the first generated position: without it PPO
     finds that an empty reply is the cheapest way to avoid a low score and collapses to it (the
@@ -74,11 +108,10 @@ def generate_replies(model, prompts: Sequence[Sequence[int]], stop_ids: Sequence
     width = max(len(p) for p in prompts)
     input_ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompts])
     attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 \
-        else {"do_sample": False, "temperature": None, "top_k": None, "top_p": None}
-    output = model.generate(input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
-                            max_new_tokens=max_new_tokens, min_new_tokens=1, eos_token_id=list(stop_ids),
-                            pad_token_id=pad_id, **sampling)
+    config = rollout_generation_config(stop_ids, pad_id, max_new_tokens, temperature)
+    with only_generation_config(model):
+        output = model.generate(input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
+                                generation_config=config)
     return [cut_at_stop(row[width:].tolist(), stop_ids) for row in output]
 
 
@@ -113,13 +146,53 @@ class PolicyWithValue(torch.nn.Module):
         return out.logits[:, batch.prompt_width - 1:-1].float()
 
 
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0):
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0,
+                   banned_first: Sequence[int] = ()):
     """Log-probability of each token and the entropy of each distribution, at `temperature`
-    (the one the rollouts were sampled at, so the ratio compares the same distributions)."""
-    logp_all = F.log_softmax(logits / max(temperature, 1e-6), dim=-1)
+    (the one the rollouts were sampled at, so the ratio compares the same distributions), with
+    the `banned_first` tokens (the stop tokens sampling masks there) impossible at position 0."""
+    logits = logits / max(temperature, 1e-6)
+    if banned_first:
+        logits = logits.clone()
+        logits[:, 0, list(banned_first)] = torch.finfo(logits.dtype).min
+    logp_all = F.log_softmax(logits, dim=-1)
     logp = logp_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     entropy = -(logp_all.exp() * logp_all).sum(-1)
     return logp, entropy
+
+
+@dataclass
+class ScoredRollout:
+    """What the PPO update needs of a rollout, per reply token: (B, R) each, no vocabulary axis."""
+
+    logp: torch.Tensor      # log π_old(token), at the sampling temperature
+    ref_logp: torch.Tensor  # log π_ref(token)
+    values: torch.Tensor    # the value head's estimate before each token
+    entropy: torch.Tensor   # entropy of π_old at each position
+
+
+@torch.no_grad()
+def score_rollout(policy: PolicyWithValue, batch: Packed, temperature: float, banned_first: Sequence[int],
+                  chunk_size: int) -> ScoredRollout:
+    """Policy and reference log-probs, values and entropies of a rollout, `chunk_size` rows at a
+    time: only one chunk's full-vocabulary logits are alive at once (for a 150k vocabulary and
+    256-token replies that is ~150 MB a row in float32), and only the gathered log-probs are kept."""
+    parts = []
+    for index in torch.arange(len(batch.input_ids)).split(chunk_size):
+        chunk = batch.rows(index)
+        logits, values = policy(chunk)
+        logp, entropy = token_logprobs(logits, chunk.reply_ids, temperature, banned_first)
+        del logits
+        ref_logp, _ = token_logprobs(policy.reference_logits(chunk), chunk.reply_ids, temperature, banned_first)
+        parts.append((logp, ref_logp, values, entropy))
+    return ScoredRollout(*(torch.cat(column) for column in zip(*parts)))
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak accelerator memory allocated (since the last reset) on a GPU, else the process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def full_kl(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
@@ -284,9 +357,27 @@ def evaluate_policy(model, reward_model, tokenizer, prompts: Sequence[Sequence[i
                         sum(not t.strip() for t in texts), sum(map(len, replies)) / len(replies))
 
 
-def preference_margin(model, pairs, pad_id: int) -> float:
-    """Mean log π(chosen | prompt) - log π(rejected | prompt) over encoded preference pairs."""
+def logprob_margins(model, pairs, pad_id: int) -> torch.Tensor:
+    """log π(chosen | prompt) - log π(rejected | prompt), summed over each reply's tokens, per pair."""
     prompts = [e.prompt_ids for e in pairs]
     chosen = reply_logprob_sums(model, prompts, [e.chosen_ids for e in pairs], pad_id)
     rejected = reply_logprob_sums(model, prompts, [e.rejected_ids for e in pairs], pad_id)
-    return (chosen - rejected).mean().item()
+    return chosen - rejected
+
+
+def preference_margin(model, pairs, pad_id: int) -> float:
+    """Mean log π(chosen | prompt) - log π(rejected | prompt) over encoded preference pairs: the
+    policy's own preference, with no reference (and longer replies have lower sums)."""
+    return logprob_margins(model, pairs, pad_id).mean().item()
+
+
+def implicit_reward_margin(model, pairs, pad_id: int, beta: float) -> float:
+    """DPO's implicit reward margin, β·[(log π − log π_ref)(chosen) − (log π − log π_ref)(rejected)],
+    averaged over the pairs, with π_ref the same model with its adapters off (0 for a plain model):
+    how much more the policy prefers the chosen reply than its reference did."""
+    if not hasattr(model, "disable_adapter"):
+        return 0.0
+    policy = logprob_margins(model, pairs, pad_id)
+    with model.disable_adapter():
+        reference = logprob_margins(model, pairs, pad_id)
+    return beta * (policy - reference).mean().item()

@@ -213,16 +213,18 @@ def train_and_save(trainer, tokenizer, args: PreferenceArguments, template: Temp
     """Train, then save the adapter, the tokenizer and llm_tuning.json (what chat.py --adapter and
     the later stages read) to the trainer's output_dir. False on the processes that are not the main one."""
     from .run_config import save_run_config
+    from .atomic import atomic_files
 
     output_dir = trainer.args.output_dir
     trainer.train()
-    trainer.save_model(output_dir)
-    if not trainer.is_world_process_zero():
-        return False
-    tokenizer.save_pretrained(output_dir)
-    save_run_config(output_dir, base_model=args.model_name_or_path, template=template.name,
-                    train_file=args.train_file, stage=stage, **run_config)
-    return True
+    # Written aside, then renamed in: a full disk or a kill leaves the previous adapter as it was.
+    with atomic_files(output_dir, writer=trainer.is_world_process_zero()) as saving_dir:
+        trainer.save_model(str(saving_dir))
+        if trainer.is_world_process_zero():
+            tokenizer.save_pretrained(saving_dir)
+            save_run_config(str(saving_dir), base_model=args.model_name_or_path, template=template.name,
+                            train_file=args.train_file, stage=stage, **run_config)
+    return trainer.is_world_process_zero()
 
 
 def check_same_ids(got: list[int], expected: EncodedPair, tokenizer, trainer_name: str) -> None:

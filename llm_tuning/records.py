@@ -4,6 +4,7 @@ q/a, alpaca, OpenAI messages and ShareGPT layouts, turned into `Conversation`s."
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,19 @@ class RecordKeys:
     format: str = "qa"
 
 
+def not_utf8_error(path: str | Path, lines: Iterable[bytes]) -> UserError:
+    """`file:line:column: not UTF-8 text (byte 0x..)`, for the first undecodable byte of `lines`
+    (the file's raw lines; a newline byte never occurs inside a multi-byte UTF-8 character)."""
+    for lineno, line in enumerate(lines, start=1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            column = len(line[:err.start].decode("utf-8")) + 1
+            return UserError(f"{path}:{lineno}:{column}: not UTF-8 text (byte 0x{line[err.start]:02x}); "
+                             "re-save the file as UTF-8")
+    return UserError(f"{path}: not UTF-8 text; re-save the file as UTF-8")
+
+
 def read_records(path: str | Path) -> list[tuple[str, dict]]:
     """Records of a .jsonl (one object a line) or .json (a list of objects) file, each with its
     location for error messages (`file:line` or `file: record N`)."""
@@ -46,11 +60,8 @@ def read_records(path: str | Path) -> list[tuple[str, dict]]:
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise UserError(
-            f"{path}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}); "
-            "re-save the file as UTF-8"
-        ) from None
+    except UnicodeDecodeError:
+        raise not_utf8_error(path, raw.splitlines(keepends=True)) from None
     if not text.strip():
         raise UserError(f"{path}: the file is empty")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .atomic import atomic_directory
 from .cli import UserError
-from .records import parse_json_line
+from .records import not_utf8_error, parse_json_line
 
 SHARD_SUFFIX = ".jsonl.zst"
 HELDOUT_FILE = "heldout" + SHARD_SUFFIX
@@ -62,8 +62,9 @@ def read_texts(path: str | Path, text_key: str = TEXT_KEY) -> Iterator[str]:
             for lineno, line in enumerate(lines, start=1):
                 if line.strip():
                     yield _line_text(line, text_key, f"{path}:{lineno}")
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path}: not UTF-8 text (at byte offset {err.start}); re-save it as UTF-8") from None
+    except UnicodeDecodeError:
+        with _open_bytes(path) as raw_lines:
+            raise not_utf8_error(path, raw_lines) from None
 
 
 def _line_text(line: str, text_key: str, where: str) -> str:
@@ -77,13 +78,18 @@ def _line_text(line: str, text_key: str, where: str) -> str:
     return text
 
 
-def _open_text(path: Path):
+def _open_bytes(path: Path):
     if path.name.endswith(".zst"):
         import zstandard
 
-        return io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True),
-                                encoding="utf-8")
-    return open(path, encoding="utf-8-sig")  # a decoding error surfaces while reading, with the offset
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
+    return open(path, "rb")
+
+
+def _open_text(path: Path):
+    if path.name.endswith(".zst"):
+        return io.TextIOWrapper(_open_bytes(path), encoding="utf-8")
+    return open(path, encoding="utf-8-sig")  # a decoding error surfaces while reading (then located by line)
 
 
 def _write_shard(path: Path, texts: list[str], level: int) -> None:
@@ -166,10 +172,6 @@ def load_manifest(corpus_dir: str | Path) -> dict:
 def shard_paths(corpus_dir: str | Path, manifest: dict, source: str) -> list[str]:
     """Absolute paths of a source's training shards, in order."""
     return [str(Path(corpus_dir) / shard) for shard in manifest["sources"][source]["shards"]]
-
-
-def heldout_paths(corpus_dir: str | Path, manifest: dict) -> list[str]:
-    return [str(Path(corpus_dir) / s["heldout"]) for s in manifest["sources"].values() if s.get("heldout")]
 
 
 def iter_corpus(corpus_dir: str | Path, include_heldout: bool = False) -> Iterator[str]:

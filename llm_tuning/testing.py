@@ -19,6 +19,8 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerFast
 
+from .cli import ArgumentParser
+
 # The checkout this package sits in: its data/ trains the tiny tokenizers, .cache/ keeps fetched files.
 CHECKOUT_DIR = Path(__file__).resolve().parent.parent
 # The shipped files the tiny tokenizer is trained on, in this order. A fixed list, so a file a user
@@ -351,7 +353,7 @@ def train_tiny(family, dataset_dir: str | Path, output_dir: str | Path, *flags: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", choices=sorted(ARCHS), default="qwen2")
     parser.add_argument("--out", required=True, help="directory to save the model and tokenizer to")
     parser.add_argument("--hidden_size", type=int, default=64)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from transformers import HfArgumentParser, TrainerCallback, TrainingArguments
 
-from .cli import UserError
+from .cli import ChecksFlags, UserError, checked_flags, exit_with_usage_error
 
 TRAINER_LOG_FILE = "trainer_log.jsonl"
 LOSS_PLOT_FILE = "loss.png"
@@ -91,33 +91,65 @@ def parse_args(*dataclass_types, argv: list[str] | None = None):
 
     A single `.yaml`/`.json` argument is read as a config file. `--resume_from_checkpoint true`
     means "the last checkpoint in --output_dir"."""
-    parser = HfArgumentParser(dataclass_types)
+    parser = CheckedArgumentParser(dataclass_types)
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(argv[0], allow_extra_keys=False)
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(argv[0], allow_extra_keys=False)
-    return parser.parse_args_into_dataclasses(args=argv)
+    try:
+        if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+            parsed = parser.parse_yaml_file(argv[0], allow_extra_keys=False)
+        elif len(argv) == 1 and argv[0].endswith(".json"):
+            parsed = parser.parse_json_file(argv[0], allow_extra_keys=False)
+        else:
+            parsed = parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as err:  # the configs' own checks (TrainingArguments.__post_init__): flags that clash
+        exit_with_usage_error(str(err).strip().splitlines()[0])
+    checked_flags(*parsed)
+    return parsed
+
+
+class CheckedArgumentParser(ChecksFlags, HfArgumentParser):
+    """HfArgumentParser whose flags are checked against `cli.FLAG_RULES`, mistakes in one line."""
 
 
 def resume_argument(training_args: TrainingArguments) -> str | None:
     """What to hand to `Trainer.train(resume_from_checkpoint=...)`: a checkpoint path or None.
 
     `true` means the last checkpoint in --output_dir, and it is a mistake if there is none."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     value = training_args.resume_from_checkpoint
     if value is None or value.strip().lower() in {"false", "0", "no", "none", ""}:
         return None
     if value.strip().lower() in {"true", "1", "yes"}:
         output_dir = Path(training_args.output_dir)
-        last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+        last = last_complete_checkpoint(output_dir) if output_dir.is_dir() else None
         if last is None:
             raise UserError(f"--resume_from_checkpoint true, but {output_dir} has no checkpoint-* directory to resume from")
-        return last
+        return str(last)
     if not Path(value).is_dir():
         raise UserError(f"--resume_from_checkpoint {value}: no such checkpoint directory")
+    if not checkpoint_is_complete(Path(value)):
+        raise UserError(f"--resume_from_checkpoint {value}: the checkpoint is incomplete (the run stopped while "
+                        f"saving it); resume from an earlier one")
     return value
+
+
+def checkpoint_is_complete(checkpoint: Path) -> bool:
+    """Trainer writes trainer_state.json last when it saves a checkpoint, so a checkpoint whose
+    trainer_state.json is missing or cut short was interrupted while being saved."""
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def last_complete_checkpoint(output_dir: Path) -> Path | None:
+    """The newest `checkpoint-N` in output_dir that was saved to the end; says which it skips."""
+    steps = {int(p.name.split("-")[1]): p for p in output_dir.glob("checkpoint-*")
+             if p.is_dir() and p.name.split("-")[1].isdigit()}
+    for step in sorted(steps, reverse=True):
+        if checkpoint_is_complete(steps[step]):
+            return steps[step]
+        print(f"warning: skipping {steps[step]}: it is incomplete (the run stopped while saving it)", file=sys.stderr)
+    return None
 
 
 def resolve_dataset_path(name_or_path: str) -> Path:

@@ -198,10 +198,21 @@ def token_count(tokenizer, texts: Iterable[str]) -> int:
 # --- Embeddings for the new tokens -------------------------------------------------------------------
 
 
+def old_sub_token_ids(old_tokenizer, new_tokenizer, token_id: int) -> list[int]:
+    """The old tokens that spell a new token: its piece as the tokenizer model stores it, split by
+    the old model. Going through text instead would add sentencepiece's dummy-prefix `▁` to a
+    word-internal piece (`我们` -> `▁`, …) and turn a byte-level BPE piece that is part of a UTF-8
+    character into U+FFFD; the stored piece keeps `▁` only where it has one, and bytes as bytes."""
+    backend = getattr(old_tokenizer, "backend_tokenizer", None)
+    if backend is None:  # a Python (remote-code) tokenizer has no model to split pieces with
+        return old_tokenizer.encode(new_tokenizer.decode([token_id]), add_special_tokens=False)
+    return [token.id for token in backend.model.tokenize(new_tokenizer.convert_ids_to_tokens(token_id))]
+
+
 def mean_init_new_embeddings(model, old_tokenizer, new_tokenizer) -> list[int]:
     """Resize the model to the new tokenizer and set each new token's input embedding (and output
-    projection row, if untied) to the mean of the rows of the sub-tokens the old tokenizer splits
-    its text into. Old rows are untouched. Returns the new token ids."""
+    projection row, if untied) to the mean of the rows of the old sub-tokens that spell its piece
+    (`old_sub_token_ids`). Old rows are untouched. Returns the new token ids."""
     import torch
 
     check_old_ids_unchanged(old_tokenizer, new_tokenizer)
@@ -215,7 +226,7 @@ def mean_init_new_embeddings(model, old_tokenizer, new_tokenizer) -> list[int]:
         matrices.append(output.weight)
     with torch.no_grad():
         for token_id in new_ids:
-            sub_ids = old_tokenizer.encode(new_tokenizer.decode([token_id]), add_special_tokens=False)
+            sub_ids = old_sub_token_ids(old_tokenizer, new_tokenizer, token_id)
             for matrix in matrices:
                 source = matrix[sub_ids] if sub_ids else matrix[: len(old_tokenizer)]
                 matrix[token_id] = source.mean(dim=0)

@@ -19,12 +19,12 @@ run re-reads at most one shard per source.
 
 import argparse
 
-from llm_tuning.cli import exits_on_user_error
+from llm_tuning.cli import ArgumentParser, exits_on_user_error
 from llm_tuning.shards import write_shards
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--inputs", nargs="+", required=True, help="jsonl files, one per source")
     parser.add_argument("--output_dir", required=True, help="the corpus folder to (re)write")
     parser.add_argument("--text_key", default="text", help="the key holding each line's text")

@@ -43,12 +43,12 @@ loss.png, tensorboard logs under runs/ (--report_to tensorboard), and checkpoint
 from transformers import TrainingArguments, set_seed
 
 from llm_tuning.cli import UserError, exits_on_user_error
-from llm_tuning.methods import check_method, peft_config, prepare_trainable
-from llm_tuning.mixture import format_table, mixture_probabilities, mixture_table, parse_weights
+from llm_tuning.methods import check_method, prepare_trainable
+from llm_tuning.mixture import format_table, mixture_probabilities, mixture_table, parse_weights, text_probabilities
 from llm_tuning.modeling import load_model, load_tokenizer
 from llm_tuning.pretraining import (
-    PretrainArguments, PretrainTrainer, ResumableStream, StreamStateCallback, block_stream, collate_blocks,
-    heldout_blocks, read_stream_state,
+    SOURCE_TOKENS_KEY, PretrainArguments, PretrainTrainer, ResumableStream, StreamStateCallback, block_stream,
+    collate_blocks, heldout_blocks, mean_tokens_per_text, read_stream_state, realised_token_shares,
 )
 from llm_tuning.shards import load_manifest
 from llm_tuning.training import (
@@ -61,18 +61,25 @@ from llm_tuning.vocab import embedding_module_names, read_vocab_extension
 LORA_TARGETS = "all-linear"
 
 
-def make_trainable(model, finetune_args: FinetuneArguments, modules_to_save: list[str], gradient_checkpointing: bool):
-    """The shared methods, plus LoRA's `modules_to_save` (whole modules trained and saved beside
-    the adapter) for the embeddings of new tokens, which a low-rank update cannot learn."""
-    if not modules_to_save or finetune_args.finetuning_type != "lora":
-        return prepare_trainable(model, finetune_args, LORA_TARGETS, gradient_checkpointing=gradient_checkpointing)
-    from peft import get_peft_model
-
-    config = peft_config(model, finetune_args, LORA_TARGETS)
-    config.modules_to_save = modules_to_save
-    if gradient_checkpointing:
-        model.enable_input_require_grads()
-    return get_peft_model(model, config)
+def sampling_probabilities(pretrain_args: PretrainArguments, tokenizer, show: bool) -> dict[str, float]:
+    """The probability of drawing the next text from each source, printed as a table. With
+    --mixture_by tokens the weights and alpha apply to token counts (lines × measured tokens per
+    text) and a source's texts are drawn less often the longer they are."""
+    sizes = {name: stats["lines"] for name, stats in load_manifest(pretrain_args.corpus_dir)["sources"].items()}
+    weights = parse_weights(pretrain_args.mixture_weights, list(sizes))
+    if pretrain_args.mixture_by == "texts":
+        probabilities = mixture_probabilities(sizes, weights, pretrain_args.alpha)
+        if show:
+            print(format_table(mixture_table(sizes, weights, probabilities)))
+        return probabilities
+    per_text = mean_tokens_per_text(pretrain_args.corpus_dir, tokenizer)
+    tokens = {name: round(lines * per_text[name]) for name, lines in sizes.items()}
+    token_shares = mixture_probabilities(tokens, weights, pretrain_args.alpha)
+    probabilities = text_probabilities(token_shares, per_text)
+    if show:
+        print(format_table(mixture_table(tokens, weights, token_shares), unit="tokens"))
+        print("texts drawn with probability " + ", ".join(f"{name} {p:.2%}" for name, p in probabilities.items()))
+    return probabilities
 
 
 @exits_on_user_error
@@ -83,19 +90,20 @@ def main(model_args: ModelArguments, pretrain_args: PretrainArguments, finetune_
         raise UserError("pass --max_steps: the corpus is streamed without end, so training stops after that many steps")
     if not model_args.model_name_or_path:
         raise UserError("pass --model_name_or_path, the base model to continue pretraining")
+    if pretrain_args.mixture_by not in {"texts", "tokens"}:
+        raise UserError(f"--mixture_by must be texts or tokens, got {pretrain_args.mixture_by!r}")
+    if training_args.dataloader_num_workers:
+        raise UserError("drop --dataloader_num_workers: the stream position a checkpoint records is read "
+                        "in the main process, so the block stream cannot be split over workers")
     quantization_bit = check_method(finetune_args, model_args.quantization_bit)
     set_seed(training_args.seed)
     base_model = model_args.model_name_or_path
+    tokenizer = load_tokenizer(base_model, model_args.trust_remote_code)
 
-    # Mixture: sampling probability per source, from the manifest's line counts.
-    sizes = {name: stats["lines"] for name, stats in load_manifest(pretrain_args.corpus_dir)["sources"].items()}
-    weights = parse_weights(pretrain_args.mixture_weights, list(sizes))
-    probabilities = mixture_probabilities(sizes, weights, pretrain_args.alpha)
-    if training_args.process_index == 0:
-        print(format_table(mixture_table(sizes, weights, probabilities)))
+    # Mixture: sampling probability per source, from the manifest's line counts (or token counts).
+    probabilities = sampling_probabilities(pretrain_args, tokenizer, show=training_args.process_index == 0)
 
     # Data: the endless block stream, positioned after the checkpoint's last block on resume.
-    tokenizer = load_tokenizer(base_model, model_args.trust_remote_code)
     stream = ResumableStream(block_stream(pretrain_args.corpus_dir, probabilities, tokenizer,
                                           pretrain_args.block_size, training_args.seed, pretrain_args.texts_per_batch))
     checkpoint = resume_argument(training_args)
@@ -103,10 +111,12 @@ def main(model_args: ModelArguments, pretrain_args: PretrainArguments, finetune_
         stream.resume(read_stream_state(checkpoint))
         training_args.ignore_data_skip = True  # the stream already starts after the seen blocks
         print(f"resuming from {checkpoint}: the stream continues after block {stream.blocks_seen}")
-    eval_dataset = None
+    heldout = None
     if training_args.eval_strategy != "no":
-        eval_dataset = heldout_blocks(pretrain_args.corpus_dir, tokenizer, pretrain_args.block_size,
-                                      pretrain_args.max_eval_blocks)
+        heldout = heldout_blocks(pretrain_args.corpus_dir, tokenizer, pretrain_args.block_size,
+                                 pretrain_args.max_eval_blocks)
+        if training_args.process_index == 0:
+            print("held-out blocks per source: " + ", ".join(f"{s} {n}" for s, n in heldout.counts().items()))
 
     # Model: the tokenizer must not hold ids past the embedding matrix (extend it first).
     model = load_model(base_model, model_args.dtype, model_args.trust_remote_code, quantization_bit)
@@ -118,7 +128,9 @@ def main(model_args: ModelArguments, pretrain_args: PretrainArguments, finetune_
     if pretrain_args.modules_to_save is None and read_vocab_extension(base_model):
         modules_to_save = embedding_module_names(model)
         print(f"the vocabulary was extended: training {', '.join(modules_to_save)} in full beside LoRA")
-    model = make_trainable(model, finetune_args, modules_to_save, training_args.gradient_checkpointing)
+    # The embeddings of new tokens are trained whole beside LoRA: a low-rank update cannot learn them.
+    model = prepare_trainable(model, finetune_args, LORA_TARGETS, gradient_checkpointing=training_args.gradient_checkpointing,
+                              modules_to_save=modules_to_save)
     if training_args.process_index == 0 and hasattr(model, "print_trainable_parameters"):
         model.print_trainable_parameters()
 
@@ -128,19 +140,27 @@ def main(model_args: ModelArguments, pretrain_args: PretrainArguments, finetune_
         model=model,
         args=training_args,
         train_dataset=stream,
-        eval_dataset=eval_dataset,
+        eval_dataset=heldout.blocks if heldout else None,
+        heldout_sources=heldout.sources if heldout else None,
         data_collator=collate_blocks,
         processing_class=tokenizer,
         callbacks=[TrainerLogCallback(), LossPlotCallback(), StreamStateCallback(stream, blocks_per_step)],
     )
     trainer.train(resume_from_checkpoint=checkpoint)
 
-    # Save the adapter or model (safetensors) and the tokenizer; report held-out perplexity.
+    # Save the adapter or model (safetensors) and the tokenizer; report the realised token shares
+    # and the held-out perplexity, overall and per source.
     trainer.save_model(training_args.output_dir)
-    if eval_dataset is not None:
+    if trainer.is_world_process_zero():  # the process that reads the stream
+        trained = stream.state_after(trainer.state.global_step * blocks_per_step)[SOURCE_TOKENS_KEY]
+        shares = realised_token_shares(list(probabilities), trained)
+        print(f"token shares of the {sum(trained):,} tokens trained on: "
+              + ", ".join(f"{name} {share:.2%}" for name, share in shares.items()))
+    if heldout is not None:
         metrics = trainer.evaluate()
         if trainer.is_world_process_zero():
-            print(f"held-out loss {metrics['eval_loss']:.4f}, perplexity {metrics['eval_perplexity']:.2f}")
+            print(f"held-out loss {metrics['eval_loss']:.4f}, perplexity {metrics['eval_perplexity']:.2f} ("
+                  + ", ".join(f"{s} {metrics[f'eval_perplexity_{s}']:.2f}" for s in heldout.sources) + ")")
     if trainer.is_world_process_zero():
         print(f"saved to {training_args.output_dir}")
 

@@ -17,13 +17,13 @@ chart of shares against probabilities with `--plot`.
 
 import argparse
 
-from llm_tuning.cli import exits_on_user_error
+from llm_tuning.cli import ArgumentParser, exits_on_user_error
 from llm_tuning.mixture import format_table, mixture_probabilities, mixture_table, parse_weights, plot_mixture
 from llm_tuning.shards import load_manifest
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus_dir", required=True, help="written by compress_data.py")
     parser.add_argument("--mixture_weights", default=None, help="source=weight,… (unnamed sources weigh 1)")
     parser.add_argument("--alpha", type=float, default=1.0, help="size exponent: 1 proportional, 0 uniform")

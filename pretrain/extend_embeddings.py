@@ -20,13 +20,13 @@ import argparse
 import json
 
 from llm_tuning.atomic import atomic_directory
-from llm_tuning.cli import exits_on_user_error
+from llm_tuning.cli import ArgumentParser, exits_on_user_error
 from llm_tuning.modeling import load_model, load_tokenizer
 from llm_tuning.vocab import VOCAB_EXTENSION_FILE, mean_init_new_embeddings
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base_model", required=True, help="hub id or folder of the base model")
     parser.add_argument("--tokenizer", required=True, help="the merged tokenizer from merge_tokenizer.py")
     parser.add_argument("--output_dir", required=True)

@@ -24,7 +24,7 @@ import argparse
 from pathlib import Path
 
 from llm_tuning.atomic import atomic_directory
-from llm_tuning.cli import UserError, exits_on_user_error
+from llm_tuning.cli import ArgumentParser, UserError, exits_on_user_error
 from llm_tuning.modeling import load_tokenizer
 from llm_tuning.shards import read_texts
 from llm_tuning.vocab import (
@@ -35,7 +35,7 @@ SAMPLE_FILES = ["pretrain/data/zh_general.jsonl", "pretrain/data/en_general.json
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base_tokenizer", required=True, help="hub id or folder of the base model's tokenizer")
     parser.add_argument("--sp_model", required=True, help="tokenizer.model written by train_tokenizer.py")
     parser.add_argument("--output_dir", required=True)

@@ -15,13 +15,13 @@ import argparse
 import itertools
 from pathlib import Path
 
-from llm_tuning.cli import UserError, exits_on_user_error
+from llm_tuning.cli import ArgumentParser, UserError, exits_on_user_error
 from llm_tuning.shards import iter_corpus, read_texts
 from llm_tuning.vocab import sentencepiece_pieces, train_sentencepiece
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--corpus_dir", help="a corpus written by compress_data.py")
     source.add_argument("--inputs", nargs="+", help="jsonl files with one text per line")

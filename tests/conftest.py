@@ -42,6 +42,8 @@ def run_script(*args: str | Path, cwd: Path = REPO_ROOT, env: dict | None = None
     full_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
                 # scripts call `python`: make it this interpreter
                 "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+                # scripts in RLHF/, pretrain/, …: import this checkout's llm_tuning, not an installed one
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
                 **(env or {})}
     return subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 

@@ -13,8 +13,11 @@ from pathlib import Path
 import pytest
 
 from llm_tuning.cli import UserError
-from llm_tuning.mixture import format_table, mixture_probabilities, mixture_table, parse_weights
-from llm_tuning.pretraining import mixed_text_stream, pack_texts
+from llm_tuning.mixture import format_table, mixture_probabilities, mixture_table, parse_weights, text_probabilities
+from llm_tuning.pretraining import (
+    ResumableStream, block_stream, mean_tokens_per_text, mixed_text_stream, pack_sourced_texts, pack_texts,
+    proportional_quotas, realised_token_shares,
+)
 from llm_tuning.shards import iter_corpus, load_manifest, read_texts, write_shards
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -139,3 +142,45 @@ def test_pack_texts_joins_with_eos_and_drops_the_tail():
     # a b EOS | c d e | EOS f EOS -> the stream is exactly 9 ids, three blocks
     assert blocks == [[97, 98, 0], [99, 100, 101], [0, 102, 0]]
     assert pack_texts(["ab", "cde", "fg"], CharTokenizer(), block_size=4) == [[97, 98, 0, 99], [100, 101, 0, 102]]
+
+
+def test_pack_sourced_texts_counts_each_blocks_tokens_per_source():
+    blocks, counts = pack_sourced_texts(["ab", "cde", "f"], [0, 1, 0], 2, CharTokenizer(), block_size=3)
+    # a b EOS (source 0) | c d e (1) | EOS (1) f EOS (0)
+    assert blocks == [[97, 98, 0], [99, 100, 101], [0, 102, 0]]
+    assert counts == [[3, 0], [0, 3], [2, 1]]
+
+
+def test_text_probabilities_turn_token_shares_into_draw_probabilities():
+    # equal token shares from texts of 10 and 30 tokens: the short source is drawn 3 times as often
+    assert text_probabilities({"a": 0.5, "b": 0.5}, {"a": 10, "b": 30}) == pytest.approx({"a": 0.75, "b": 0.25})
+
+
+def test_proportional_quotas_split_the_held_out_budget_over_every_source():
+    assert proportional_quotas({"zh": 60, "med": 30, "en": 10}, 20) == {"zh": 12, "med": 6, "en": 2}
+    assert proportional_quotas({"zh": 179, "med": 21, "en": 3}, 10) == {"zh": 8, "med": 1, "en": 1}
+    assert proportional_quotas({"zh": 5, "en": 3}, None) == {"zh": 5, "en": 3}
+    assert proportional_quotas({"zh": 5, "en": 3}, 100) == {"zh": 5, "en": 3}
+
+
+@pytest.mark.parametrize("mixture_by", ["texts", "tokens"])
+def test_block_stream_counts_the_token_share_of_each_source(tmp_path, mixture_by):
+    """Texts of 10 tokens (a) and 30 tokens (b), alpha 0 (equal shares): by texts each source is
+    drawn half the time, so b gets 3/4 of the tokens; by tokens each gets half of the tokens."""
+    inputs = [write_jsonl(tmp_path / "a.jsonl", ["a" * 9] * 50), write_jsonl(tmp_path / "b.jsonl", ["b" * 29] * 50)]
+    write_shards(inputs, tmp_path / "corpus", lines_per_shard=20, text_key="content")
+    tokenizer = CharTokenizer()
+    per_text = mean_tokens_per_text(tmp_path / "corpus", tokenizer)
+    assert per_text == {"a": 10, "b": 30}
+    shares = mixture_probabilities({"a": 50 * 10, "b": 50 * 30} if mixture_by == "tokens" else {"a": 50, "b": 50},
+                                   alpha=0.0)
+    probabilities = text_probabilities(shares, per_text) if mixture_by == "tokens" else shares
+    stream = ResumableStream(block_stream(tmp_path / "corpus", probabilities, tokenizer, block_size=16, seed=1))
+    blocks = 2000  # ~1600 texts: the standard error of a share is ~0.012
+    for _ in itertools.islice(stream, blocks):
+        pass
+    tokens = stream.state_after(blocks)["source_tokens"]
+    assert sum(tokens) == blocks * 16  # every token of every block counted once
+    realised = realised_token_shares(["a", "b"], tokens)
+    expected = {"a": 0.5, "b": 0.5} if mixture_by == "tokens" else {"a": 0.25, "b": 0.75}
+    assert realised == pytest.approx(expected, abs=0.04)

@@ -8,9 +8,9 @@ import math
 from pathlib import Path
 
 import pytest
-from transformers import TrainingArguments
+from transformers import AutoTokenizer, TrainingArguments
 
-from llm_tuning.pretraining import PretrainArguments, STREAM_STATE_FILE
+from llm_tuning.pretraining import STREAM_STATE_FILE, PretrainArguments, heldout_blocks
 from llm_tuning.shards import write_shards
 from llm_tuning.training import FinetuneArguments, ModelArguments, parse_args
 
@@ -48,17 +48,25 @@ def test_heldout_loss_falls_and_run_artefacts(script, tiny_qwen2, corpus, tmp_pa
     train(script, tiny_qwen2, corpus, out, "--finetuning_type", "full", "--max_steps", "40",
           "--learning_rate", "3e-3", "--eval_on_start", "true", "--eval_strategy", "steps", "--eval_steps", "20",
           "--logging_steps", "10", "--save_steps", "20", "--save_total_limit", "1", "--report_to", "tensorboard",
-          "--mixture_weights", "zh_medical=2")
+          "--mixture_weights", "zh_medical=2", "--max_eval_blocks", "12")
     evals = [log for log in read_log(out) if "eval_loss" in log]
     assert [log["step"] for log in evals][:3] == [0, 20, 40]
     # random init starts near ln(vocab) ≈ 7.6; 40 steps of the templated corpus must cut it by > 1.5 nats
     assert evals[0]["eval_loss"] > 6.5 and evals[2]["eval_loss"] < evals[0]["eval_loss"] - 1.5
     assert evals[1]["eval_loss"] < evals[0]["eval_loss"]
+    # the 12 held-out blocks cover every source in proportion (not the first source's blocks only),
+    # and the overall loss is the block-weighted mean of the per-source losses
+    counts = heldout_blocks(corpus, AutoTokenizer.from_pretrained(tiny_qwen2), 32, 12).counts()
+    assert sum(counts.values()) == 12 and min(counts.values()) >= 2
     for log in evals:
         assert log["eval_perplexity"] == pytest.approx(math.exp(log["eval_loss"]), rel=1e-6)
+        per_source = sum(n * math.log(log[f"eval_perplexity_{source}"]) for source, n in counts.items()) / 12
+        assert per_source == pytest.approx(log["eval_loss"], rel=1e-4)
     # save_total_limit 1: only the last checkpoint is kept, with the stream position it trained to
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-40"]
-    assert json.loads((out / "checkpoint-40" / STREAM_STATE_FILE).read_text())["blocks"] == 40 * 4
+    saved = json.loads((out / "checkpoint-40" / STREAM_STATE_FILE).read_text())
+    assert saved["blocks"] == 40 * 4
+    assert sum(saved["source_tokens"]) == 40 * 4 * 32  # every trained token counted to its source
     assert (out / "loss.png").stat().st_size > 1000
     assert list((out / "runs").rglob("events.out.tfevents.*"))
     assert (out / "model.safetensors").is_file()
@@ -79,6 +87,7 @@ def test_resume_continues_the_stream_without_replaying_it(script, tiny_qwen2, co
               "--lora_dropout", "0", "--eval_strategy", "no")
     train(script, tiny_qwen2, corpus, out, *common)
     uninterrupted = seen[:10]
+    tokens_per_source = json.loads((out / "checkpoint-10" / STREAM_STATE_FILE).read_text())["source_tokens"]
     losses = {log["step"]: log["loss"] for log in read_log(out) if "loss" in log}
 
     seen.clear()
@@ -87,6 +96,8 @@ def test_resume_continues_the_stream_without_replaying_it(script, tiny_qwen2, co
     assert seen[0] == uninterrupted[5]
     assert seen[:5] == uninterrupted[5:10]
     assert all(batch not in uninterrupted[:5] for batch in seen[:5])
+    # the token counts continue from the checkpoint's: the same totals as the uninterrupted run
+    assert json.loads((out / "checkpoint-10" / STREAM_STATE_FILE).read_text())["source_tokens"] == tokens_per_source
     resumed = [log for log in read_log(out) if "loss" in log][-1]
     assert resumed["step"] == 10 and resumed["loss"] == pytest.approx(losses[10], rel=1e-4)
 
@@ -96,9 +107,21 @@ def test_user_mistakes_exit_2_with_one_sentence(script, tiny_qwen2, corpus, tmp_
         ((), "pass --max_steps"),
         (("--max_steps", "5", "--mixture_weights", "fr=1"), "unknown source 'fr'"),
         (("--max_steps", "5", "--resume_from_checkpoint", str(tmp_path / "nope")), "no such checkpoint directory"),
+        (("--max_steps", "5", "--dataloader_num_workers", "2"), "drop --dataloader_num_workers"),
+        (("--max_steps", "5", "--mixture_by", "lines"), "--mixture_by must be texts or tokens"),
     ]
     for flags, message in cases:
         with pytest.raises(SystemExit) as exit_info:
             train(script, tiny_qwen2, corpus, tmp_path / "err", *flags)
         assert exit_info.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_mixture_by_tokens_prints_the_realised_token_shares(script, tiny_qwen2, corpus, tmp_path, capsys):
+    train(script, tiny_qwen2, corpus, tmp_path / "tokens", "--max_steps", "3", "--mixture_by", "tokens",
+          "--lora_dropout", "0", "--eval_strategy", "no", "--save_strategy", "no")
+    printed = capsys.readouterr().out
+    assert "texts drawn with probability en_general" in printed
+    shares = printed.split("token shares of the 384 tokens trained on: ")[1].splitlines()[0]  # 3 steps × 4 × 32
+    assert [item.split()[0] for item in shares.split(", ")] == ["en_general", "zh_general", "zh_medical"]
+    assert sum(float(item.split()[1].rstrip("%")) for item in shares.split(", ")) == pytest.approx(100, abs=0.02)

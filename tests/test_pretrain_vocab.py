@@ -16,7 +16,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from llm_tuning.cli import UserError
 from llm_tuning.shards import read_texts
 from llm_tuning.vocab import (
-    check_old_ids_unchanged, merge_into_sentencepiece, sentencepiece_pieces, token_count, train_sentencepiece,
+    check_old_ids_unchanged, mean_init_new_embeddings, merge_into_sentencepiece, old_sub_token_ids,
+    sentencepiece_pieces, token_count, train_sentencepiece,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -125,15 +126,53 @@ def test_extended_embeddings_are_sub_token_means(tiny_qwen2, merged_bpe, tmp_pat
     base = AutoModelForCausalLM.from_pretrained(tiny_qwen2)
     extended = AutoModelForCausalLM.from_pretrained(out)
     n_old = len(old_tok)
+    partial_utf8 = [i for i in range(n_old, len(new_tok)) if "\ufffd" in new_tok.decode([i])]
+    assert partial_utf8  # intermediate BPE merges that stop inside a character
     for get in (lambda m: m.get_input_embeddings().weight, lambda m: m.get_output_embeddings().weight):
         old_rows, new_rows = get(base).detach(), get(extended).detach()
         assert new_rows.shape[0] == len(new_tok)
         assert torch.equal(new_rows[:n_old], old_rows)
-        for token_id in (n_old, n_old + 1, len(new_tok) // 2 + n_old // 2, len(new_tok) - 1):
-            sub_ids = old_tok.encode(new_tok.decode([token_id]), add_special_tokens=False)
+        for token_id in range(n_old, len(new_tok)):
+            # the old tokens that spell the new piece byte for byte (never U+FFFD's bytes)
+            sub_ids = old_sub_token_ids(old_tok, new_tok, token_id)
             assert len(sub_ids) >= 2
+            assert "".join(old_tok.convert_ids_to_tokens(sub_ids)) == new_tok.convert_ids_to_tokens(token_id)
             torch.testing.assert_close(new_rows[token_id], old_rows[sub_ids].mean(dim=0))
     assert json.loads((out / "vocab_extension.json").read_text())["new_vocab_size"] == len(new_tok)
+
+
+def test_new_sentencepiece_pieces_are_initialised_without_the_dummy_prefix(zh_sp, tmp_path):
+    """On a LLaMA-style base, a word-internal piece such as `我们` is spelled by its own byte
+    pieces, not `▁` + those (what encoding its text would give)."""
+    from transformers import AutoConfig
+
+    base_dir, merged_dir = tmp_path / "base", tmp_path / "merged"
+    for folder in (base_dir, merged_dir):
+        folder.mkdir()
+        (folder / "tokenizer_config.json").write_text(json.dumps(
+            {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}))
+    base_proto = train_sentencepiece(EN_TEXTS, vocab_size=500, byte_fallback=True)
+    (base_dir / "tokenizer.model").write_bytes(base_proto)
+    (merged_dir / "tokenizer.model").write_bytes(
+        merge_into_sentencepiece(base_proto, sentencepiece_pieces(zh_sp.read_bytes()))[0])
+    old, new = AutoTokenizer.from_pretrained(base_dir), AutoTokenizer.from_pretrained(merged_dir)
+    config = AutoConfig.for_model("llama", vocab_size=len(old), hidden_size=32, intermediate_size=64,
+                                  num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    old_rows = model.get_input_embeddings().weight.detach().clone()
+    new_ids = mean_init_new_embeddings(model, old, new)
+
+    dummy_prefix = old.convert_tokens_to_ids("▁")
+    inner = [i for i in new_ids if not new.convert_ids_to_tokens(i).startswith("▁")]
+    assert len(inner) > len(new_ids) // 2  # most Chinese pieces are word-internal
+    assert "▁" in old.convert_ids_to_tokens(old.encode(new.decode([inner[0]]), add_special_tokens=False))
+    rows = model.get_input_embeddings().weight.detach()
+    for token_id in inner:
+        sub_ids = old_sub_token_ids(old, new, token_id)
+        assert dummy_prefix not in sub_ids
+        assert bytes(int(t[3:5], 16) for t in old.convert_ids_to_tokens(sub_ids)).decode() == new.decode([token_id])
+        torch.testing.assert_close(rows[token_id], old_rows[sub_ids].mean(dim=0))
 
 
 def test_extension_refuses_a_tokenizer_that_moved_old_ids(tiny_qwen2, tmp_path):
@@ -172,3 +211,43 @@ def test_lora_after_extension_trains_and_saves_the_embeddings(tiny_qwen2, merged
     assert any("embed_tokens" in k for k in keys) and any("lm_head" in k for k in keys)
     evals = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines() if "eval_loss" in line]
     assert evals[-1]["eval_loss"] < evals[0]["eval_loss"] - 1.0
+
+
+def test_tied_embeddings_stay_tied_through_lora_training_save_and_merge(tiny_qwen2, merged_bpe, tmp_path):
+    """Qwen2.5-0.5B, Llama-3.2 and Gemma tie lm_head to embed_tokens: after training the new
+    tokens' rows beside LoRA, the saved and merged model's input and output rows must be equal."""
+    from peft import PeftModel
+    from transformers import TrainingArguments
+
+    from llm_tuning.pretraining import PretrainArguments
+    from llm_tuning.shards import write_shards
+    from llm_tuning.training import FinetuneArguments, ModelArguments, parse_args
+
+    tied = tmp_path / "tied"
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2)
+    model.config.tie_word_embeddings = True
+    model.lm_head.weight = model.model.embed_tokens.weight
+    model.save_pretrained(tied)
+    reloaded = AutoModelForCausalLM.from_pretrained(tied)
+    assert reloaded.lm_head.weight is reloaded.model.embed_tokens.weight
+    AutoTokenizer.from_pretrained(tiny_qwen2).save_pretrained(tied)
+    extended = tmp_path / "extended"
+    load_script("extend_embeddings").main(load_script("extend_embeddings").parse_args(
+        ["--base_model", str(tied), "--tokenizer", str(merged_bpe), "--output_dir", str(extended)]))
+    write_shards(sorted(DATA.glob("*.jsonl")), tmp_path / "corpus", lines_per_shard=200)
+    out = tmp_path / "lora"
+    argv = ["--model_name_or_path", str(extended), "--corpus_dir", str(tmp_path / "corpus"), "--output_dir", str(out),
+            "--block_size", "32", "--per_device_train_batch_size", "4", "--max_steps", "5", "--learning_rate", "5e-3",
+            "--lora_dropout", "0", "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none",
+            "--disable_tqdm", "true"]
+    load_script("continue_pretraining").main(
+        *parse_args(ModelArguments, PretrainArguments, FinetuneArguments, TrainingArguments, argv=argv))
+
+    before = AutoModelForCausalLM.from_pretrained(extended).get_input_embeddings().weight.detach().clone()
+    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(extended), out).merge_and_unload()
+    merged.save_pretrained(tmp_path / "merged")
+    for candidate in (merged, AutoModelForCausalLM.from_pretrained(tmp_path / "merged")):
+        rows_in = candidate.get_input_embeddings().weight.detach()
+        rows_out = candidate.get_output_embeddings().weight.detach()
+        assert torch.equal(rows_in, rows_out)
+        assert not torch.equal(rows_in, before)  # the embeddings were trained, as one matrix

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import sys
 
 import pytest
@@ -12,7 +13,10 @@ import torch
 
 from conftest import REPO_ROOT
 from llm_tuning.cli import UserError
-from llm_tuning.ppo import cut_at_stop, gae, generate_replies, kl_shaped_rewards, pack, ppo_losses, whiten
+from llm_tuning.ppo import (
+    PolicyWithValue, cut_at_stop, gae, generate_replies, kl_shaped_rewards, pack, ppo_losses, score_rollout,
+    token_logprobs, whiten,
+)
 from llm_tuning.preference import EncodedPair, check_same_ids, load_preference_pairs, pairwise_accuracy
 
 RLHF_DIR = REPO_ROOT / "RLHF"
@@ -144,6 +148,67 @@ def test_generation_never_stops_at_the_first_position(tiny_qwen2):
     assert all(len(r) == 2 and r[0] != eos and r[1] == eos for r in replies)
 
 
+def test_rollouts_ignore_the_models_own_generation_config(tiny_qwen2):
+    """Qwen2.5-Instruct ships repetition_penalty 1.05 in generation_config.json: PPO must sample
+    from softmax(logits / T) all the same, or its ratios and KL score other tokens than it sampled."""
+    from peft import LoraConfig, get_peft_model
+
+    from llm_tuning.modeling import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_qwen2))
+    plain, penalised = load_model(str(tiny_qwen2), "float32"), load_model(str(tiny_qwen2), "float32")
+    penalised.generation_config.update(repetition_penalty=3.0, no_repeat_ngram_size=1, top_k=2)
+    prompts, eos, pad = [[5, 6, 7, 5, 6], [8, 9, 8, 9]], tokenizer.eos_token_id, tokenizer.pad_token_id
+
+    def sample(model, seed: int) -> list[list[int]]:
+        torch.manual_seed(seed)
+        return generate_replies(model, prompts, [eos], pad, max_new_tokens=12, temperature=1.0)
+
+    def sample_with_own_config(model, seed: int) -> list[list[int]]:
+        torch.manual_seed(seed)
+        return model.generate(input_ids=torch.tensor(prompts[:1]), do_sample=True, temperature=1.0,
+                              max_new_tokens=12, pad_token_id=pad).tolist()
+
+    # the premise: a plain generate call applies the model's own penalties
+    assert any(sample_with_own_config(plain, seed) != sample_with_own_config(penalised, seed) for seed in range(3))
+    wrapped = get_peft_model(penalised, LoraConfig(r=4, target_modules=["q_proj"]))
+    for seed in range(3):
+        assert sample(penalised, seed) == sample(plain, seed) == sample(wrapped, seed)
+    assert penalised.generation_config.repetition_penalty == 3.0  # the model's config is left as it was
+
+
+def test_first_position_log_probs_mask_the_stop_tokens_as_sampling_does():
+    logits = torch.tensor([[[2.0, 1.0, 0.0], [2.0, 1.0, 0.0]]])
+    logp, entropy = token_logprobs(logits, torch.tensor([[1, 1]]), banned_first=[0])
+    assert logp[0, 0] == pytest.approx(math.log(math.e / (math.e + 1)))  # token 0 is impossible at position 0
+    assert logp[0, 1] == pytest.approx(1.0 - math.log(math.e ** 2 + math.e + 1))  # and allowed after it
+    assert torch.isfinite(entropy).all()
+
+
+def test_rollout_scored_in_chunks_matches_one_pass(tiny_qwen2):
+    from peft import LoraConfig, get_peft_model
+
+    from llm_tuning.modeling import load_model
+
+    torch.manual_seed(0)
+    policy = PolicyWithValue(get_peft_model(load_model(str(tiny_qwen2), "float32"),
+                                            LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)))
+    torch.nn.init.normal_(policy.value_head.weight)
+    policy.eval()
+    batch = pack([[5, 6, 7], [8, 9], [10, 11, 12, 13], [14], [15, 16]],
+                 [[20, 21, 2], [22], [23, 24, 25, 26], [27, 28], [29]], pad_id=0)
+    chunked = score_rollout(policy, batch, temperature=0.7, banned_first=[2], chunk_size=2)
+    with torch.no_grad():
+        logits, values = policy(batch)
+        logp, entropy = token_logprobs(logits, batch.reply_ids, 0.7, [2])
+        ref_logp, _ = token_logprobs(policy.reference_logits(batch), batch.reply_ids, 0.7, [2])
+    for got, want in ((chunked.logp, logp), (chunked.ref_logp, ref_logp), (chunked.values, values),
+                      (chunked.entropy, entropy)):
+        assert got.shape == (5, 4)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(chunked.logp, chunked.ref_logp)  # the adapter is on for the policy, off for the reference
+
+
 # --- The tutorial end to end ----------------------------------------------------------------------
 
 
@@ -196,12 +261,17 @@ def test_ppo_raises_reward_with_bounded_kl_and_no_empty_replies(pipeline):
     assert rows["PPO"].reward > rows["SFT"].reward + 2.0 and rows["PPO"].empty == 0
     log = [json.loads(line) for line in (pipeline["out"] / "ppo" / "ppo_log.jsonl").read_text().splitlines()]
     assert len(log) == 20 and {"reward", "kl", "entropy", "reply_length", "clip_fraction"} <= set(log[0])
+    assert all(entry["peak_memory_mb"] > 0 for entry in log)
 
 
 def test_dpo_raises_margin_and_style_rate(pipeline):
     dpo, rows = pipeline["dpo"], pipeline["rows"]
     assert dpo["margin_after"] > dpo["margin_before"] + 3.0
-    assert rows["DPO"].margin == pytest.approx(dpo["margin_after"], abs=1e-3)
+    assert rows["DPO"].logp_margin == pytest.approx(dpo["margin_after"], abs=1e-3)
+    # DPO's implicit reward margin: β × how much more than the SFT reference the policy prefers chosen
+    assert rows["SFT"].dpo_margin == 0
+    assert rows["DPO"].dpo_margin == pytest.approx(0.1 * (rows["DPO"].logp_margin - rows["SFT"].logp_margin), abs=1e-3)
+    assert rows["DPO"].dpo_margin > 0.3
     assert rows["DPO"].style_rate >= rows["SFT"].style_rate + 0.4
     assert rows["SFT"].kl == 0 and rows["DPO"].empty == 0
 
@@ -224,8 +294,8 @@ def orpo(pipeline):
 def test_orpo_raises_margin_reward_and_style_rate_without_empty_replies(pipeline, orpo):
     sft, row, metrics = pipeline["rows"]["SFT"], orpo["row"], orpo["metrics"]
     assert metrics["margin_after"] > metrics["margin_before"] + 3.0
-    assert metrics["margin_before"] == pytest.approx(sft.margin, abs=1e-3)  # adapter off = the SFT model
-    assert row.margin == pytest.approx(metrics["margin_after"], abs=1e-3)
+    assert metrics["margin_before"] == pytest.approx(sft.logp_margin, abs=1e-3)  # adapter off = the SFT model
+    assert row.logp_margin == pytest.approx(metrics["margin_after"], abs=1e-3)
     assert row.style_rate >= sft.style_rate + 0.4
     assert row.reward > sft.reward + 2.0
     assert row.empty == 0

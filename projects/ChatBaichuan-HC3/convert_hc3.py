@@ -20,11 +20,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from hc3 import ANSWER_KEYS, Counts, convert
-from llm_tuning.cli import exits_on_user_error
+from llm_tuning.cli import ArgumentParser, exits_on_user_error
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input_file", required=True, help="HC3 .jsonl (one record a line) or .json (a list)")
     parser.add_argument("--answers", choices=sorted(ANSWER_KEYS), default="chatgpt",
                         help="which answers to train on: chatgpt, human or both")

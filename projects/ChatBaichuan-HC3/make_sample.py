@@ -15,6 +15,7 @@ import argparse
 from pathlib import Path
 
 from llm_tuning.atomic import write_jsonl
+from llm_tuning.cli import ArgumentParser
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
@@ -56,7 +57,7 @@ def write_sample(out_dir: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out_dir", type=Path, default=DATA_DIR)
     print(f"wrote {write_sample(parser.parse_args().out_dir)}")
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import hc3
 from llm_tuning.atomic import write_jsonl
-from llm_tuning.cli import exits_on_user_error
+from llm_tuning.cli import ArgumentParser, exits_on_user_error
 from llm_tuning.experiment import (
     answer_all, build_tiny_stand_in, load_adapted, read_jsonl, tokenize_records, train_adapter,
 )
@@ -39,7 +39,7 @@ TINY_RECIPE_ARGS = ["--max_steps", "200", "--learning_rate", "5e-3", "--lora_dro
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=TINY, help=f"hub id or path; {TINY!r}: offline stand-in")
     parser.add_argument("--recipe", default=str(REPO_ROOT / "baichuan_lora_tuning.py"))
     parser.add_argument("--template", default="baichuan", help="问：…\\n答： for the Baichuan base models")

@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from llm_tuning.atomic import write_jsonl
+from llm_tuning.cli import ArgumentParser
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
@@ -77,7 +78,7 @@ def write_data(out_dir: Path) -> list[Path]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out_dir", type=Path, default=DATA_DIR)
     for path in write_data(parser.parse_args().out_dir):
         print(f"wrote {path}")

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llm_tuning.atomic import write_jsonl
-from llm_tuning.cli import exits_on_user_error
+from llm_tuning.cli import ArgumentParser, exits_on_user_error
 from llm_tuning.experiment import (
     answer_all, answer_nll, build_tiny_stand_in, load_adapted, merge_adapter, read_jsonl,
     tokenize_records, train_adapter,
@@ -48,7 +48,7 @@ COMMON_RECIPE_ARGS = ["--per_device_train_batch_size", "8", "--logging_steps", "
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=TINY, help=f"hub id or path of a chat model; {TINY!r}: offline stand-in")
     parser.add_argument("--recipe", default=str(REPO_ROOT / "qwen_lora_tuning.py"))
     parser.add_argument("--data_dir", default=str(PROJECT_DIR / "data"))
