@@ -266,18 +266,25 @@ def ppo_losses(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Ten
 # --- The reward model ----------------------------------------------------------------------------
 
 
-def load_reward_model(path: str, dtype: str = "float32", trust_remote_code: bool = False):
+def load_reward_model(path: str, dtype: str = "float32", trust_remote_code: bool = False, base: str | None = None,
+                      rope_scaling: str | None = None, rope_factor: float = 2.0):
     """A sequence-classification reward model: a LoRA adapter (merged into its base on load, the
-    way reward_model.py saved it) or a standalone merged model."""
-    from transformers import AutoModelForSequenceClassification
+    way reward_model.py saved it; `base` overrides the base it records) or a standalone merged
+    model, in `dtype`, with its RoPE stretched if `rope_scaling` is given."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from .modeling import DTYPES, adapter_base_model, first_line
+    from .modeling import DTYPES, adapter_base_model, first_line, scaled_rope_config
 
+    if dtype != "auto" and dtype not in DTYPES:
+        raise UserError(f"--dtype {dtype!r} is unknown; choose auto, {', '.join(DTYPES)}")
     is_adapter = (Path(path) / "adapter_config.json").is_file()
-    base = adapter_base_model(path) if is_adapter else path
+    base = base or (adapter_base_model(path) if is_adapter else path)
     try:
+        config = (scaled_rope_config(base, rope_scaling, rope_factor, trust_remote_code) if rope_scaling
+                  else AutoConfig.from_pretrained(base, trust_remote_code=trust_remote_code))
+        config.num_labels = 1
         model = AutoModelForSequenceClassification.from_pretrained(
-            base, num_labels=1, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
+            base, config=config, dtype="auto" if dtype == "auto" else DTYPES[dtype], trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         raise UserError(f"cannot load a reward model from {base}: {first_line(err)}") from None
     if is_adapter:

@@ -251,3 +251,31 @@ def test_tied_embeddings_stay_tied_through_lora_training_save_and_merge(tiny_qwe
         rows_out = candidate.get_output_embeddings().weight.detach()
         assert torch.equal(rows_in, rows_out)
         assert not torch.equal(rows_in, before)  # the embeddings were trained, as one matrix
+
+
+def test_qlora_after_extension_trains_the_new_embedding_rows(tiny_qwen2, merged_bpe, tmp_path, capsys):
+    from transformers import TrainingArguments
+
+    from llm_tuning.pretraining import PretrainArguments
+    from llm_tuning.shards import write_shards
+    from llm_tuning.training import FinetuneArguments, ModelArguments, parse_args
+
+    extended = tmp_path / "extended"
+    load_script("extend_embeddings").main(load_script("extend_embeddings").parse_args(
+        ["--base_model", str(tiny_qwen2), "--tokenizer", str(merged_bpe), "--output_dir", str(extended)]))
+    write_shards(sorted(DATA.glob("*.jsonl")), tmp_path / "corpus", lines_per_shard=200, heldout_lines=20)
+    out = tmp_path / "qlora"
+    argv = ["--model_name_or_path", str(extended), "--corpus_dir", str(tmp_path / "corpus"), "--output_dir", str(out),
+            "--finetuning_type", "qlora", "--quantization_bit", "4", "--block_size", "32",
+            "--per_device_train_batch_size", "4", "--max_steps", "4", "--learning_rate", "5e-3", "--lora_dropout", "0",
+            "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true"]
+    load_script("continue_pretraining").main(
+        *parse_args(ModelArguments, PretrainArguments, FinetuneArguments, TrainingArguments, argv=argv))
+
+    assert "training embed_tokens, lm_head in full beside LoRA" in capsys.readouterr().out
+    new_ids = list(range(len(AutoTokenizer.from_pretrained(tiny_qwen2)), len(AutoTokenizer.from_pretrained(extended))))
+    with safe_open(extended / "model.safetensors", "pt") as f:
+        before = f.get_tensor(next(k for k in f.keys() if "embed_tokens" in k))[new_ids]
+    with safe_open(out / "adapter_model.safetensors", "pt") as f:
+        after = f.get_tensor(next(k for k in f.keys() if "embed_tokens" in k))[new_ids].to(before.dtype)
+    assert (after - before).abs().max() > 1e-4  # the rows the extension added were trained, not left as initialised
