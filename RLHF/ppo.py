@@ -56,10 +56,10 @@ from llm_tuning.ppo import (
     pack, peak_memory_mb, ppo_losses, reward_scores, score_rollout, token_logprobs, whiten,
 )
 from llm_tuning.preference import (
-    PreferenceArguments, encode_pair, load_preference_pairs, lora_config, parse_trainer_args, resolve_template,
+    PreferenceArguments, encode_pair, load_preference_pairs, lora_config, parse_trainer_args,
     save_eval_metrics,
 )
-from llm_tuning.templates import stop_token_ids
+from llm_tuning.templates import resolve_template, stop_token_ids
 from llm_tuning.run_config import save_run_config
 
 LOG_FILE = "ppo_log.jsonl"
@@ -208,7 +208,7 @@ def main(args: PreferenceArguments, ppo_args: PPOArguments) -> dict:
 
     # Tokenizer, template and prompts: the SFT run's template, so the policy sees its training prompts.
     tokenizer = load_tokenizer(args.model_name_or_path, ppo_args.trust_remote_code)
-    template = resolve_template(args.model_name_or_path, args.template, ppo_args.trust_remote_code)
+    template = resolve_template(args.template, tokenizer, args.model_name_or_path, ppo_args.trust_remote_code)
     stop_ids = stop_token_ids(tokenizer, template)
     train_prompts = load_prompts(args.train_file, tokenizer, template, ppo_args.max_prompt_length)
     eval_prompts = (load_prompts(args.eval_file, tokenizer, template, ppo_args.max_prompt_length) if args.eval_file

@@ -128,18 +128,6 @@ class PreferenceArguments:
     lora_target: str = field(default="all-linear", metadata={"help": "Comma-separated module names, or all-linear."})
 
 
-def resolve_template(model_path: str, name: str, trust_remote_code: bool = False) -> Template:
-    """`name`, or for auto the template the SFT run recorded (llm_tuning.json), else the model type's."""
-    from .modeling import read_model_type
-    from .templates import get_template, guess_template
-    from .run_config import read_run_config
-
-    if name == "auto":
-        name = read_run_config(model_path).get("template") or guess_template(
-            read_model_type(model_path, trust_remote_code), model_path)
-    return get_template(name)
-
-
 def lora_config(model, args: PreferenceArguments, task_type: str):
     """A LoRA config on checked target modules (peft silently ignores a partly wrong list)."""
     from peft import LoraConfig
@@ -253,12 +241,13 @@ def train_on_pairs(trainer_class, args: PreferenceArguments, training_args, stag
 
     from .modeling import load_model, load_tokenizer
     from .ppo import preference_margin
+    from .templates import resolve_template
     from .training import TrainerLogCallback, require_output_dir
 
     require_output_dir(training_args)
     set_seed(training_args.seed)
     tokenizer = load_tokenizer(args.model_name_or_path, training_args.trust_remote_code)
-    template = resolve_template(args.model_name_or_path, args.template, training_args.trust_remote_code)
+    template = resolve_template(args.template, tokenizer, args.model_name_or_path, training_args.trust_remote_code)
     pairs = load_preference_pairs(args.train_file)
     dataset = Dataset.from_list([render_pair(tokenizer, template, pair) for pair in pairs])
     held_out = (encode_pairs(tokenizer, template, load_preference_pairs(args.eval_file), training_args.max_length)

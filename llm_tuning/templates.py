@@ -481,12 +481,15 @@ def guess_template(model_type: str | None, model_path: str) -> str:
     )
 
 
+def has_usable_chat_template(tokenizer) -> bool:
+    """A chat template of its own, on a fast tokenizer (whose character offsets locate the answers)."""
+    return bool(getattr(tokenizer, "chat_template", None)) and getattr(tokenizer, "is_fast", False)
+
+
 def auto_template(tokenizer, model_type: str | None, model_path: str) -> str:
-    """`--template auto`: the tokenizer's own chat template when it has one (and is a fast
-    tokenizer, whose character offsets locate the answers), else the registry template of the model type."""
-    if getattr(tokenizer, "chat_template", None) and getattr(tokenizer, "is_fast", False):
-        return NATIVE
-    return guess_template(model_type, model_path)
+    """`--template auto`: the tokenizer's own chat template when it has a usable one, else the
+    registry template of the model type."""
+    return NATIVE if has_usable_chat_template(tokenizer) else guess_template(model_type, model_path)
 
 
 def resolve_template(requested: str | None, tokenizer, model_path: str, trust_remote_code: bool = False,
@@ -498,8 +501,9 @@ def resolve_template(requested: str | None, tokenizer, model_path: str, trust_re
     else `auto_template`. An unknown name fails here, before any work. `enable_thinking` applies
     to the tokenizer's own template (Qwen3)."""
     name = requested if requested not in (None, "auto") else read_run_config(run_dir or model_path).get("template")
-    if not name:
-        name = auto_template(tokenizer, read_model_type(model_path, trust_remote_code), model_path)
+    if not name:  # the model type is read only when the tokenizer has no usable template of its own
+        name = NATIVE if has_usable_chat_template(tokenizer) else guess_template(
+            read_model_type(model_path, trust_remote_code), model_path)
     template = get_template(name)
     return NativeTemplate(enable_thinking=enable_thinking) if isinstance(template, NativeTemplate) else template
 
