@@ -19,7 +19,6 @@ from collections.abc import Sequence
 import torch
 
 
-
 def segment(text: str) -> list[str]:
     """Words of a text: jieba cuts Chinese into words and keeps English words and numbers whole."""
     import logging
