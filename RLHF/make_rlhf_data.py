@@ -14,6 +14,9 @@ Writes to RLHF/data/:
 - preference_eval.jsonl     the same on held-out prompts no stage trains on: every figure in the
                             tutorial (reward-model accuracy, PPO reward, DPO margin, style rate)
                             is measured here.
+- grpo_math.jsonl           24 of the arithmetic questions of sft.jsonl with plain answers, for
+                            GRPO's exact_answer reward (it sharpens what the SFT model half knows;
+                            few questions, so a short run meets each one many times).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ SEED = 20240501
 LIVELY_SHARE_IN_SFT = 0.3
 NUM_ARITHMETIC_TRAIN = 72
 NUM_ARITHMETIC_EVAL = 24
+NUM_GRPO_QUESTIONS = 24
 
 # (question, answer) facts; the last quarter of each list is held out.
 FACTS_EN = [
@@ -115,6 +119,7 @@ def main() -> None:
         "sft.jsonl": sft,
         "preference_train.jsonl": preference_rows(train),
         "preference_eval.jsonl": preference_rows(held_out),
+        "grpo_math.jsonl": [{"q": q, "a": a} for q, a, _ in train if " = " in a][:NUM_GRPO_QUESTIONS],
     }
     for name, rows in files.items():
         write_jsonl(rows, OUT_DIR / name)

@@ -1,9 +1,9 @@
 #!/bin/sh
-# The RLHF tutorial end to end: SFT -> reward model -> PPO -> DPO -> ORPO, then a table of figures on
+# The RLHF tutorial end to end: SFT -> reward model -> PPO -> DPO -> ORPO -> GRPO, then a table of figures on
 # held-out prompts. Offline by default (a tiny random Qwen2, minutes on 2 CPU cores); for a real
 # model set MODEL and the learning rates, e.g.
 #   MODEL=Qwen/Qwen2.5-7B-Instruct SFT_TYPE=lora SFT_LR=2e-4 RM_LR=2e-5 PPO_LR=1e-5 DPO_LR=5e-6 \
-#       ORPO_LR=8e-6 EXTRA="--bf16 true" sh RLHF/rlhf.sh
+#       ORPO_LR=8e-6 GRPO_LR=1e-5 EXTRA="--bf16 true" sh RLHF/rlhf.sh
 set -e
 cd "$(dirname "$0")/.."
 MODEL=${MODEL:-models/tiny-qwen2}          # the base chat model (hub id or path)
@@ -17,6 +17,7 @@ RM_STEPS=${RM_STEPS:-100};   RM_LR=${RM_LR:-3e-3}
 PPO_ITERATIONS=${PPO_ITERATIONS:-20}; PPO_LR=${PPO_LR:-1e-3}; KL_COEF=${KL_COEF:-0.2}
 DPO_STEPS=${DPO_STEPS:-60};  DPO_LR=${DPO_LR:-2e-3}; DPO_LOSS=${DPO_LOSS:-sigmoid}   # or ipo, hinge, ...
 ORPO_STEPS=${ORPO_STEPS:-60}; ORPO_LR=${ORPO_LR:-2e-3}; ORPO_BETA=${ORPO_BETA:-0.5}     # β = ORPO's λ
+GRPO_STEPS=${GRPO_STEPS:-30}; GRPO_LR=${GRPO_LR:-5e-3}; GRPO_BETA=${GRPO_BETA:-0.0}   # β: KL to SFT (0: none)
 EXTRA=${EXTRA:---bf16 false}               # flags for every trainer (TRL defaults to bf16)
 DATA=RLHF/data
 
@@ -62,8 +63,14 @@ python RLHF/orpo.py --model_name_or_path "$OUT/sft" --train_file $DATA/preferenc
     --learning_rate "$ORPO_LR" --beta "$ORPO_BETA" --per_device_train_batch_size 16 \
     --logging_steps 20 --save_strategy no --report_to none $EXTRA
 
+echo "==> 6b/7 GRPO (LoRA, exact-answer reward on arithmetic, TRL GRPOTrainer, no value model)"
+python RLHF/grpo.py --model_name_or_path "$OUT/sft" --train_file $DATA/grpo_math.jsonl \
+    --output_dir "$OUT/grpo" --reward_funcs exact_answer \
+    --max_steps "$GRPO_STEPS" --learning_rate "$GRPO_LR" --beta "$GRPO_BETA" --report_to none $EXTRA
+
 echo "==> 7/7 the figures, on held-out prompts"
 python RLHF/evaluate.py --sft "$OUT/sft" --reward_model "$OUT/reward_model" \
     --eval_file $DATA/preference_eval.jsonl --policy PPO="$OUT/ppo" --policy DPO="$OUT/dpo" \
-    --policy ORPO="$OUT/orpo"
+    --policy ORPO="$OUT/orpo" --policy GRPO="$OUT/grpo"
+cat "$OUT/grpo/eval_table.txt"
 echo "chat with a policy: python chat.py --base $OUT/sft --adapter $OUT/ppo"

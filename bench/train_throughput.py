@@ -1,21 +1,29 @@
 """Training throughput of each batching option, side by side, on a long-tailed dataset.
 
-    python bench/train_throughput.py                      # ~20 min on one CPU core
+    python bench/train_throughput.py                      # ~10 min on 2 CPU cores
     python bench/train_throughput.py --rows 1200 --hidden_size 512 --num_layers 8   # on a GPU
 
 A tiny-but-not-trivial random Qwen2 (hidden 256, 4 layers by default) with a LoRA adapter trains
 one epoch over bench/data/long_tail.jsonl (make_long_tail.py) in each of these ways:
 
-- pad-to-max:     every batch padded to --max_seq_length (what fixed-shape scripts do)
-- dynamic:        every batch padded to its longest row (our default)
-- group_by_length: rows of similar length batched together (--group_by_length true)
-- packing:        rows bin-packed into full rows of --max_seq_length (--packing true)
+- default:        what a recipe does with no batching flag (--batching auto: length-sorted
+                  batches of up to --batch_size rows on CPU, packing with flash-attention varlen)
+- tokens:         length-sorted batches of at most --max_tokens_per_batch tokens
+- group_by_length: ours, --batching group_by_length (transformers' sampler, our collator)
+- packing:        rows bin-packed into full rows of --max_seq_length (--batching packing)
+- random:         random batches padded to their longest row (--batching random)
+- pad-to-max:     every batch padded to --max_seq_length (what fixed-shape scripts do; not run
+                  unless asked with --modes)
+- trainer-group_by_length: plain transformers Trainer, train_sampling_strategy group_by_length,
+                  DataCollatorForSeq2Seq (with attention mask): the baseline without this repo
 - trl-sft:        TRL's SFTTrainer with its defaults on the same token ids and loss mask
+- trl-padding-free: TRL's SFTTrainer with padding_free=True
 
 Each run is a fresh process (so peak memory is its own) over the same rows and the same real
-tokens. Reported: real (non-pad) tokens per second, the fraction of computed positions that were
-padding, peak memory (CUDA max allocated on a GPU, else peak RSS), and tokens/s as a ratio to
-dynamic padding and to TRL. Prints a markdown table.
+tokens. Reported: real (non-pad) tokens per second, padding efficiency (real tokens / computed
+positions), peak memory (CUDA max allocated on a GPU, else peak RSS of the process), and
+tokens/s as a ratio to plain Trainer group_by_length and to TRL's best mode. Prints a markdown
+table.
 """
 
 from __future__ import annotations
@@ -33,7 +41,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 LONG_TAIL = REPO_ROOT / "bench" / "data" / "long_tail.jsonl"
-MODES = ("pad-to-max", "dynamic", "group_by_length", "packing", "trl-sft")
+MODES = ("default", "tokens", "trainer-group_by_length", "trl-padding-free", "packing", "group_by_length",
+         "trl-sft", "random", "pad-to-max")
+DEFAULT_MODES = MODES[:-1]  # pad-to-max only when asked: it is the slowest by far
+BASELINE = "trainer-group_by_length"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -41,9 +52,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=400, help="rows of the long-tailed set to train on")
     parser.add_argument("--max_seq_length", type=int, default=1024)
     parser.add_argument("--batch_size", type=int, default=8, help="rows per step (packed rows for packing)")
+    parser.add_argument("--max_tokens_per_batch", type=int, default=4096, help="token budget of the tokens mode")
     parser.add_argument("--hidden_size", type=int, default=256)
     parser.add_argument("--num_layers", type=int, default=4)
-    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of: " + ", ".join(MODES))
+    parser.add_argument("--modes", default=",".join(DEFAULT_MODES), help="comma-separated subset of: " + ", ".join(MODES))
     parser.add_argument("--work_dir", type=Path, default=None, help="default: a temporary directory")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one mode, print JSON
     return parser.parse_args(argv)
@@ -96,22 +108,32 @@ def run_one(mode: str, args: argparse.Namespace, model_dir: Path, data_dir: Path
                   logging_steps=10**6, disable_tqdm=True, seed=0,
                   bf16=torch.cuda.is_available())  # the same precision in every mode (TRL defaults to bf16)
 
-    if mode == "trl-sft":
+    if mode.startswith("trl-"):
         from trl import SFTConfig, SFTTrainer
 
         rows = dataset.map(lambda row: {"completion_mask": [int(label != -100) for label in row["labels"]]},
                            remove_columns=["labels"])
-        config = SFTConfig(**common, max_length=args.max_seq_length)
+        padding_free = mode == "trl-padding-free"  # rows are cut to max_seq_length already; TRL wants None here
+        config = SFTConfig(**common, max_length=None if padding_free else args.max_seq_length, padding_free=padding_free)
         trainer = SFTTrainer(model=model, args=config, train_dataset=rows, processing_class=tokenizer)
         trainer.data_collator = Counting(trainer.data_collator)
+    elif mode == BASELINE:
+        from transformers import DataCollatorForSeq2Seq
+
+        training_args = TrainingArguments(**common, train_sampling_strategy="group_by_length")
+        collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
+        trainer = Trainer(model=model, args=training_args, train_dataset=dataset, data_collator=Counting(collator),
+                          processing_class=tokenizer)
     else:
         training_args = TrainingArguments(**common)
-        data_args = DataArguments(str(data_dir), packing=mode == "packing", group_by_length=mode == "group_by_length")
-        rows, collator = prepare_batching(dataset, tokenizer, data_args, training_args, args.max_seq_length)
+        batching = {"default": "auto", "tokens": "auto", "pad-to-max": "random"}.get(mode, mode)
+        data_args = DataArguments(str(data_dir), batching=batching,
+                                  max_tokens_per_batch=args.max_tokens_per_batch if mode == "tokens" else None)
+        batches = prepare_batching(dataset, tokenizer, data_args, training_args, args.max_seq_length)
         if mode == "pad-to-max":
-            collator = make_collator(tokenizer, max_length=args.max_seq_length)
-        trainer = Trainer(model=model, args=training_args, train_dataset=rows, data_collator=Counting(collator),
-                          processing_class=tokenizer)
+            batches.collator = make_collator(tokenizer, max_length=args.max_seq_length)
+        batches.collator = Counting(batches.collator)
+        trainer = batches.trainer(model=model, args=training_args, processing_class=tokenizer)
 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -130,15 +152,29 @@ def run_one(mode: str, args: argparse.Namespace, model_dir: Path, data_dir: Path
 def markdown_table(results: list[dict], device: str) -> str:
     by_mode = {r["mode"]: r for r in results}
     speed = {m: r["real_tokens"] / r["seconds"] for m, r in by_mode.items()}
-    lines = [f"| batching ({device}) | real tokens/s | padding | steps | peak memory | vs dynamic | vs TRL SFT |",
+    trl_best = max((m for m in speed if m.startswith("trl-")), key=speed.get, default=None)
+    lines = [f"| batching ({device}) | real tokens/s | padding efficiency | steps | peak memory "
+             f"| vs Trainer group_by_length | vs TRL best ({trl_best or '-'}) |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for mode, r in by_mode.items():
-        vs_dynamic = f"{speed[mode] / speed['dynamic']:.2f}x" if "dynamic" in speed else "-"
-        vs_trl = f"{speed[mode] / speed['trl-sft']:.2f}x" if "trl-sft" in speed else "-"
-        padding = 1 - r["real_tokens"] / r["positions"]
-        lines.append(f"| {mode} | {speed[mode]:,.0f} | {padding:.1%} | {r['steps']} | {r['peak_mb']:,.0f} MB "
-                     f"| {vs_dynamic} | {vs_trl} |")
+        vs_baseline = f"{speed[mode] / speed[BASELINE]:.2f}x" if BASELINE in speed else "-"
+        vs_trl = f"{speed[mode] / speed[trl_best]:.2f}x" if trl_best else "-"
+        efficiency = r["real_tokens"] / r["positions"]
+        lines.append(f"| {mode} | {speed[mode]:,.0f} | {efficiency:.3f} | {r['steps']} | {r['peak_mb']:,.0f} MiB "
+                     f"| {vs_baseline} | {vs_trl} |")
     return "\n".join(lines)
+
+
+def run_in_own_process(mode: str, args: argparse.Namespace, work_dir: Path) -> dict:
+    command = [sys.executable, __file__, "--one", mode, "--work_dir", str(work_dir)]
+    command += sum(([f"--{k}", str(getattr(args, k))] for k in
+                    ("rows", "max_seq_length", "batch_size", "max_tokens_per_batch", "hidden_size",
+                     "num_layers")), [])
+    done = subprocess.run(command, capture_output=True, text=True)
+    line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
+    if done.returncode != 0 or line is None:
+        sys.exit(f"error: mode {mode} failed:\n{done.stderr[-3000:]}")
+    return json.loads(line[len("RESULT "):])
 
 
 def main() -> None:
@@ -158,19 +194,18 @@ def main() -> None:
         sys.exit(f"error: unknown mode(s) {', '.join(sorted(unknown))}; choose from {', '.join(MODES)}")
     prepare(args, work_dir)
     results = []
-    for mode in tqdm(modes, desc="modes"):
-        command = [sys.executable, __file__, "--one", mode, "--work_dir", str(work_dir)]
-        command += sum(([f"--{k}", str(getattr(args, k))] for k in
-                        ("rows", "max_seq_length", "batch_size", "hidden_size", "num_layers")), [])
-        done = subprocess.run(command, capture_output=True, text=True)
-        line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
-        if done.returncode != 0 or line is None:
-            sys.exit(f"error: mode {mode} failed:\n{done.stderr[-3000:]}")
-        results.append(json.loads(line[len("RESULT "):]))
+    try:
+        for mode in tqdm(modes, desc="modes"):
+            results.append(run_in_own_process(mode, args, work_dir))
+            tqdm.write(f"{mode}: {results[-1]['real_tokens'] / results[-1]['seconds']:,.0f} real tokens/s")
+    except KeyboardInterrupt:  # Ctrl-C: the table of the modes measured so far
+        if not results:
+            raise
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
     print(f"\n{args.rows} rows of {LONG_TAIL.name} ({results[0]['real_tokens']:,} real tokens), Qwen2 "
           f"hidden {args.hidden_size} x {args.num_layers} layers + LoRA r=8, batch {args.batch_size}, "
-          f"max_seq_length {args.max_seq_length}, one epoch each\n")
+          f"max_seq_length {args.max_seq_length}, tokens mode {args.max_tokens_per_batch} tokens per batch, "
+          f"one epoch each\n")
     print(markdown_table(results, device))
 
 

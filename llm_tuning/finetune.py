@@ -17,7 +17,7 @@ import torch
 from transformers import Trainer, TrainingArguments, set_seed
 
 from .atomic import atomic_files
-from .batching import prepare_batching
+from .batching import PACKING, prepare_batching, varlen_attention_available
 from .cli import exits_on_user_error
 from .data import check_template_matches, check_tokenizer_matches, load_tokenized, print_data_example
 from .eval_callback import attach_generation_eval
@@ -98,13 +98,18 @@ def build_trainer(family: Family, model_args: ModelArguments, data_args: DataArg
     check_template_matches(metadata, tokenizer, base_model, dataset_path)
     if main_process:
         print_data_example(dataset[0], tokenizer)
-    # Batching: dynamic padding, or --group_by_length / --packing (llm_tuning/batching.py).
-    dataset, collator = prepare_batching(dataset, tokenizer, data_args, training_args, metadata["max_seq_length"])
+    # Batching: --batching auto picks the fastest exact mode and prints it (llm_tuning/batching.py).
+    batching = prepare_batching(dataset, tokenizer, data_args, training_args, metadata["max_seq_length"])
 
     # Model: base (optionally 4/8-bit, RoPE-scaled), then the method's parameters.
+    # Packed rows on a GPU with flash-attention run its variable-length kernel.
+    attention = "flash_attention_2" if batching.mode == PACKING and varlen_attention_available() else None
     model = load_model(base_model, model_args.dtype, remote_code, quantization_bit,
-                       rope_scaling=model_args.rope_scaling, rope_factor=model_args.rope_factor)
-    steps = training_steps(len(dataset), training_args.per_device_train_batch_size,
+                       rope_scaling=model_args.rope_scaling, rope_factor=model_args.rope_factor,
+                       attn_implementation=attention)
+    batches, rows_per_batch = ((len(batching.batch_sampler), 1) if batching.batch_sampler is not None
+                               else (len(batching.dataset), training_args.per_device_train_batch_size))
+    steps = training_steps(batches, rows_per_batch,
                            training_args.gradient_accumulation_steps, training_args.world_size,
                            training_args.num_train_epochs, training_args.max_steps)
     model = prepare_trainable(model, finetune_args, default_lora_targets(family, model), tokenizer, steps,
@@ -114,11 +119,9 @@ def build_trainer(family: Family, model_args: ModelArguments, data_args: DataArg
         print(f"{finetune_args.finetuning_type}: training {trainable:,} of {total:,} parameters "
               f"({100 * trainable / total:.4f}%)")
 
-    trainer = Trainer(
+    trainer = batching.trainer(
         model=model,
         args=training_args,
-        train_dataset=dataset,
-        data_collator=collator,
         processing_class=tokenizer,
         callbacks=[TrainerLogCallback(), LossPlotCallback(), *method_callbacks(model, finetune_args)],
     )

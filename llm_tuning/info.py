@@ -165,7 +165,7 @@ def report(args: argparse.Namespace) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = ArgumentParser(prog="python -m llm_tuning.info", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="hub id or local path (only its config is read)")
     parser.add_argument("--adapter", default=None, help="also describe this adapter directory")
     parser.add_argument("--template", default="auto", help="chat template to show (auto: as tokenize_dataset_rows.py picks it)")

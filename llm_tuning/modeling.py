@@ -55,9 +55,11 @@ def load_model(
     device_map: str | dict | None = None,
     rope_scaling: str | None = None,
     rope_factor: float = 2.0,
+    attn_implementation: str | None = None,
 ):
     """A causal LM as users load it: by hub id or local path, in the asked dtype, 4/8-bit if asked,
-    with its RoPE stretched by `rope_factor` if `rope_scaling` is given."""
+    with its RoPE stretched by `rope_factor` if `rope_scaling` is given, on `attn_implementation`
+    (default: transformers' choice, sdpa)."""
     from transformers import AutoModelForCausalLM
 
     kwargs: dict = {"trust_remote_code": trust_remote_code}
@@ -68,6 +70,8 @@ def load_model(
         kwargs["quantization_config"] = quantization_config(quantization_bit, dtype)
     if device_map is not None:
         kwargs["device_map"] = device_map
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
     if rope_scaling is not None:
         kwargs["config"] = scaled_rope_config(path, rope_scaling, rope_factor, trust_remote_code)
     start_deepspeed_comm_for_zero3()

@@ -34,18 +34,30 @@ class DataArguments:
     tokenized_dataset: str = field(
         metadata={"help": "Name under data/tokenized_data/ (or a path) written by tokenize_dataset_rows.py."}
     )
-    # Batching (llm_tuning/batching.py): default is dynamic padding to each batch's longest row.
+    # Batching (llm_tuning/batching.py): auto = packing with flash-attention varlen on a GPU,
+    # length-sorted batches otherwise.
+    batching: str = field(
+        default="auto",
+        metadata={"help": "auto, sorted (length-sorted batches), group_by_length (transformers' sampler), "
+                          "random (dynamic padding) or packing. auto: packing with flash-attention on a GPU, "
+                          "else sorted."},
+    )
+    max_tokens_per_batch: int | None = field(
+        default=None,
+        metadata={"help": "Length-sorted batches of at most N padded tokens each instead of a fixed row count "
+                          "(caps memory; --per_device_train_batch_size is then unused)."},
+    )
     packing: bool = field(
         default=False,
-        metadata={"help": "Pack samples into full rows of --packing_max_length tokens; samples never attend "
-                          "to each other. Fastest on data with mixed lengths."},
+        metadata={"help": "Same as --batching packing: pack samples into full rows of --packing_max_length "
+                          "tokens; samples never attend to each other."},
     )
     packing_max_length: int | None = field(
         default=None, metadata={"help": "Tokens per packed row. Default: the dataset's --max_seq_length."}
     )
     group_by_length: bool = field(
         default=False,
-        metadata={"help": "Batch rows of similar length together (= --train_sampling_strategy group_by_length)."},
+        metadata={"help": "Same as --batching group_by_length (= --train_sampling_strategy group_by_length)."},
     )
     # Eval during training (llm_tuning/eval_callback.py): generation and choice scores every N steps.
     generation_eval_file: str | None = field(

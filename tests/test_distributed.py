@@ -50,7 +50,8 @@ def worker(record_dir: Path, recipe_args: list[str], shm_comm: bool) -> None:
     original_save = finetune_module.save
 
     def recording_prepare(*args, **kwargs):
-        dataset, collator = original_prepare(*args, **kwargs)
+        batching = original_prepare(*args, **kwargs)
+        collator = batching.collator
 
         def collate(rows):
             with open(record_dir / f"rows-{rank}.jsonl", "a", encoding="utf-8") as f:
@@ -58,7 +59,8 @@ def worker(record_dir: Path, recipe_args: list[str], shm_comm: bool) -> None:
                     f.write(json.dumps(list(row["input_ids"])) + "\n")
             return collator(rows)
 
-        return dataset, collate
+        batching.collator = collate
+        return batching
 
     def recording_save(run, *args, **kwargs):
         model, engine = run.trainer.model, run.trainer.model_wrapped
@@ -118,7 +120,8 @@ def launch(tmp_path: Path, tokenized_dir: Path, model: Path, *extra: str, shm_co
                "--tokenized_dataset", str(tokenized_dir), "--model_name_or_path", str(model),
                "--output_dir", str(out), "--use_cpu", "true", "--ddp_backend", "gloo", "--report_to", "none",
                "--per_device_train_batch_size", "2", "--max_steps", "4", "--learning_rate", "1e-2",
-               "--lora_dropout", "0", "--save_strategy", "no", "--logging_steps", "1", *extra]
+               "--lora_dropout", "0", "--save_strategy", "no", "--logging_steps", "1",
+               "--batching", "random", *extra]  # fixed 2-row batches; token budgets: the last test
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "TORCH_EXTENSIONS_DIR": str(extensions)}
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -168,6 +171,28 @@ def test_deepspeed_zero3_offload_on_cpu_splits_data_and_saves_the_gathered_weigh
     (tmp_path / "zero3.json").write_text(json.dumps(config))
     result = launch(tmp_path, tokenized_dir, tiny_qwen2, "--deepspeed", str(tmp_path / "zero3.json"))
     check_data_parallel(*result, engine="DeepSpeedEngine ZeRO-3 offload:optimizer,params")
+
+
+def test_torchrun_ddp_gives_each_rank_its_share_of_the_token_budget_batches(tiny_qwen2, tokenized_dir, tmp_path):
+    from llm_tuning.batching import LengthSortedBatchSampler, row_lengths
+    from llm_tuning.data import load_tokenized
+
+    dataset, _ = load_tokenized(tokenized_dir)
+    every_row = {tuple(ids) for ids in dataset["input_ids"]}
+    budget = 3 * max(row_lengths(dataset))
+    batches = len(LengthSortedBatchSampler(row_lengths(dataset), max_tokens=budget))
+    rows, held, saved, engines = launch(tmp_path, tokenized_dir, tiny_qwen2, "--batching", "sorted",
+                                        "--max_tokens_per_batch", str(budget), "--max_steps", "-1",
+                                        "--num_train_epochs", "1")
+    assert engines == {"DistributedDataParallel"}
+    # One epoch: every row trained once, each batch on one rank; with an odd number of batches
+    # accelerate hands the short rank the first batch again (even_batches).
+    assert set(rows[0]) | set(rows[1]) == every_row
+    repeated = set(rows[0]) & set(rows[1])
+    assert not repeated or batches % 2 == 1
+    assert len(rows[0]) + len(rows[1]) == len(every_row) + len(repeated)
+    for name, weight in held[0].items():  # the ranks stayed in step
+        assert torch.equal(weight, held[1][name]), name
 
 
 if __name__ == "__main__":

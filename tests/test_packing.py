@@ -58,7 +58,9 @@ def test_collator_pads_to_max_length_and_to_the_left():
     rows = [{"input_ids": [5, 6], "labels": [-100, 6]}]
     batch = PaddingCollator(pad_token_id=0, max_length=4)(rows)
     assert batch["input_ids"].tolist() == [[5, 6, 0, 0]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 0, 0]]
+    assert "attention_mask" not in batch  # right padding: the causal mask already hides it
+    masked = PaddingCollator(pad_token_id=0, max_length=4, attention_mask=True)(rows)
+    assert masked["attention_mask"].tolist() == [[1, 1, 0, 0]]
     left = PaddingCollator(pad_token_id=0, padding_side="left", pad_to_multiple_of=3)(rows)
     assert left["input_ids"].tolist() == [[0, 5, 6]]
     assert left["labels"].tolist() == [[-100, -100, 6]]
@@ -95,9 +97,10 @@ def test_packed_and_unpacked_give_the_same_per_sample_loss(tokenized):
 
     unpacked = {}
     collate = make_collator(tokenizer)
+    masked = PaddingCollator(tokenizer.pad_token_id, attention_mask=True)  # the reference: padding masked
     for start in range(0, len(dataset), 8):
         rows = [dataset[i] for i in range(start, min(start + 8, len(dataset)))]
-        batch = collate(rows)
+        batch = masked(rows)
         tags = collate([{"input_ids": [i] * len(r["input_ids"]), "labels": r["labels"]}
                         for i, r in zip(range(start, start + 8), rows)])["input_ids"]
         with torch.no_grad():
