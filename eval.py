@@ -64,8 +64,9 @@ def reward_model_source(args: argparse.Namespace) -> tuple[str, str | None]:
 
 def evaluate_reward(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     from llm_tuning.modeling import load_tokenizer
-    from llm_tuning.ppo import load_reward_model, reward_scores
-    from llm_tuning.preference import encode_pair, load_preference_pairs, pairwise_accuracy
+    from llm_tuning.rlhf.reward_model import load_reward_model, reward_scores
+    from llm_tuning.rlhf.pairs import encode_pair, load_preference_pairs
+    from llm_tuning.rlhf.reward_model import pairwise_accuracy
     from llm_tuning.run_config import read_run_config
     from llm_tuning.templates import resolve_template
 

@@ -22,8 +22,11 @@ from pathlib import Path
 
 from llm_tuning.cli import ArgumentParser, UserError, exits_on_user_error
 from llm_tuning.modeling import load_model, load_tokenizer
-from llm_tuning.ppo import evaluate_policy, implicit_reward_margin, load_reward_model, preference_margin
-from llm_tuning.preference import EVAL_METRICS_FILE, encode_pairs, load_preference_pairs
+from llm_tuning.rlhf.ppo import evaluate_policy
+from llm_tuning.rlhf.margins import implicit_reward_margin, preference_margin
+from llm_tuning.rlhf.reward_model import load_reward_model
+from llm_tuning.rlhf.pair_training import EVAL_METRICS_FILE
+from llm_tuning.rlhf.pairs import encode_pairs, load_preference_pairs
 from llm_tuning.templates import resolve_template, stop_token_ids
 from style import is_lively
 

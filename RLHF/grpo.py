@@ -44,10 +44,10 @@ from transformers.trainer_utils import SaveStrategy
 from trl import GRPOConfig, GRPOTrainer
 
 from llm_tuning.cli import UserError, exits_on_user_error
-from llm_tuning.grpo import format_table, load_questions, measure_policy
+from llm_tuning.rlhf.grpo import format_table, load_questions, measure_policy
 from llm_tuning.modeling import load_model, load_tokenizer
-from llm_tuning.preference import lora_config, parse_trainer_args, save_eval_metrics, train_and_save
-from llm_tuning.rewards import REWARD_NAMES, build_reward_functions
+from llm_tuning.rlhf.pair_training import lora_config, parse_trainer_args, save_eval_metrics, train_and_save
+from llm_tuning.rlhf.rewards import REWARD_NAMES, build_reward_functions
 from llm_tuning.templates import resolve_template, stop_token_ids
 from llm_tuning.training import TrainerLogCallback, require_output_dir
 

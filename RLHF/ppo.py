@@ -51,14 +51,12 @@ from transformers import set_seed
 
 from llm_tuning.cli import UserError, exits_on_user_error
 from llm_tuning.modeling import load_model, load_tokenizer
-from llm_tuning.ppo import (
-    PolicyWithValue, evaluate_policy, gae, generate_replies, kl_shaped_rewards, load_reward_model, masked_mean,
-    pack, peak_memory_mb, ppo_losses, reward_scores, score_rollout, token_logprobs, whiten,
+from llm_tuning.rlhf.ppo import (
+    PolicyWithValue, evaluate_policy, gae, generate_replies, kl_shaped_rewards, masked_mean, pack, peak_memory_mb, ppo_losses, score_rollout, token_logprobs, whiten,
 )
-from llm_tuning.preference import (
-    PreferenceArguments, encode_pair, load_preference_pairs, lora_config, parse_trainer_args,
-    save_eval_metrics,
-)
+from llm_tuning.rlhf.reward_model import load_reward_model, reward_scores
+from llm_tuning.rlhf.pair_training import PreferenceArguments, lora_config, parse_trainer_args, save_eval_metrics
+from llm_tuning.rlhf.pairs import encode_pair, load_preference_pairs
 from llm_tuning.templates import resolve_template, stop_token_ids
 from llm_tuning.run_config import save_run_config
 

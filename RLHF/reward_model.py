@@ -29,11 +29,12 @@ from trl import RewardConfig, RewardTrainer
 
 from llm_tuning.cli import UserError, exits_on_user_error
 from llm_tuning.modeling import first_line, load_tokenizer
-from llm_tuning.ppo import reward_scores
-from llm_tuning.preference import (
-    PreferenceArguments, encode_pairs, load_preference_pairs, lora_config, pairwise_accuracy, parse_trainer_args,
-    save_eval_metrics, train_and_save,
+from llm_tuning.rlhf.reward_model import reward_scores
+from llm_tuning.rlhf.pair_training import (
+    PreferenceArguments, lora_config, parse_trainer_args, save_eval_metrics, train_and_save,
 )
+from llm_tuning.rlhf.pairs import encode_pairs, load_preference_pairs
+from llm_tuning.rlhf.reward_model import pairwise_accuracy
 from llm_tuning.templates import resolve_template
 from llm_tuning.training import TrainerLogCallback, require_output_dir
 

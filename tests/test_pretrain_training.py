@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer, TrainingArguments
 
-from llm_tuning.pretraining import STREAM_STATE_FILE, PretrainArguments, heldout_blocks
-from llm_tuning.shards import write_shards
+from llm_tuning.pretrain.blocks import STREAM_STATE_FILE, PretrainArguments, heldout_blocks
+from llm_tuning.pretrain.shards import write_shards
 from llm_tuning.training import FinetuneArguments, ModelArguments, parse_args
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

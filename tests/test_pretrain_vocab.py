@@ -14,10 +14,9 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llm_tuning.cli import UserError
-from llm_tuning.shards import read_texts
-from llm_tuning.vocab import (
-    check_old_ids_unchanged, mean_init_new_embeddings, merge_into_sentencepiece, old_sub_token_ids,
-    sentencepiece_pieces, token_count, train_sentencepiece,
+from llm_tuning.pretrain.shards import read_texts
+from llm_tuning.pretrain.vocab import (
+    check_old_ids_unchanged, mean_init_new_embeddings, merge_into_sentencepiece, old_sub_token_ids, sentencepiece_pieces, token_count, train_sentencepiece,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -187,8 +186,8 @@ def test_extension_refuses_a_tokenizer_that_moved_old_ids(tiny_qwen2, tmp_path):
 def test_lora_after_extension_trains_and_saves_the_embeddings(tiny_qwen2, merged_bpe, tmp_path, capsys):
     from transformers import TrainingArguments
 
-    from llm_tuning.pretraining import PretrainArguments
-    from llm_tuning.shards import write_shards
+    from llm_tuning.pretrain.blocks import PretrainArguments
+    from llm_tuning.pretrain.shards import write_shards
     from llm_tuning.training import FinetuneArguments, ModelArguments, parse_args
 
     extended = tmp_path / "extended"
@@ -219,8 +218,8 @@ def test_tied_embeddings_stay_tied_through_lora_training_save_and_merge(tiny_qwe
     from peft import PeftModel
     from transformers import TrainingArguments
 
-    from llm_tuning.pretraining import PretrainArguments
-    from llm_tuning.shards import write_shards
+    from llm_tuning.pretrain.blocks import PretrainArguments
+    from llm_tuning.pretrain.shards import write_shards
     from llm_tuning.training import FinetuneArguments, ModelArguments, parse_args
 
     tied = tmp_path / "tied"
@@ -256,8 +255,8 @@ def test_tied_embeddings_stay_tied_through_lora_training_save_and_merge(tiny_qwe
 def test_qlora_after_extension_trains_the_new_embedding_rows(tiny_qwen2, merged_bpe, tmp_path, capsys):
     from transformers import TrainingArguments
 
-    from llm_tuning.pretraining import PretrainArguments
-    from llm_tuning.shards import write_shards
+    from llm_tuning.pretrain.blocks import PretrainArguments
+    from llm_tuning.pretrain.shards import write_shards
     from llm_tuning.training import FinetuneArguments, ModelArguments, parse_args
 
     extended = tmp_path / "extended"
