@@ -7,7 +7,7 @@ their group. A KL penalty against the SFT model (--beta; TRL's default 0 turns i
 reference) keeps the policy close. The reference is the SFT model itself: the LoRA adapter off.
 
 It runs TRL 1.16's GRPOTrainer (trl.GRPOTrainer / trl.GRPOConfig; every GRPOConfig and
-TrainingArguments flag works) with our reward functions (llm_tuning/rewards.py), given by name and
+TrainingArguments flag works) with our reward functions (llm_tuning/rlhf/rewards.py), given by name and
 combined with TRL's --reward_weights:
     exact_answer   1 when the reply's final number equals the reference answer's (Chinese and English)
     format         1 when the reply matches --format_pattern (default: an equation that ends `= <number>`)

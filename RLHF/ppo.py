@@ -2,7 +2,7 @@
 
 One base model (the SFT model) plays three parts: the policy (LoRA adapter on), the reference the
 KL penalty measures against (adapter off) and, with a value head on its last hidden state, the
-critic. TRL removed its PPOTrainer, so the loop is written out here over `llm_tuning/ppo.py`:
+critic. TRL removed its PPOTrainer, so the loop is written out here over `llm_tuning/rlhf/ppo.py`:
 
     for each iteration:
         rollout   sample replies to a batch of prompts (stop tokens masked at the first position:
