@@ -1,4 +1,4 @@
-"""Small fine-tuning experiments in one process, through the same path as the two commands.
+"""Small fine-tuning experiments, through the same steps as the two commands a user runs.
 
 Scripts that compare several runs (projects/RulaiGPT, projects/ChatBaichuan-HC3, SDE/run_sde.py)
 do, for each run:
