@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 import tokenize_dataset_rows
+from llm_tuning.batching import make_collator
 from llm_tuning.data import (
-    IGNORE_INDEX, TokenizeConfig, load_tokenized, make_collator, save_tokenized, supervised_ids,
+    IGNORE_INDEX, TokenizeConfig, load_tokenized, save_tokenized, supervised_ids,
     tokenize_conversation, tokenize_file,
 )
 from llm_tuning.modeling import load_tokenizer
