@@ -35,11 +35,11 @@ import argparse
 import os
 from pathlib import Path
 
-from chat import add_model_arguments, load_chat_model, load_chat_tokenizer
 from llm_tuning.cli import ArgumentParser, UserError, exits_on_user_error
 from llm_tuning.generation import context_length
-from llm_tuning.openai_api import DEFAULT_MAX_REQUEST_BYTES, Admission, DrainingServer, ServedModel, create_app
-from llm_tuning.serving import TransformersEngine, VllmEngine
+from llm_tuning.inference import add_model_arguments, load_chat_model, load_chat_tokenizer, trust_remote_code_for
+from llm_tuning.serve.openai_api import DEFAULT_MAX_REQUEST_BYTES, Admission, DrainingServer, ServedModel, create_app
+from llm_tuning.serve.engines import TransformersEngine, VllmEngine
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -74,7 +74,7 @@ def build_engine(args: argparse.Namespace):
             raise UserError("--backend vllm serves one adapter; merge or mix them first (merge_lora.py)")
         base, tokenizer, template = load_chat_tokenizer(args)
         engine = VllmEngine(base, args.adapter[0] if args.adapter else None, dtype=args.dtype,
-                            trust_remote_code=args.trust_remote_code, max_model_len=args.max_model_len,
+                            trust_remote_code=trust_remote_code_for(args), max_model_len=args.max_model_len,
                             gpu_memory_utilization=args.gpu_memory_utilization,
                             tensor_parallel_size=args.tensor_parallel_size, max_lora_rank=args.max_lora_rank)
         length = engine.max_model_len

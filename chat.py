@@ -20,31 +20,14 @@ unless --enable_thinking true.
 
 import argparse
 
-from llm_tuning.cli import ArgumentParser, UserError, exits_on_user_error, parse_bool
+from llm_tuning.cli import ArgumentParser, UserError, exits_on_user_error
 from llm_tuning.generation import GenerationSettings, context_length, fit_history, generate_reply, stream_reply
-from llm_tuning.modeling import AdapterMenu, adapter_base_model, load_adapters, load_model, load_tokenizer, read_model_type
-from llm_tuning.templates import NativeTemplate, auto_template, get_template
-from llm_tuning.training import read_run_config
+from llm_tuning.inference import add_model_arguments, load_chat_model
+from llm_tuning.modeling import AdapterMenu
 
 EXIT_COMMANDS = {"exit", "quit", "stop"}
 CLEAR_COMMANDS = {"clear", "reset"}
 ADAPTER_COMMAND = "adapter"  # "adapter" lists the choices, "adapter NAME" switches to one
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options that pick the model to talk to; web_demo.py, api_server.py and eval.py share them."""
-    parser.add_argument("--base", default=None, help="base or merged model (default: the adapter's base)")
-    parser.add_argument("--adapter", action="append", default=[], help="LoRA adapter directory; repeat for several")
-    parser.add_argument("--adapter_weights", default=None, help="comma-separated weights to mix several adapters")
-    parser.add_argument("--template", default=None,
-                        help="chat template (default: the adapter's, else the tokenizer's own, else the model type's)")
-    parser.add_argument("--enable_thinking", type=parse_bool, default=False,
-                        help="native templates of reasoning models (Qwen3): let the model think before answering")
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--trust_remote_code", type=parse_bool, default=False)
-    parser.add_argument("--rope_scaling", default=None, choices=("linear", "dynamic", "yarn"),
-                        help="stretch RoPE for longer inputs (default: as the adapter was trained)")
-    parser.add_argument("--rope_factor", type=float, default=None, help="context extension factor for --rope_scaling")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -59,35 +42,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max_context_tokens", type=int, default=None,
                         help="prompt + reply budget; older turns are forgotten past it (default: the model's context)")
     return parser.parse_args(argv)
-
-
-def load_chat_tokenizer(args: argparse.Namespace):
-    """(base model path, tokenizer, template) for the given base/adapters, without the weights."""
-    base = args.base or (adapter_base_model(args.adapter[0]) if args.adapter else None)
-    if base is None:
-        raise UserError("pass --base (a model) or --adapter (a trained adapter)")
-    run_config = read_run_config(args.adapter[0] if args.adapter else base)
-    # The adapter directory holds the tokenizer it was trained with.
-    tokenizer = load_tokenizer(args.adapter[0] if args.adapter else base, args.trust_remote_code)
-    template_name = args.template or run_config.get("template") or auto_template(
-        tokenizer, read_model_type(base, args.trust_remote_code), base)
-    template = get_template(template_name)
-    if isinstance(template, NativeTemplate):
-        template = NativeTemplate(enable_thinking=getattr(args, "enable_thinking", False))
-    return base, tokenizer, template
-
-
-def load_chat_model(args: argparse.Namespace):
-    """(model, tokenizer, template) for the given base/adapters, as chat.py and others use them."""
-    base, tokenizer, template = load_chat_tokenizer(args)
-    weights = [float(w) for w in args.adapter_weights.split(",")] if args.adapter_weights else None
-    run_config = read_run_config(args.adapter[0] if args.adapter else base)
-    rope_scaling = getattr(args, "rope_scaling", None) or run_config.get("rope_scaling")
-    rope_factor = getattr(args, "rope_factor", None) or run_config.get("rope_factor", 2.0)
-    model = load_model(base, args.dtype, args.trust_remote_code, rope_scaling=rope_scaling, rope_factor=rope_factor)
-    model = load_adapters(model, args.adapter, weights)
-    model.eval()
-    return model, tokenizer, template
 
 
 def switch_adapter(menu: AdapterMenu, command: str) -> None:

@@ -11,6 +11,8 @@
 
     # reward-model accuracy: share of pairs whose chosen reply scores above the rejected one
     python eval.py reward --reward_model weights/rlhf/reward_model --data RLHF/data/preference_eval.jsonl
+    # (the same with --adapter for the reward adapter, --base to load it on another base or to score a
+    # merged reward model; --dtype and --rope_scaling/--rope_factor apply as for the other tasks)
 
 Each run prints its metrics as JSON and writes `<output>` (default runs/eval/<task>.jsonl, one row
 per sample: question, reference, prediction or scores) and `<output>.metrics.json`.
@@ -20,13 +22,13 @@ import argparse
 import json
 from pathlib import Path
 
-from chat import add_model_arguments, load_chat_model
 from llm_tuning.atomic import write_jsonl
 from llm_tuning.cli import ArgumentParser, UserError, exits_on_user_error, parse_bool
 from llm_tuning.evaluation import (
     evaluate_choices, evaluate_generation, evaluate_perplexity, load_choice_questions, load_eval_conversations,
 )
 from llm_tuning.generation import GenerationSettings
+from llm_tuning.inference import add_model_arguments, load_chat_model
 
 TASKS = ("generate", "perplexity", "choice", "reward")
 
@@ -46,17 +48,37 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def reward_model_source(args: argparse.Namespace) -> tuple[str, str | None]:
+    """(reward model or reward adapter, base override): --reward_model, or the --adapter / --base flags
+    every task shares (one reward adapter on --base, or a merged reward model as --base)."""
+    if args.reward_model and args.adapter:
+        raise UserError("pass the reward model once: --reward_model DIR, or --adapter DIR (with --base to change its base)")
+    if len(args.adapter) > 1:
+        raise UserError("reward scores with one reward model; pass a single --adapter")
+    if args.reward_model or args.adapter:
+        return (args.reward_model or args.adapter[0]), args.base
+    if args.base:
+        return args.base, None
+    raise UserError("reward needs --reward_model (the directory RLHF/reward_model.py saved)")
+
+
 def evaluate_reward(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     from llm_tuning.modeling import load_tokenizer
-    from llm_tuning.ppo import load_reward_model, reward_scores
-    from llm_tuning.preference import encode_pair, load_preference_pairs, pairwise_accuracy, resolve_template
+    from llm_tuning.rlhf.reward_model import load_reward_model, reward_scores
+    from llm_tuning.rlhf.pairs import encode_pair, load_preference_pairs
+    from llm_tuning.rlhf.reward_model import pairwise_accuracy
+    from llm_tuning.run_config import read_run_config
+    from llm_tuning.templates import resolve_template
 
-    if not args.reward_model:
-        raise UserError("reward needs --reward_model (the directory RLHF/reward_model.py saved)")
+    source, base = reward_model_source(args)
     pairs = load_preference_pairs(args.data)
-    tokenizer = load_tokenizer(args.reward_model, args.trust_remote_code)
-    template = resolve_template(args.reward_model, args.template or "auto", args.trust_remote_code)
-    model = load_reward_model(args.reward_model, trust_remote_code=args.trust_remote_code).eval()
+    run_config = read_run_config(source)
+    trust = run_config.get("trust_remote_code", False) if args.trust_remote_code is None else args.trust_remote_code
+    tokenizer = load_tokenizer(source, trust)
+    template = resolve_template(args.template, tokenizer, base or source, trust, run_dir=source)
+    rope_scaling = args.rope_scaling or run_config.get("rope_scaling")
+    rope_factor = args.rope_factor or run_config.get("rope_factor", 2.0)
+    model = load_reward_model(source, args.dtype, trust, base=base, rope_scaling=rope_scaling, rope_factor=rope_factor)
     encoded = [encode_pair(tokenizer, template, pair) for pair in pairs]
     chosen = reward_scores(model, [e.prompt_ids + e.chosen_ids for e in encoded], tokenizer.pad_token_id,
                            args.batch_size).tolist()

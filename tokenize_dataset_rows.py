@@ -31,8 +31,8 @@ from pathlib import Path
 from llm_tuning.cli import ArgumentParser, exits_on_user_error, parse_bool
 from llm_tuning.data import TokenizeConfig, print_data_example, save_tokenized, tokenize_file
 from llm_tuning.records import RECORD_FORMATS, RecordKeys
-from llm_tuning.modeling import load_tokenizer, read_model_type
-from llm_tuning.templates import auto_template, describe_template, get_template
+from llm_tuning.modeling import load_tokenizer
+from llm_tuning.templates import describe_template, resolve_template
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -48,7 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--save_name", required=True, help="name of the dataset under --output_dir")
     parser.add_argument("--output_dir", default="data/tokenized_data")
     parser.add_argument("--template", default="auto",
-                        help="auto (the tokenizer's own chat template, else the model type's), native, or a registry name")
+                        help="auto (the model's recorded one in its llm_tuning.json, else the tokenizer's own chat "
+                             "template, else the model type's), native, or a registry name")
     parser.add_argument("--max_seq_length", type=int, default=512)
     parser.add_argument("--skip_overlength", type=parse_bool, default=False,
                         help="true: drop rows longer than --max_seq_length; false: truncate them")
@@ -64,11 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 @exits_on_user_error
 def main(args: argparse.Namespace) -> None:
     tokenizer = load_tokenizer(args.model_checkpoint, trust_remote_code=args.trust_remote_code)
-    template = args.template
-    if template == "auto":
-        template = auto_template(tokenizer, read_model_type(args.model_checkpoint, args.trust_remote_code),
-                                 args.model_checkpoint)
-    print(describe_template(tokenizer, get_template(template)))  # an unknown name fails here, before any work
+    chosen = resolve_template(args.template, tokenizer, args.model_checkpoint, args.trust_remote_code)
+    print(describe_template(tokenizer, chosen))  # an unknown name failed above, before any work
+    template = chosen.name
 
     config = TokenizeConfig(
         tokenizer_path=args.model_checkpoint,

@@ -15,9 +15,9 @@ import threading
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline machines: no phoning home
 
-from chat import add_model_arguments, load_chat_model
 from llm_tuning.cli import ArgumentParser, UserError, exits_on_user_error
 from llm_tuning.generation import GenerationSettings, context_length, fit_history, stream_reply
+from llm_tuning.inference import add_model_arguments, load_chat_model
 from llm_tuning.modeling import AdapterMenu
 
 BASE_CHOICE = AdapterMenu.BASE

@@ -25,7 +25,7 @@ Writes to --output_dir: the adapter (safetensors), the tokenizer, llm_tuning.jso
 from trl import DPOConfig, DPOTrainer
 
 from llm_tuning.cli import exits_on_user_error
-from llm_tuning.preference import PreferenceArguments, parse_trainer_args, train_on_pairs
+from llm_tuning.rlhf.pair_training import PreferenceArguments, parse_trainer_args, train_on_pairs
 
 
 @exits_on_user_error

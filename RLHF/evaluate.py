@@ -20,13 +20,15 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from make_rlhf_data import is_lively
-
 from llm_tuning.cli import ArgumentParser, UserError, exits_on_user_error
 from llm_tuning.modeling import load_model, load_tokenizer
-from llm_tuning.ppo import evaluate_policy, implicit_reward_margin, load_reward_model, preference_margin
-from llm_tuning.preference import EVAL_METRICS_FILE, encode_pairs, load_preference_pairs, resolve_template
-from llm_tuning.templates import stop_token_ids
+from llm_tuning.rlhf.ppo import evaluate_policy
+from llm_tuning.rlhf.margins import implicit_reward_margin, preference_margin
+from llm_tuning.rlhf.reward_model import load_reward_model
+from llm_tuning.rlhf.pair_training import EVAL_METRICS_FILE
+from llm_tuning.rlhf.pairs import encode_pairs, load_preference_pairs
+from llm_tuning.templates import resolve_template, stop_token_ids
+from style import is_lively
 
 
 @dataclass
@@ -58,7 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def measure_policies(sft: str, reward_model_path: str, eval_file: str, policies: dict[str, str],
                      template_name: str = "auto", max_new_tokens: int = 24, beta: float = 0.1) -> list[Row]:
     tokenizer = load_tokenizer(sft)
-    template = resolve_template(sft, template_name)
+    template = resolve_template(template_name, tokenizer, sft)
     stops = stop_token_ids(tokenizer, template)
     pairs = encode_pairs(tokenizer, template, load_preference_pairs(eval_file), None)
     prompts = [list(p) for p in dict.fromkeys(tuple(e.prompt_ids) for e in pairs)]

@@ -7,7 +7,7 @@ their group. A KL penalty against the SFT model (--beta; TRL's default 0 turns i
 reference) keeps the policy close. The reference is the SFT model itself: the LoRA adapter off.
 
 It runs TRL 1.16's GRPOTrainer (trl.GRPOTrainer / trl.GRPOConfig; every GRPOConfig and
-TrainingArguments flag works) with our reward functions (llm_tuning/rewards.py), given by name and
+TrainingArguments flag works) with our reward functions (llm_tuning/rlhf/rewards.py), given by name and
 combined with TRL's --reward_weights:
     exact_answer   1 when the reply's final number equals the reference answer's (Chinese and English)
     format         1 when the reply matches --format_pattern (default: an equation that ends `= <number>`)
@@ -44,11 +44,11 @@ from transformers.trainer_utils import SaveStrategy
 from trl import GRPOConfig, GRPOTrainer
 
 from llm_tuning.cli import UserError, exits_on_user_error
-from llm_tuning.grpo import format_table, load_questions, measure_policy
+from llm_tuning.rlhf.grpo import format_table, load_questions, measure_policy
 from llm_tuning.modeling import load_model, load_tokenizer
-from llm_tuning.preference import lora_config, parse_trainer_args, resolve_template, save_eval_metrics, train_and_save
-from llm_tuning.rewards import REWARD_NAMES, build_reward_functions
-from llm_tuning.templates import stop_token_ids
+from llm_tuning.rlhf.pair_training import lora_config, parse_trainer_args, save_eval_metrics, train_and_save
+from llm_tuning.rlhf.rewards import REWARD_NAMES, build_reward_functions
+from llm_tuning.templates import resolve_template, stop_token_ids
 from llm_tuning.training import TrainerLogCallback, require_output_dir
 
 TABLE_FILE = "eval_table.txt"
@@ -105,8 +105,6 @@ def check_reward_flags(args: GRPOScriptArguments, training_args: GRPOArguments) 
     if weights is not None and len(weights) != len(args.reward_funcs):
         raise UserError(f"--reward_weights has {len(weights)} value(s) for {len(args.reward_funcs)} "
                         f"--reward_funcs ({' '.join(args.reward_funcs)}); give one weight per function")
-    if args.eval_samples < 1:
-        raise UserError(f"--eval_samples must be at least 1, got {args.eval_samples}")
 
 
 @exits_on_user_error
@@ -116,7 +114,7 @@ def main(args: GRPOScriptArguments, training_args: GRPOArguments) -> dict | None
 
     # Tokenizer, template, rewards and questions: the SFT run's template, so the policy sees its prompts.
     tokenizer = load_tokenizer(args.model_name_or_path, training_args.trust_remote_code)
-    template = resolve_template(args.model_name_or_path, args.template, training_args.trust_remote_code)
+    template = resolve_template(args.template, tokenizer, args.model_name_or_path, training_args.trust_remote_code)
     stop_ids = stop_token_ids(tokenizer, template)
     rewards = build_reward_functions(args.reward_funcs, tokenizer, args.format_pattern, args.reward_model,
                                      training_args.trust_remote_code)

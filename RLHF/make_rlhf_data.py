@@ -22,17 +22,13 @@ Writes to RLHF/data/:
 from __future__ import annotations
 
 import random
-import re
 from pathlib import Path
 
 from llm_tuning.atomic import write_jsonl
+from style import is_lively, styled
 
 OUT_DIR = Path(__file__).resolve().parent / "data"
 SEED = 20240501
-# One emoji: the tiny tokenizer splits it into 4 byte tokens, one fixed sequence is easy to learn.
-EMOJI = "😊"
-# A reply is lively when an exclamation mark (ASCII or full-width) is followed by the emoji.
-LIVELY_PATTERN = re.compile(r"[!！]\s*" + EMOJI)
 LIVELY_SHARE_IN_SFT = 0.3
 NUM_ARITHMETIC_TRAIN = 72
 NUM_ARITHMETIC_EVAL = 24
@@ -71,16 +67,6 @@ ARITHMETIC_FORMATS = [
     ("What is {a} + {b}?", "en"),
     ("计算 {a} + {b} 等于多少？", "zh"),
 ]
-
-
-def is_lively(reply: str) -> bool:
-    return LIVELY_PATTERN.search(reply) is not None
-
-
-def styled(answer: str, chinese: bool, lively: bool) -> str:
-    if lively:
-        return f"{answer}！{EMOJI}" if chinese else f"{answer}! {EMOJI}"
-    return f"{answer}。" if chinese else f"{answer}."
 
 
 def arithmetic(rng: random.Random, count: int, seen: set[str]) -> list[tuple[str, str, bool]]:

@@ -30,7 +30,7 @@ trainer_log.jsonl and eval_metrics.json.
 from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
 from llm_tuning.cli import exits_on_user_error
-from llm_tuning.preference import PreferenceArguments, parse_trainer_args, train_on_pairs
+from llm_tuning.rlhf.pair_training import PreferenceArguments, parse_trainer_args, train_on_pairs
 
 
 @exits_on_user_error

@@ -2,7 +2,7 @@
 
 One base model (the SFT model) plays three parts: the policy (LoRA adapter on), the reference the
 KL penalty measures against (adapter off) and, with a value head on its last hidden state, the
-critic. TRL removed its PPOTrainer, so the loop is written out here over `llm_tuning/ppo.py`:
+critic. TRL removed its PPOTrainer, so the loop is written out here over `llm_tuning/rlhf/ppo.py`:
 
     for each iteration:
         rollout   sample replies to a batch of prompts (stop tokens masked at the first position:
@@ -51,16 +51,14 @@ from transformers import set_seed
 
 from llm_tuning.cli import UserError, exits_on_user_error
 from llm_tuning.modeling import load_model, load_tokenizer
-from llm_tuning.ppo import (
-    PolicyWithValue, evaluate_policy, gae, generate_replies, kl_shaped_rewards, load_reward_model, masked_mean,
-    pack, peak_memory_mb, ppo_losses, reward_scores, score_rollout, token_logprobs, whiten,
+from llm_tuning.rlhf.ppo import (
+    PolicyWithValue, evaluate_policy, gae, generate_replies, kl_shaped_rewards, masked_mean, pack, peak_memory_mb, ppo_losses, score_rollout, token_logprobs, whiten,
 )
-from llm_tuning.preference import (
-    PreferenceArguments, encode_pair, load_preference_pairs, lora_config, parse_trainer_args, resolve_template,
-    save_eval_metrics,
-)
-from llm_tuning.templates import stop_token_ids
-from llm_tuning.training import save_run_config
+from llm_tuning.rlhf.reward_model import load_reward_model, reward_scores
+from llm_tuning.rlhf.pair_training import PreferenceArguments, lora_config, parse_trainer_args, save_eval_metrics
+from llm_tuning.rlhf.pairs import encode_pair, load_preference_pairs
+from llm_tuning.templates import resolve_template, stop_token_ids
+from llm_tuning.run_config import save_run_config
 
 LOG_FILE = "ppo_log.jsonl"
 
@@ -147,43 +145,27 @@ def report_dict(report) -> dict:
             "empty_replies": report.empty_replies, "mean_length": report.mean_length}
 
 
-@exits_on_user_error
-def main(args: PreferenceArguments, ppo_args: PPOArguments) -> dict:
+def check_arguments(ppo_args: PPOArguments) -> None:
     if not ppo_args.reward_model:
         raise UserError("pass --reward_model, the output directory of reward_model.py")
     if ppo_args.batch_size % ppo_args.mini_batch_size:
         raise UserError(f"--batch_size {ppo_args.batch_size} must be a multiple of --mini_batch_size {ppo_args.mini_batch_size}")
-    set_seed(ppo_args.seed)
+
+
+def load_prompts(path: str, tokenizer, template, max_prompt_length: int) -> list[list[int]]:
+    """The distinct prompt ids of a preference file (a prompt with several pairs counts once)."""
+    ids = [encode_pair(tokenizer, template, pair).prompt_ids for pair in load_preference_pairs(path)]
+    kept = [list(p) for p in dict.fromkeys(map(tuple, ids)) if len(p) <= max_prompt_length]
+    if not kept:
+        raise UserError(f"{path}: every prompt is longer than --max_prompt_length {max_prompt_length}")
+    return kept
+
+
+def train(policy: PolicyWithValue, reward_model, train_prompts: list[list[int]], stop_ids: list[int], pad_id: int,
+          ppo_args: PPOArguments, out_dir: Path) -> None:
+    """--num_iterations rounds of rollout + update; each round's statistics go to ppo_log.jsonl (and tensorboard)."""
     rng = random.Random(ppo_args.seed)
-    out_dir = Path(ppo_args.output_dir)
-
-    # Tokenizer, template and prompts: the SFT run's template, so the policy sees its training prompts.
-    tokenizer = load_tokenizer(args.model_name_or_path, ppo_args.trust_remote_code)
-    template = resolve_template(args.model_name_or_path, args.template, ppo_args.trust_remote_code)
-    stop_ids = stop_token_ids(tokenizer, template)
-
-    def prompts_of(path):
-        ids = [encode_pair(tokenizer, template, pair).prompt_ids for pair in load_preference_pairs(path)]
-        unique = list(dict.fromkeys(map(tuple, ids)))  # a prompt with several pairs counts once
-        kept = [list(p) for p in unique if len(p) <= ppo_args.max_prompt_length]
-        if not kept:
-            raise UserError(f"{path}: every prompt is longer than --max_prompt_length {ppo_args.max_prompt_length}")
-        return kept
-
-    train_prompts = prompts_of(args.train_file)
-    eval_prompts = prompts_of(args.eval_file) if args.eval_file else train_prompts[:ppo_args.batch_size]
-
-    # Models: the reward model, and one base that is policy (LoRA), reference (LoRA off) and critic.
-    reward_model = load_reward_model(ppo_args.reward_model, ppo_args.dtype, ppo_args.trust_remote_code)
-    reward_model.config.pad_token_id = tokenizer.pad_token_id
-    base = load_model(args.model_name_or_path, ppo_args.dtype, ppo_args.trust_remote_code)
-    policy = PolicyWithValue(get_peft_model(base, lora_config(base, args, "CAUSAL_LM")))
-    policy.model.print_trainable_parameters()
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=ppo_args.learning_rate)
-
-    before = evaluate_policy(policy.model, reward_model, tokenizer, eval_prompts, stop_ids, ppo_args.max_new_tokens)
-    print(f"before PPO: mean reward {before.mean_reward:.3f}, empty replies {before.empty_replies}")
-
     writer = None
     if ppo_args.report_to == "tensorboard":
         from torch.utils.tensorboard import SummaryWriter
@@ -195,7 +177,7 @@ def main(args: PreferenceArguments, ppo_args: PPOArguments) -> dict:
     progress = tqdm(range(1, ppo_args.num_iterations + 1), desc="PPO")
     for iteration in progress:
         prompts = rng.sample(train_prompts, min(ppo_args.batch_size, len(train_prompts)))
-        stats = ppo_iteration(policy, optimizer, reward_model, prompts, stop_ids, tokenizer.pad_token_id, ppo_args)
+        stats = ppo_iteration(policy, optimizer, reward_model, prompts, stop_ids, pad_id, ppo_args)
         progress.set_postfix(reward=f"{stats['reward']:.2f}", kl=f"{stats['kl']:.2f}")
         with open(log_path, "a", encoding="utf-8") as f:
             f.write(json.dumps({"iteration": iteration, **stats}) + "\n")
@@ -205,6 +187,42 @@ def main(args: PreferenceArguments, ppo_args: PPOArguments) -> dict:
     if writer is not None:
         writer.close()
 
+
+def save_policy(policy: PolicyWithValue, tokenizer, template, args: PreferenceArguments, ppo_args: PPOArguments,
+                out_dir: Path) -> None:
+    """The adapter, the value head (to continue training), the tokenizer and what chat.py needs."""
+    policy.model.save_pretrained(out_dir)
+    save_file({k: v.contiguous() for k, v in policy.value_head.state_dict().items()}, out_dir / "value_head.safetensors")
+    tokenizer.save_pretrained(out_dir)
+    save_run_config(str(out_dir), base_model=args.model_name_or_path, template=template.name, stage="ppo",
+                    reward_model=ppo_args.reward_model, ppo=asdict(ppo_args))
+
+
+@exits_on_user_error
+def main(args: PreferenceArguments, ppo_args: PPOArguments) -> dict:
+    check_arguments(ppo_args)
+    set_seed(ppo_args.seed)
+    out_dir = Path(ppo_args.output_dir)
+
+    # Tokenizer, template and prompts: the SFT run's template, so the policy sees its training prompts.
+    tokenizer = load_tokenizer(args.model_name_or_path, ppo_args.trust_remote_code)
+    template = resolve_template(args.template, tokenizer, args.model_name_or_path, ppo_args.trust_remote_code)
+    stop_ids = stop_token_ids(tokenizer, template)
+    train_prompts = load_prompts(args.train_file, tokenizer, template, ppo_args.max_prompt_length)
+    eval_prompts = (load_prompts(args.eval_file, tokenizer, template, ppo_args.max_prompt_length) if args.eval_file
+                    else train_prompts[:ppo_args.batch_size])
+
+    # Models: the reward model, and one base that is policy (LoRA), reference (LoRA off) and critic.
+    reward_model = load_reward_model(ppo_args.reward_model, ppo_args.dtype, ppo_args.trust_remote_code)
+    reward_model.config.pad_token_id = tokenizer.pad_token_id
+    base = load_model(args.model_name_or_path, ppo_args.dtype, ppo_args.trust_remote_code)
+    policy = PolicyWithValue(get_peft_model(base, lora_config(base, args, "CAUSAL_LM")))
+    policy.model.print_trainable_parameters()
+
+    # Train, measuring the policy on the held-out prompts before and after.
+    before = evaluate_policy(policy.model, reward_model, tokenizer, eval_prompts, stop_ids, ppo_args.max_new_tokens)
+    print(f"before PPO: mean reward {before.mean_reward:.3f}, empty replies {before.empty_replies}")
+    train(policy, reward_model, train_prompts, stop_ids, tokenizer.pad_token_id, ppo_args, out_dir)
     policy.eval()
     after = evaluate_policy(policy.model, reward_model, tokenizer, eval_prompts, stop_ids, ppo_args.max_new_tokens)
     print(f"after PPO: mean reward {after.mean_reward:.3f} (was {before.mean_reward:.3f}), "
@@ -212,14 +230,8 @@ def main(args: PreferenceArguments, ppo_args: PPOArguments) -> dict:
     for prompt, reply in list(zip(eval_prompts, after.replies))[:4]:
         print(f"  {tokenizer.decode(prompt)!r} -> {reply!r}")
 
-    # Save: the adapter, the value head (to continue training), and what chat.py needs.
-    policy.model.save_pretrained(out_dir)
-    save_file({k: v.contiguous() for k, v in policy.value_head.state_dict().items()}, out_dir / "value_head.safetensors")
-    tokenizer.save_pretrained(out_dir)
-    save_run_config(str(out_dir), base_model=args.model_name_or_path, template=template.name, stage="ppo",
-                    reward_model=ppo_args.reward_model, ppo=asdict(ppo_args))
-    metrics = {"before": report_dict(before), "after": report_dict(after)}
-    return save_eval_metrics(out_dir, metrics)
+    save_policy(policy, tokenizer, template, args, ppo_args, out_dir)
+    return save_eval_metrics(out_dir, {"before": report_dict(before), "after": report_dict(after)})
 
 
 @exits_on_user_error

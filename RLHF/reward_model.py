@@ -29,11 +29,13 @@ from trl import RewardConfig, RewardTrainer
 
 from llm_tuning.cli import UserError, exits_on_user_error
 from llm_tuning.modeling import first_line, load_tokenizer
-from llm_tuning.ppo import reward_scores
-from llm_tuning.preference import (
-    PreferenceArguments, encode_pairs, load_preference_pairs, lora_config, pairwise_accuracy, parse_trainer_args,
-    resolve_template, save_eval_metrics, train_and_save,
+from llm_tuning.rlhf.reward_model import reward_scores
+from llm_tuning.rlhf.pair_training import (
+    PreferenceArguments, lora_config, parse_trainer_args, save_eval_metrics, train_and_save,
 )
+from llm_tuning.rlhf.pairs import encode_pairs, load_preference_pairs
+from llm_tuning.rlhf.reward_model import pairwise_accuracy
+from llm_tuning.templates import resolve_template
 from llm_tuning.training import TrainerLogCallback, require_output_dir
 
 
@@ -54,7 +56,7 @@ def main(args: PreferenceArguments, training_args: RewardConfig) -> dict | None:
 
     # Tokenizer and template: those of the SFT run, so the reward model reads what the policy writes.
     tokenizer = load_tokenizer(args.model_name_or_path, training_args.trust_remote_code, padding_side="right")
-    template = resolve_template(args.model_name_or_path, args.template, training_args.trust_remote_code)
+    template = resolve_template(args.template, tokenizer, args.model_name_or_path, training_args.trust_remote_code)
     train = encode_pairs(tokenizer, template, load_preference_pairs(args.train_file), training_args.max_length)
     held_out = (encode_pairs(tokenizer, template, load_preference_pairs(args.eval_file), training_args.max_length)
                 if args.eval_file else None)

@@ -32,11 +32,15 @@ from pathlib import Path
 from llm_tuning.atomic import write_jsonl
 from llm_tuning.cli import ArgumentParser, exits_on_user_error
 from llm_tuning.experiment import (
-    REPO_ROOT, answer_all, build_tiny_stand_in, load_adapted, resolve_template, tokenize_records, train_adapter,
+    answer_all, build_tiny_stand_in, load_adapted, tokenize_records, train_adapter,
 )
+from llm_tuning.modeling import load_tokenizer
+from llm_tuning.templates import resolve_template
 from design import Design, build_sample, parse_design, parse_output
 from reviews import DOMAINS, load_reviews
 from scoring import evaluate
+
+REPO_ROOT = Path(__file__).resolve().parents[1]  # where the recipes are
 
 SDE_DIR = Path(__file__).resolve().parent
 TINY = "tiny"
@@ -148,7 +152,7 @@ def main(args: argparse.Namespace, recipe_argv: list[str]) -> Path:
     }
     out_dir = Path(args.output_dir)
     model = prepare_model(args, designs, data["train"], out_dir)
-    resolve_template(model, args.template, args.trust_remote_code)
+    resolve_template(args.template, load_tokenizer(model, args.trust_remote_code), model, args.trust_remote_code)
 
     results = [run_design(args, recipe_argv, spec, design, model, data, out_dir) for spec, design in designs.items()]
 

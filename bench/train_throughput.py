@@ -94,8 +94,8 @@ def run_one(mode: str, args: argparse.Namespace, model_dir: Path, data_dir: Path
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
-    from llm_tuning.batching import prepare_batching, row_lengths
-    from llm_tuning.data import load_tokenized, make_collator
+    from llm_tuning.batching import make_collator, prepare_batching, row_lengths
+    from llm_tuning.data import IGNORE_INDEX, load_tokenized
     from llm_tuning.training import DataArguments
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -111,7 +111,7 @@ def run_one(mode: str, args: argparse.Namespace, model_dir: Path, data_dir: Path
     if mode.startswith("trl-"):
         from trl import SFTConfig, SFTTrainer
 
-        rows = dataset.map(lambda row: {"completion_mask": [int(label != -100) for label in row["labels"]]},
+        rows = dataset.map(lambda row: {"completion_mask": [int(label != IGNORE_INDEX) for label in row["labels"]]},
                            remove_columns=["labels"])
         padding_free = mode == "trl-padding-free"  # rows are cut to max_seq_length already; TRL wants None here
         config = SFTConfig(**common, max_length=None if padding_free else args.max_seq_length, padding_free=padding_free)
@@ -121,7 +121,7 @@ def run_one(mode: str, args: argparse.Namespace, model_dir: Path, data_dir: Path
         from transformers import DataCollatorForSeq2Seq
 
         training_args = TrainingArguments(**common, train_sampling_strategy="group_by_length")
-        collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
+        collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX)
         trainer = Trainer(model=model, args=training_args, train_dataset=dataset, data_collator=Counting(collator),
                           processing_class=tokenizer)
     else:

@@ -1,9 +1,37 @@
 """LLM-Tuning: the small library under the per-family fine-tuning recipes.
 
-Each module has one job; recipes import what they need:
-templates (chat formats), data (read, validate, tokenize, save, collate), modeling (load models,
-LoRA targets, adapters), training (arguments, Trainer wiring, callbacks), generation (chat),
-testing (tiny offline models and tokenizers), cli (user errors and exit codes).
+Dependencies point one way: the scripts (recipes, chat.py, RLHF/, pretrain/, projects/, SDE/)
+import this package; it never imports a script (tests/test_dependencies.py checks it). Each
+module has one job. What is where:
+
+Fine-tuning core (flat)
+    templates      chat formats: the tokenizer's own chat_template or the registry; `resolve_template`
+                   is the one answer to "which template?" (flag, else the run's record, else auto)
+    records        read and validate json/jsonl records (q/a, alpaca, messages, ShareGPT)
+    data           tokenize with label masks (IGNORE_INDEX), save/load with metadata, fingerprints
+    batching       collators, length-sorted and token-budget batches, length grouping, packing
+    modeling       load tokenizers and models (dtype, 4/8-bit, RoPE scaling), LoRA targets, adapters
+    methods        --finetuning_type: LoRA, QLoRA, AdaLoRA, prompt/prefix/p-tuning, freeze, full
+    training       argument dataclasses, the parser, Trainer callbacks
+    run_config     llm_tuning.json: what a trained run records for the steps after it
+    finetune       the SFT flow every <family>_lora_tuning.py runs (`Family`, build_trainer, save)
+    eval_callback  generation metrics during training
+
+Using a trained run
+    inference      load base + adapters + template + remote code, for chat, web demo, server, eval
+    merging        merge an adapter into its base (merge_lora.py)
+    generation     batched, streaming decoding with stop strings and ids
+    metrics, evaluation   rouge/BLEU/perplexity/choice metrics and batch evaluation (eval.py)
+    experiment     small experiments (projects/, SDE/): tokenize, run a recipe as a command, answer
+
+Subpackages
+    rlhf           preference pairs, reward models, the PPO core, margins, DPO/ORPO, GRPO (RLHF/)
+    pretrain       shards, mixtures, the resumable block stream, vocabulary extension (pretrain/)
+    serve          request-batching engines and the OpenAI-compatible API (api_server.py)
+
+Support
+    info (model report), atomic (all-or-nothing outputs), cli (user errors, flag rules),
+    testing (tiny offline models and tokenizers)
 """
 
 __version__ = "0.1.0"

@@ -32,9 +32,10 @@ loss per supervised token (tests/test_batching.py).
 from __future__ import annotations
 
 import bisect
+import copy
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
@@ -44,8 +45,8 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import seed_worker
 
 from .cli import UserError
+from .data import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 LENGTH_COLUMN = "length"
 GROUP_BY_LENGTH = "group_by_length"
 
@@ -145,7 +146,7 @@ class PaddingCollator:
             length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
         return length
 
-    def _pad(self, values: list[int], length: int, fill: list[int]) -> list[int]:
+    def _pad(self, values: list[int], fill: list[int]) -> list[int]:
         return values + fill if self.padding_side == "right" else fill + values
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor | bool]:
@@ -159,12 +160,12 @@ class PaddingCollator:
         for row in rows:
             ids = list(row["input_ids"])
             missing = length - len(ids)
-            batch["input_ids"].append(self._pad(ids, length, [self.pad_token_id] * missing))
-            batch["labels"].append(self._pad(list(row["labels"]), length, [IGNORE_INDEX] * missing))
+            batch["input_ids"].append(self._pad(ids, [self.pad_token_id] * missing))
+            batch["labels"].append(self._pad(list(row["labels"]), [IGNORE_INDEX] * missing))
             if packed:
-                batch["position_ids"].append(self._pad(list(row["position_ids"]), length, list(range(missing))))
+                batch["position_ids"].append(self._pad(list(row["position_ids"]), list(range(missing))))
             elif self.attention_mask:
-                batch["attention_mask"].append(self._pad([1] * len(ids), length, [0] * missing))
+                batch["attention_mask"].append(self._pad([1] * len(ids), [0] * missing))
         out: dict[str, torch.Tensor | bool] = {key: torch.tensor(value, dtype=torch.long) for key, value in batch.items()}
         if packed:
             out["use_cache"] = False
@@ -337,38 +338,50 @@ class Batching:
     dataset: object
     collator: PaddingCollator
     batch_sampler: LengthSortedBatchSampler | None = None
+    # TrainingArguments fields this mode needs (e.g. the length-grouped sampler's); see `trainer`.
+    trainer_settings: dict = field(default_factory=dict)
 
     def trainer(self, **kwargs) -> Trainer:
-        """A Trainer over these batches; `kwargs` as for `transformers.Trainer`."""
+        """A Trainer over these batches; `kwargs` as for `transformers.Trainer`. Its `args` is a copy
+        of the given one with `trainer_settings` applied; the caller's arguments stay unchanged."""
+        if self.trainer_settings:
+            kwargs["args"] = copy.copy(kwargs["args"])
+            for name, value in self.trainer_settings.items():
+                setattr(kwargs["args"], name, value)
         kwargs.update(train_dataset=self.dataset, data_collator=self.collator)
         if self.batch_sampler is None:
             return Trainer(**kwargs)
         return BatchSamplerTrainer(**kwargs, batch_sampler=self.batch_sampler)
 
 
+def make_collator(tokenizer, pad_to_multiple_of: int | None = None, max_length: int | None = None) -> PaddingCollator:
+    """Dynamic padding to the longest row of each batch (or to `max_length`): ids with the pad
+    token, labels with IGNORE_INDEX, and an attention mask that hides the padding. Packed rows
+    (with `position_ids`) are padded so samples never see each other."""
+    return PaddingCollator(tokenizer.pad_token_id, tokenizer.padding_side, pad_to_multiple_of, max_length)
+
+
 def prepare_batching(dataset, tokenizer, data_args, training_args, max_seq_length: int) -> Batching:
     """The dataset, collator and batch sampler a recipe hands to the Trainer, per `--batching`
-    (`DataArguments`) and `--train_sampling_strategy` (`TrainingArguments`)."""
-    from .data import make_collator
-
+    (`DataArguments`) and `--train_sampling_strategy` (`TrainingArguments`). `training_args` is
+    left as given: what the mode needs changed in it is applied by `Batching.trainer`, on a copy."""
     mode, automatic = resolve_batching(data_args, training_args)
     if training_args.process_index == 0:
         print(describe_batching(mode, automatic, data_args, training_args))
-    batch_sampler = None
+    batch_sampler, settings = None, {}
     if mode == PACKING:
         samples, max_length = len(dataset), data_args.packing_max_length or max_seq_length
         dataset = pack_dataset(dataset, max_length)
         if training_args.process_index == 0:
             print(f"packing: {samples} samples into {len(dataset)} rows of at most {max_length} tokens")
     elif mode == GROUP_BY_LENGTH:
-        training_args.train_sampling_strategy = GROUP_BY_LENGTH
         dataset = add_length_column(dataset)
         # The Trainer drops columns the model does not take before building the sampler, and the
         # sampler would then measure every row itself; our collator ignores `length` anyway.
-        training_args.remove_unused_columns = False
+        settings = {"train_sampling_strategy": GROUP_BY_LENGTH, "remove_unused_columns": False}
     elif mode in (SORTED, TOKENS):
         batch_sampler = LengthSortedBatchSampler(
             row_lengths(dataset), max_tokens=data_args.max_tokens_per_batch,
             batch_size=None if mode == TOKENS else training_args.per_device_train_batch_size,
             seed=training_args.data_seed if training_args.data_seed is not None else training_args.seed)
-    return Batching(mode, dataset, make_collator(tokenizer), batch_sampler)
+    return Batching(mode, dataset, make_collator(tokenizer), batch_sampler, settings)

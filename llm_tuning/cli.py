@@ -86,7 +86,7 @@ FLAG_RULES: dict[str, Rule] = {
         "total_draws", "num_iterations", "mini_batch_size", "ppo_epochs", "max_prompt_length", "max_length",
         "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
         "num_train_epochs", "logging_steps", "save_steps", "eval_steps", "save_total_limit", "num_generations",
-        "max_completion_length", "level", "min_answer_chars",
+        "max_completion_length", "level", "min_answer_chars", "max_tokens_per_batch", "eval_samples",
     ), POSITIVE),
     "max_steps": POSITIVE_OR_MINUS_ONE,
     "heldout_lines": NON_NEGATIVE,

@@ -211,16 +211,7 @@ def check_template_matches(metadata: dict, tokenizer, tokenizer_path: str, datas
         )
 
 
-# --- Batching and inspection ---------------------------------------------------------------------
-
-
-def make_collator(tokenizer, pad_to_multiple_of: int | None = None, max_length: int | None = None):
-    """Dynamic padding to the longest row of each batch (or to `max_length`): ids with the pad
-    token, labels with IGNORE_INDEX, and an attention mask that hides the padding. Packed rows
-    (with `position_ids`, see llm_tuning/batching.py) are padded so samples never see each other."""
-    from .batching import PaddingCollator
-
-    return PaddingCollator(tokenizer.pad_token_id, tokenizer.padding_side, pad_to_multiple_of, max_length)
+# --- Inspection ---------------------------------------------------------------------
 
 
 def supervised_ids(labels: Sequence[int]) -> list[int]:

@@ -1,50 +1,44 @@
-"""Small fine-tuning experiments in one process, through the same path as the two commands.
+"""Small fine-tuning experiments, through the same steps as the two commands a user runs.
 
 Scripts that compare several runs (projects/RulaiGPT, projects/ChatBaichuan-HC3, SDE/run_sde.py)
 do, for each run:
 
     tokenize_records(...)   # what tokenize_dataset_rows.py does: tokenize_file + save_tokenized
-    train_adapter(...)      # what `python <recipe>.py ...` does: the recipe's Family + finetune()
-    load_adapted(...)       # base model + adapter, as chat.py loads them
+    train_adapter(...)      # runs `python <recipe>.py ...`, the recipe exactly as a user runs it
+    merge_adapter(...)      # what merge_lora.py does (llm_tuning.merging)
+    load_adapted(...)       # base model + adapter, as chat.py loads them (llm_tuning.inference)
     answer_all(...)         # greedy replies, batched, with the training prompt format
     answer_nll(...)         # per-token loss of given answers (how far a model moved)
 
 Nothing here is specific to a project; a real checkpoint and a tiny stand-in go through the
-same calls.
+same calls. The library never imports a script: a recipe's `Family` stays in its recipe, which
+is run as its own process (`sys.executable`), so a project compares recipes exactly as a user
+would run them.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from tqdm.auto import tqdm
-from transformers import TrainingArguments
 
 from .cli import UserError
 from .data import RecordKeys, TokenizeConfig, save_tokenized, tokenize_file
-from .finetune import Family, finetune
 from .generation import GenerationSettings, generate_batch
+from .inference import load_for_inference
+from .merging import merge_adapter as merge_into_base
 from .metrics import continuation_log_probs
-from .modeling import load_tokenizer, read_model_type
+from .modeling import load_tokenizer
 from .records import read_records
-from .templates import Template, auto_template, encode_prompt, encode_turns, get_template, stop_token_ids
-from .training import DataArguments, FinetuneArguments, ModelArguments, parse_args
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from .templates import Template, encode_prompt, encode_turns, resolve_template, stop_token_ids
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
     """The records of a jsonl file, validated with file:line errors (see records.read_records)."""
     return [record for _, record in read_records(path)]
-
-
-def resolve_template(model: str, template: str = "auto", trust_remote_code: bool = False) -> str:
-    if template == "auto":
-        template = auto_template(load_tokenizer(model, trust_remote_code), read_model_type(model, trust_remote_code), model)
-    get_template(template)  # an unknown name fails before any work
-    return template
 
 
 def tokenize_records(
@@ -56,7 +50,7 @@ def tokenize_records(
     `supervise_prompt` puts the prompt tokens in the loss too ("input modeling"): labels become
     a copy of input_ids. Recorded in metadata.json."""
     tokenizer = load_tokenizer(model, trust_remote_code)
-    template = resolve_template(model, template, trust_remote_code)
+    template = resolve_template(template, tokenizer, model, trust_remote_code).name
     config = TokenizeConfig(tokenizer_path=model, template=template, max_seq_length=max_seq_length,
                             skip_overlength=False, last_turn_only=False, keys=RecordKeys("q", "a"))
     dataset, metadata = tokenize_file(jsonl_file, tokenizer, config)
@@ -66,50 +60,28 @@ def tokenize_records(
     return save_tokenized(dataset, metadata, save_dir)
 
 
-def import_script(path: str | Path, what: str = "script"):
-    """Import a top-level script (its `if __name__ == "__main__"` block does not run)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such {what}")
-    spec = importlib.util.spec_from_file_location(f"_script_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def load_recipe_family(recipe: str | Path) -> Family:
-    """The `Family` a recipe script declares (e.g. QWEN in qwen_lora_tuning.py), without running it."""
-    module = import_script(recipe, "recipe; pass a <family>_lora_tuning.py script")
-    families = [value for value in vars(module).values() if isinstance(value, Family)]
-    if len(families) != 1:
-        raise UserError(f"{recipe}: expected one Family in the recipe, found {len(families)}")
-    return families[0]
-
-
 def train_adapter(recipe: str | Path, dataset_dir: str | Path, output_dir: str | Path, argv: Sequence[str] = ()) -> Path:
-    """Train a LoRA adapter exactly as `python <recipe> --tokenized_dataset D --output_dir O <argv>`."""
-    family = load_recipe_family(recipe)
-    args = parse_args(ModelArguments, DataArguments, FinetuneArguments, TrainingArguments,
-                      argv=["--tokenized_dataset", str(dataset_dir), "--output_dir", str(output_dir), *argv])
-    finetune(family, *args)
+    """Train a LoRA adapter by running `python <recipe> --tokenized_dataset D --output_dir O <argv>`."""
+    recipe = Path(recipe)
+    if not recipe.is_file():
+        raise UserError(f"{recipe}: no such recipe; pass a <family>_lora_tuning.py script")
+    command = [sys.executable, str(recipe), "--tokenized_dataset", str(dataset_dir), "--output_dir", str(output_dir),
+               *map(str, argv)]
+    returncode = subprocess.run(command).returncode
+    if returncode != 0:
+        raise UserError(f"{recipe.name} stopped with exit status {returncode} (its message is above)")
     return Path(output_dir)
 
 
-def merge_adapter(adapter: str | Path, output: str | Path, trust_remote_code: bool = False) -> Path:
-    """Merge an adapter into its base and save it, exactly as `python merge_lora.py` does."""
-    merge_lora = import_script(REPO_ROOT / "merge_lora.py")
-    merge_lora.main(merge_lora.parse_args(["--adapter", str(adapter), "--output", str(output),
-                                           "--trust_remote_code", str(trust_remote_code)]))
+def merge_adapter(adapter: str | Path, output: str | Path, trust_remote_code: bool | None = None) -> Path:
+    """Merge an adapter into its base and save it, as `python merge_lora.py` does."""
+    merge_into_base(adapter, output, trust_remote_code=trust_remote_code)
     return Path(output)
 
 
-def load_adapted(base: str | None = None, adapter: str | Path | None = None, trust_remote_code: bool = False):
-    """(model, tokenizer, template) in eval mode: a base model, or a base + adapter, loaded by
-    chat.py's own `load_chat_model`."""
-    chat = import_script(REPO_ROOT / "chat.py")
-    argv = [*(["--base", str(base)] if base else []), *(["--adapter", str(adapter)] if adapter else []),
-            "--trust_remote_code", str(trust_remote_code)]
-    return chat.load_chat_model(chat.parse_args(argv))
+def load_adapted(base: str | None = None, adapter: str | Path | None = None, trust_remote_code: bool | None = None):
+    """(model, tokenizer, template) in eval mode: a base model, or a base + adapter, loaded as chat.py loads them."""
+    return load_for_inference(base, [adapter] if adapter else [], trust_remote_code=trust_remote_code)
 
 
 def answer_all(

@@ -23,10 +23,11 @@ from .data import check_template_matches, check_tokenizer_matches, load_tokenize
 from .eval_callback import attach_generation_eval
 from .methods import check_method, count_parameters, method_callbacks, prepare_trainable, training_steps
 from .modeling import load_model, load_tokenizer, require_single_tokens
+from .run_config import save_run_config
 from .templates import get_template, stop_token_ids
 from .training import (
     DataArguments, FinetuneArguments, LossPlotCallback, ModelArguments, TrainerLogCallback,
-    check_template_allowed, require_output_dir, resolve_dataset_path, resume_argument, save_run_config,
+    check_template_allowed, require_output_dir, resolve_dataset_path, resume_argument,
 )
 
 
@@ -47,9 +48,8 @@ class Family:
     padding_side: str = "right"
     # Template markers written as text that the tokenizer must read as single special tokens.
     marker_tokens: tuple[str, ...] = ()
-    # Quirk hooks, each documented in the recipe that sets it.
+    # Quirk hook, documented in the recipe that sets it.
     fix_tokenizer: Callable = field(default=_unchanged)
-    prepare_model: Callable = field(default=_unchanged)
 
 
 def default_lora_targets(family: Family, model) -> str:
@@ -101,13 +101,12 @@ def build_trainer(family: Family, model_args: ModelArguments, data_args: DataArg
     # Batching: --batching auto picks the fastest exact mode and prints it (llm_tuning/batching.py).
     batching = prepare_batching(dataset, tokenizer, data_args, training_args, metadata["max_seq_length"])
 
-    # Model: base (optionally 4/8-bit, RoPE-scaled), family quirks, then the method's parameters.
+    # Model: base (optionally 4/8-bit, RoPE-scaled), then the method's parameters.
     # Packed rows on a GPU with flash-attention run its variable-length kernel.
     attention = "flash_attention_2" if batching.mode == PACKING and varlen_attention_available() else None
     model = load_model(base_model, model_args.dtype, remote_code, quantization_bit,
                        rope_scaling=model_args.rope_scaling, rope_factor=model_args.rope_factor,
                        attn_implementation=attention)
-    model = family.prepare_model(model, tokenizer)
     batches, rows_per_batch = ((len(batching.batch_sampler), 1) if batching.batch_sampler is not None
                                else (len(batching.dataset), training_args.per_device_train_batch_size))
     steps = training_steps(batches, rows_per_batch,

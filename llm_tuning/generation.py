@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -363,13 +363,7 @@ def split_messages(messages: Sequence[dict]) -> tuple[str | None, list[tuple[str
     return system, history, rest[-1]["content"]
 
 
-def with_overrides(settings: GenerationSettings, **changes) -> GenerationSettings:
-    """A copy of `settings` with some fields changed (validated again)."""
-    return replace(settings, **{k: v for k, v in changes.items() if v is not None})
-
-
 __all__ = [
     "BatchDecoder", "Delta", "GenerationSettings", "ReplyText", "adjust_logits", "context_length",
     "fit_history", "generate_batch", "generate_reply", "sample_token", "split_messages", "stream_reply",
-    "with_overrides",
 ]

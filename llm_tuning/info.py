@@ -30,7 +30,7 @@ import torch
 
 from .cli import ArgumentParser, UserError, exits_on_user_error, parse_bool
 from .modeling import first_line, linear_module_names, load_tokenizer
-from .templates import auto_template, describe_template, encode_turns, get_template
+from .templates import describe_template, encode_turns, resolve_template
 
 # Rendered by `template_report`: two turns, Chinese and English, so both supervised spans show.
 SAMPLE_TURNS = (("你好，你是谁？", "我是小助手。"), ("What is 3 + 4?", "3 + 4 = 7"))
@@ -129,13 +129,11 @@ def adapter_summary(adapter: str) -> str:
     return f"adapter {adapter}: {config['peft_type']} ({details}), {count:,} parameters"
 
 
-def template_report(model_path: str, model_type: str, template_name: str = "auto",
-                    trust_remote_code: bool = False) -> list[str]:
+def template_report(model_path: str, template_name: str = "auto", trust_remote_code: bool = False) -> list[str]:
     """Which chat template training uses, where it comes from, and a sample with the labels marked."""
     try:
         tokenizer = load_tokenizer(model_path, trust_remote_code)
-        name = auto_template(tokenizer, model_type, model_path) if template_name == "auto" else template_name
-        template = get_template(name)
+        template = resolve_template(template_name, tokenizer, model_path, trust_remote_code)
         pieces = encode_turns(tokenizer, template, SAMPLE_TURNS)
     except UserError as err:
         return [f"chat template: {err}"]
@@ -161,7 +159,7 @@ def report(args: argparse.Namespace) -> str:
         lines.append(f"  {method:<6} {gib:10.2f} GiB" if gib >= 1 else f"  {method:<6} {gib * 1024:10.2f} MiB")
     if args.adapter:
         lines.append(adapter_summary(args.adapter))
-    lines += template_report(args.model, shape.model_type, args.template, args.trust_remote_code)
+    lines += template_report(args.model, args.template, args.trust_remote_code)
     return "\n".join(lines)
 
 

@@ -23,7 +23,6 @@ from .cli import UserError
 from .modeling import resolve_lora_targets
 from .training import FINETUNING_TYPES, FinetuneArguments
 
-ADAPTER_METHODS = {"lora", "qlora", "adalora", "prompt_tuning", "prefix_tuning", "p_tuning"}
 # peft types whose weights are low-rank deltas that can be added into the base weights.
 MERGEABLE_PEFT_TYPES = {"LORA", "ADALORA"}
 

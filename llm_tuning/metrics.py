@@ -18,8 +18,6 @@ from collections.abc import Sequence
 
 import torch
 
-from .preference import pairwise_accuracy as reward_accuracy  # noqa: F401  (one definition, in preference.py)
-
 
 def segment(text: str) -> list[str]:
     """Words of a text: jieba cuts Chinese into words and keeps English words and numbers whole."""

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from .cli import UserError
+from .modeling import read_model_type
+from .run_config import read_run_config
 
 EOS_PLACEHOLDER = "{eos}"
 BOS_PLACEHOLDER = "{bos}"
@@ -479,12 +481,31 @@ def guess_template(model_type: str | None, model_path: str) -> str:
     )
 
 
+def has_usable_chat_template(tokenizer) -> bool:
+    """A chat template of its own, on a fast tokenizer (whose character offsets locate the answers)."""
+    return bool(getattr(tokenizer, "chat_template", None)) and getattr(tokenizer, "is_fast", False)
+
+
 def auto_template(tokenizer, model_type: str | None, model_path: str) -> str:
-    """`--template auto`: the tokenizer's own chat template when it has one (and is a fast
-    tokenizer, whose character offsets locate the answers), else the registry template of the model type."""
-    if getattr(tokenizer, "chat_template", None) and getattr(tokenizer, "is_fast", False):
-        return NATIVE
-    return guess_template(model_type, model_path)
+    """`--template auto`: the tokenizer's own chat template when it has a usable one, else the
+    registry template of the model type."""
+    return NATIVE if has_usable_chat_template(tokenizer) else guess_template(model_type, model_path)
+
+
+def resolve_template(requested: str | None, tokenizer, model_path: str, trust_remote_code: bool = False,
+                     run_dir: str | None = None, enable_thinking: bool = False) -> Template | NativeTemplate:
+    """The one answer to "which chat template?", for training, inference and RLHF alike.
+
+    `requested` (a --template value) wins unless it is None or "auto"; then the template recorded
+    in the run config of `run_dir` (default `model_path`: an adapter or a model trained here),
+    else `auto_template`. An unknown name fails here, before any work. `enable_thinking` applies
+    to the tokenizer's own template (Qwen3)."""
+    name = requested if requested not in (None, "auto") else read_run_config(run_dir or model_path).get("template")
+    if not name:  # the model type is read only when the tokenizer has no usable template of its own
+        name = NATIVE if has_usable_chat_template(tokenizer) else guess_template(
+            read_model_type(model_path, trust_remote_code), model_path)
+    template = get_template(name)
+    return NativeTemplate(enable_thinking=enable_thinking) if isinstance(template, NativeTemplate) else template
 
 
 def describe_template(tokenizer, template: Template | NativeTemplate) -> str:

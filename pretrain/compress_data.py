@@ -20,7 +20,7 @@ run re-reads at most one shard per source.
 import argparse
 
 from llm_tuning.cli import ArgumentParser, exits_on_user_error
-from llm_tuning.shards import write_shards
+from llm_tuning.pretrain.shards import write_shards
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -44,18 +44,19 @@ from transformers import TrainingArguments, set_seed
 
 from llm_tuning.cli import UserError, exits_on_user_error
 from llm_tuning.methods import check_method, prepare_trainable
-from llm_tuning.mixture import format_table, mixture_probabilities, mixture_table, parse_weights, text_probabilities
-from llm_tuning.modeling import load_model, load_tokenizer
-from llm_tuning.pretraining import (
-    SOURCE_TOKENS_KEY, PretrainArguments, PretrainTrainer, ResumableStream, StreamStateCallback, block_stream,
-    collate_blocks, heldout_blocks, mean_tokens_per_text, read_stream_state, realised_token_shares,
+from llm_tuning.pretrain.mixture import (
+    format_table, mixture_probabilities, mixture_table, parse_weights, text_probabilities,
 )
-from llm_tuning.shards import load_manifest
+from llm_tuning.modeling import load_model, load_tokenizer
+from llm_tuning.pretrain.blocks import (
+    SOURCE_TOKENS_KEY, PretrainArguments, PretrainTrainer, ResumableStream, StreamStateCallback, block_stream, collate_blocks, heldout_blocks, mean_tokens_per_text, read_stream_state, realised_token_shares,
+)
+from llm_tuning.pretrain.shards import load_manifest
 from llm_tuning.training import (
     FinetuneArguments, LossPlotCallback, ModelArguments, TrainerLogCallback, parse_args, require_output_dir,
     resume_argument,
 )
-from llm_tuning.vocab import embedding_module_names, read_vocab_extension
+from llm_tuning.pretrain.vocab import embedding_module_names, read_vocab_extension
 
 # Pretraining adapts every layer: LoRA on all linear layers, not only attention.
 LORA_TARGETS = "all-linear"
@@ -82,9 +83,8 @@ def sampling_probabilities(pretrain_args: PretrainArguments, tokenizer, show: bo
     return probabilities
 
 
-@exits_on_user_error
-def main(model_args: ModelArguments, pretrain_args: PretrainArguments, finetune_args: FinetuneArguments,
-         training_args: TrainingArguments) -> None:
+def check_arguments(model_args: ModelArguments, pretrain_args: PretrainArguments,
+                    training_args: TrainingArguments) -> None:
     require_output_dir(training_args)
     if training_args.max_steps <= 0:
         raise UserError("pass --max_steps: the corpus is streamed without end, so training stops after that many steps")
@@ -95,15 +95,11 @@ def main(model_args: ModelArguments, pretrain_args: PretrainArguments, finetune_
     if training_args.dataloader_num_workers:
         raise UserError("drop --dataloader_num_workers: the stream position a checkpoint records is read "
                         "in the main process, so the block stream cannot be split over workers")
-    quantization_bit = check_method(finetune_args, model_args.quantization_bit)
-    set_seed(training_args.seed)
-    base_model = model_args.model_name_or_path
-    tokenizer = load_tokenizer(base_model, model_args.trust_remote_code)
 
-    # Mixture: sampling probability per source, from the manifest's line counts (or token counts).
-    probabilities = sampling_probabilities(pretrain_args, tokenizer, show=training_args.process_index == 0)
 
-    # Data: the endless block stream, positioned after the checkpoint's last block on resume.
+def open_stream(pretrain_args: PretrainArguments, training_args: TrainingArguments, tokenizer,
+                probabilities: dict[str, float]) -> tuple[ResumableStream, str | None]:
+    """The endless block stream, positioned after the checkpoint's last block on resume."""
     stream = ResumableStream(block_stream(pretrain_args.corpus_dir, probabilities, tokenizer,
                                           pretrain_args.block_size, training_args.seed, pretrain_args.texts_per_batch))
     checkpoint = resume_argument(training_args)
@@ -111,28 +107,71 @@ def main(model_args: ModelArguments, pretrain_args: PretrainArguments, finetune_
         stream.resume(read_stream_state(checkpoint))
         training_args.ignore_data_skip = True  # the stream already starts after the seen blocks
         print(f"resuming from {checkpoint}: the stream continues after block {stream.blocks_seen}")
-    heldout = None
-    if training_args.eval_strategy != "no":
-        heldout = heldout_blocks(pretrain_args.corpus_dir, tokenizer, pretrain_args.block_size,
-                                 pretrain_args.max_eval_blocks)
-        if training_args.process_index == 0:
-            print("held-out blocks per source: " + ", ".join(f"{s} {n}" for s, n in heldout.counts().items()))
+    return stream, checkpoint
 
-    # Model: the tokenizer must not hold ids past the embedding matrix (extend it first).
-    model = load_model(base_model, model_args.dtype, model_args.trust_remote_code, quantization_bit)
+
+def load_heldout(pretrain_args: PretrainArguments, training_args: TrainingArguments, tokenizer):
+    """The held-out blocks of every source, or None when there is no evaluation."""
+    if training_args.eval_strategy == "no":
+        return None
+    heldout = heldout_blocks(pretrain_args.corpus_dir, tokenizer, pretrain_args.block_size, pretrain_args.max_eval_blocks)
+    if training_args.process_index == 0:
+        print("held-out blocks per source: " + ", ".join(f"{s} {n}" for s, n in heldout.counts().items()))
+    return heldout
+
+
+def build_model(model_args: ModelArguments, pretrain_args: PretrainArguments, finetune_args: FinetuneArguments,
+                training_args: TrainingArguments, tokenizer, quantization_bit: int | None):
+    """The base (RoPE-scaled if asked), then LoRA or full training; after a vocabulary extension the
+    embeddings of the new tokens are trained whole beside LoRA (a low-rank update cannot learn them)."""
+    base_model = model_args.model_name_or_path
+    model = load_model(base_model, model_args.dtype, model_args.trust_remote_code, quantization_bit,
+                       rope_scaling=model_args.rope_scaling, rope_factor=model_args.rope_factor)
     rows = model.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) > rows:
+    if len(tokenizer) > rows:  # the tokenizer must not hold ids past the embedding matrix (extend it first)
         raise UserError(f"{base_model}'s tokenizer has {len(tokenizer)} tokens but the model only {rows} embedding "
                         "rows; run pretrain/extend_embeddings.py first")
     modules_to_save = [m.strip() for m in (pretrain_args.modules_to_save or "").split(",") if m.strip()]
     if pretrain_args.modules_to_save is None and read_vocab_extension(base_model):
         modules_to_save = embedding_module_names(model)
         print(f"the vocabulary was extended: training {', '.join(modules_to_save)} in full beside LoRA")
-    # The embeddings of new tokens are trained whole beside LoRA: a low-rank update cannot learn them.
     model = prepare_trainable(model, finetune_args, LORA_TARGETS, gradient_checkpointing=training_args.gradient_checkpointing,
                               modules_to_save=modules_to_save)
     if training_args.process_index == 0 and hasattr(model, "print_trainable_parameters"):
         model.print_trainable_parameters()
+    return model
+
+
+def report(trainer: PretrainTrainer, stream: ResumableStream, probabilities: dict[str, float], heldout,
+           blocks_per_step: int) -> None:
+    """The realised token shares and the held-out perplexity, overall and per source."""
+    if trainer.is_world_process_zero():  # the process that reads the stream
+        trained = stream.state_after(trainer.state.global_step * blocks_per_step)[SOURCE_TOKENS_KEY]
+        shares = realised_token_shares(list(probabilities), trained)
+        print(f"token shares of the {sum(trained):,} tokens trained on: "
+              + ", ".join(f"{name} {share:.2%}" for name, share in shares.items()))
+    if heldout is not None:
+        metrics = trainer.evaluate()
+        if trainer.is_world_process_zero():
+            print(f"held-out loss {metrics['eval_loss']:.4f}, perplexity {metrics['eval_perplexity']:.2f} ("
+                  + ", ".join(f"{s} {metrics[f'eval_perplexity_{s}']:.2f}" for s in heldout.sources) + ")")
+
+
+@exits_on_user_error
+def main(model_args: ModelArguments, pretrain_args: PretrainArguments, finetune_args: FinetuneArguments,
+         training_args: TrainingArguments) -> None:
+    check_arguments(model_args, pretrain_args, training_args)
+    quantization_bit = check_method(finetune_args, model_args.quantization_bit)
+    set_seed(training_args.seed)
+    tokenizer = load_tokenizer(model_args.model_name_or_path, model_args.trust_remote_code)
+
+    # Mixture: sampling probability per source, from the manifest's line counts (or token counts).
+    probabilities = sampling_probabilities(pretrain_args, tokenizer, show=training_args.process_index == 0)
+    # Data: the endless block stream (resumed where the checkpoint stopped) and the held-out blocks.
+    stream, checkpoint = open_stream(pretrain_args, training_args, tokenizer, probabilities)
+    heldout = load_heldout(pretrain_args, training_args, tokenizer)
+    # Model: LoRA (plus new embedding rows) or every weight.
+    model = build_model(model_args, pretrain_args, finetune_args, training_args, tokenizer, quantization_bit)
 
     blocks_per_step = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
                        * training_args.world_size)
@@ -148,19 +187,9 @@ def main(model_args: ModelArguments, pretrain_args: PretrainArguments, finetune_
     )
     trainer.train(resume_from_checkpoint=checkpoint)
 
-    # Save the adapter or model (safetensors) and the tokenizer; report the realised token shares
-    # and the held-out perplexity, overall and per source.
+    # Save the adapter or model (safetensors) and the tokenizer, then report.
     trainer.save_model(training_args.output_dir)
-    if trainer.is_world_process_zero():  # the process that reads the stream
-        trained = stream.state_after(trainer.state.global_step * blocks_per_step)[SOURCE_TOKENS_KEY]
-        shares = realised_token_shares(list(probabilities), trained)
-        print(f"token shares of the {sum(trained):,} tokens trained on: "
-              + ", ".join(f"{name} {share:.2%}" for name, share in shares.items()))
-    if heldout is not None:
-        metrics = trainer.evaluate()
-        if trainer.is_world_process_zero():
-            print(f"held-out loss {metrics['eval_loss']:.4f}, perplexity {metrics['eval_perplexity']:.2f} ("
-                  + ", ".join(f"{s} {metrics[f'eval_perplexity_{s}']:.2f}" for s in heldout.sources) + ")")
+    report(trainer, stream, probabilities, heldout, blocks_per_step)
     if trainer.is_world_process_zero():
         print(f"saved to {training_args.output_dir}")
 

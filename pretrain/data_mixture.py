@@ -18,8 +18,10 @@ chart of shares against probabilities with `--plot`.
 import argparse
 
 from llm_tuning.cli import ArgumentParser, exits_on_user_error
-from llm_tuning.mixture import format_table, mixture_probabilities, mixture_table, parse_weights, plot_mixture
-from llm_tuning.shards import load_manifest
+from llm_tuning.pretrain.mixture import (
+    format_table, mixture_probabilities, mixture_table, parse_weights, plot_mixture,
+)
+from llm_tuning.pretrain.shards import load_manifest
 
 
 def parse_args(argv=None) -> argparse.Namespace:

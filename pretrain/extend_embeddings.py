@@ -22,7 +22,7 @@ import json
 from llm_tuning.atomic import atomic_directory
 from llm_tuning.cli import ArgumentParser, exits_on_user_error
 from llm_tuning.modeling import load_model, load_tokenizer
-from llm_tuning.vocab import VOCAB_EXTENSION_FILE, mean_init_new_embeddings
+from llm_tuning.pretrain.vocab import VOCAB_EXTENSION_FILE, mean_init_new_embeddings
 
 
 def parse_args(argv=None) -> argparse.Namespace:

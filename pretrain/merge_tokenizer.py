@@ -26,8 +26,8 @@ from pathlib import Path
 from llm_tuning.atomic import atomic_directory
 from llm_tuning.cli import ArgumentParser, UserError, exits_on_user_error
 from llm_tuning.modeling import load_tokenizer
-from llm_tuning.shards import read_texts
-from llm_tuning.vocab import (
+from llm_tuning.pretrain.shards import read_texts
+from llm_tuning.pretrain.vocab import (
     check_old_ids_unchanged, local_tokenizer_dir, merge_tokenizer_files, sentencepiece_pieces, token_count,
 )
 

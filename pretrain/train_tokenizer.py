@@ -16,8 +16,8 @@ import itertools
 from pathlib import Path
 
 from llm_tuning.cli import ArgumentParser, UserError, exits_on_user_error
-from llm_tuning.shards import iter_corpus, read_texts
-from llm_tuning.vocab import sentencepiece_pieces, train_sentencepiece
+from llm_tuning.pretrain.shards import iter_corpus, read_texts
+from llm_tuning.pretrain.vocab import sentencepiece_pieces, train_sentencepiece
 
 
 def parse_args(argv=None) -> argparse.Namespace:

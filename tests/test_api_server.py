@@ -16,7 +16,7 @@ import pytest
 import uvicorn
 
 import api_server
-from llm_tuning.openai_api import create_app
+from llm_tuning.serve.openai_api import create_app
 from llm_tuning.templates import encode_prompt
 from tests.inference_fixtures import REPO_ROOT, train_tiny_adapter, training_pairs
 

@@ -256,3 +256,13 @@ def test_batching_mistakes_are_one_sentence(tiny_qwen2, tmp_path, flags, message
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
     with pytest.raises(UserError, match=message):
         prepare_batching(dataset, tokenizer, DataArguments("x", **flags), args, 128)
+
+
+def test_length_grouping_changes_the_trainers_arguments_not_the_callers(tiny_qwen2, tmp_path):
+    tokenizer, dataset, _ = tokenize_long_tail(tiny_qwen2, rows=16, max_seq_length=128)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, save_strategy="no")
+    batching = prepare_batching(dataset, tokenizer, DataArguments("unused", group_by_length=True), args, 128)
+    trainer = batching.trainer(model=AutoModelForCausalLM.from_pretrained(tiny_qwen2), args=args,
+                               processing_class=tokenizer)
+    assert (trainer.args.train_sampling_strategy, trainer.args.remove_unused_columns) == ("group_by_length", False)
+    assert (args.train_sampling_strategy, args.remove_unused_columns) == ("random", True)

@@ -92,6 +92,39 @@ def test_reward_accuracy_is_the_share_of_pairs_scored_right(tiny_qwen2, tmp_path
     assert metrics["reward_accuracy"] == sum(r["chosen_score"] > r["rejected_score"] for r in rows) / len(rows)
 
 
+@pytest.fixture(scope="module")
+def reward_model(tiny_qwen2, tmp_path_factory):
+    """The tiny model with a fixed (seeded) score head, saved as a merged reward model."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("reward_model")
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_pretrained(tiny_qwen2, num_labels=1).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_qwen2).save_pretrained(out)
+    return out
+
+
+def reward_rows(tmp_path, name, *flags):
+    out = tmp_path / f"{name}.jsonl"
+    evaluate("reward", "--template", "qwen", "--data", REPO_ROOT / "RLHF/data/preference_eval.jsonl",
+             "--output", out, *flags)
+    return [(r["chosen_score"], r["rejected_score"]) for r in map(json.loads, out.read_text().splitlines())]
+
+
+def test_reward_uses_the_model_flags(reward_model, tmp_path, capsys):
+    scores = reward_rows(tmp_path, "rm", "--reward_model", reward_model, "--dtype", "float32")
+    assert reward_rows(tmp_path, "base", "--base", reward_model, "--dtype", "float32") == scores  # --base: the same model
+    half = reward_rows(tmp_path, "bf16", "--reward_model", reward_model, "--dtype", "bfloat16")
+    assert half != scores and max(abs(a - b) for row, ref in zip(half, scores) for a, b in zip(row, ref)) < 0.5
+    stretched = reward_rows(tmp_path, "rope", "--reward_model", reward_model, "--dtype", "float32",
+                            "--rope_scaling", "linear", "--rope_factor", "4")
+    assert stretched != scores  # positions divided by 4 change every score
+    with pytest.raises(SystemExit) as exit_info:
+        reward_rows(tmp_path, "both", "--reward_model", reward_model, "--adapter", reward_model)
+    assert exit_info.value.code == 2 and "pass the reward model once" in capsys.readouterr().err
+
+
 def test_bad_eval_files_say_where_and_exit_2(tmp_path, adapter, capsys):
     bad = tmp_path / "bad_choice.jsonl"
     bad.write_text('{"question": "1 + 1 = ?", "A": "2", "B": "3", "answer": "E"}\n', encoding="utf-8")

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 import tokenize_dataset_rows
+from llm_tuning.batching import make_collator
 from llm_tuning.data import (
-    IGNORE_INDEX, TokenizeConfig, load_tokenized, make_collator, save_tokenized, supervised_ids,
+    IGNORE_INDEX, TokenizeConfig, load_tokenized, save_tokenized, supervised_ids,
     tokenize_conversation, tokenize_file,
 )
 from llm_tuning.modeling import load_tokenizer
@@ -200,7 +201,7 @@ BAD_INPUTS = [
     ("empty_answer.jsonl", '{"q": "x", "a": "  "}\n', ":1: empty answer in 'a'"),
     ("number.jsonl", GOOD_LINE + '{"q": "x", "a": 42}\n', ":2: 'a' must be a string, got int"),
     ("empty.jsonl", "\n\n", ": the file is empty"),
-    ("latin1.jsonl", '{"q": "caf\xe9", "a": "x"}\n'.encode("latin-1"), ": not UTF-8 text"),
+    ("latin1.jsonl", '{"q": "caf\xe9", "a": "x"}\n'.encode("latin-1"), ":1:11: not UTF-8 text (byte 0xe9)"),
     ("object.json", '{"q": "x", "a": "y"}', ": expected a JSON list of records, got dict"),
     ("record.json", '[{"q": "x", "a": "y"}, ["x", "y"]]', ": record 2: expected a JSON object, got list"),
     ("history.jsonl", '{"q": "x", "a": "y", "history": [["only one"]]}\n',

@@ -12,7 +12,9 @@ import pytest
 from conftest import REPO_ROOT
 from llm_tuning.atomic import write_jsonl
 from llm_tuning.cli import UserError
-from llm_tuning.rewards import FormatReward, RewardModelReward, build_reward_functions, exact_answer, final_number
+from llm_tuning.rlhf.rewards import (
+    FormatReward, RewardModelReward, build_reward_functions, exact_answer, final_number,
+)
 from test_rlhf import RLHF_DIR, load_script
 
 MATH = RLHF_DIR / "data" / "grpo_math.jsonl"
@@ -83,8 +85,8 @@ def test_reward_model_reward_scores_the_prompt_and_the_reply_ids(tiny_qwen2):
     from transformers import AutoModelForSequenceClassification
 
     from llm_tuning.modeling import load_tokenizer
-    from llm_tuning.ppo import reward_scores
-    from llm_tuning.preference import render_prompt
+    from llm_tuning.rlhf.reward_model import reward_scores
+    from llm_tuning.rlhf.pairs import render_prompt
     from llm_tuning.templates import encode_prompt, encode_turns, get_template
 
     tokenizer, template = load_tokenizer(str(tiny_qwen2)), get_template("qwen")

@@ -10,7 +10,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llm_tuning.batching import PaddingCollator, pack_dataset, pack_indices
 from llm_tuning.cli import UserError
-from llm_tuning.data import IGNORE_INDEX, TokenizeConfig, make_collator, tokenize_file
+from llm_tuning.batching import make_collator
+from llm_tuning.data import IGNORE_INDEX, TokenizeConfig, tokenize_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LONG_TAIL = REPO_ROOT / "bench" / "data" / "long_tail.jsonl"

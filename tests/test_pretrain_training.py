@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer, TrainingArguments
 
-from llm_tuning.pretraining import STREAM_STATE_FILE, PretrainArguments, heldout_blocks
-from llm_tuning.shards import write_shards
+from llm_tuning.pretrain.blocks import STREAM_STATE_FILE, PretrainArguments, heldout_blocks
+from llm_tuning.pretrain.shards import write_shards
 from llm_tuning.training import FinetuneArguments, ModelArguments, parse_args
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -125,3 +125,11 @@ def test_mixture_by_tokens_prints_the_realised_token_shares(script, tiny_qwen2, 
     shares = printed.split("token shares of the 384 tokens trained on: ")[1].splitlines()[0]  # 3 steps × 4 × 32
     assert [item.split()[0] for item in shares.split(", ")] == ["en_general", "zh_general", "zh_medical"]
     assert sum(float(item.split()[1].rstrip("%")) for item in shares.split(", ")) == pytest.approx(100, abs=0.02)
+
+
+def test_rope_scaling_reaches_the_trained_model(script, tiny_qwen2, corpus, tmp_path):
+    out = tmp_path / "rope"
+    train(script, tiny_qwen2, corpus, out, "--finetuning_type", "full", "--max_steps", "1", "--save_strategy", "no",
+          "--rope_scaling", "linear", "--rope_factor", "4")
+    rope = json.loads((out / "config.json").read_text())["rope_parameters"]
+    assert (rope["rope_type"], rope["factor"]) == ("linear", 4.0)

@@ -14,10 +14,9 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llm_tuning.cli import UserError
-from llm_tuning.shards import read_texts
-from llm_tuning.vocab import (
-    check_old_ids_unchanged, mean_init_new_embeddings, merge_into_sentencepiece, old_sub_token_ids,
-    sentencepiece_pieces, token_count, train_sentencepiece,
+from llm_tuning.pretrain.shards import read_texts
+from llm_tuning.pretrain.vocab import (
+    check_old_ids_unchanged, mean_init_new_embeddings, merge_into_sentencepiece, old_sub_token_ids, sentencepiece_pieces, token_count, train_sentencepiece,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -184,24 +183,31 @@ def test_extension_refuses_a_tokenizer_that_moved_old_ids(tiny_qwen2, tmp_path):
         check_old_ids_unchanged(moved, old)  # the reverse direction loses a token
 
 
-def test_lora_after_extension_trains_and_saves_the_embeddings(tiny_qwen2, merged_bpe, tmp_path, capsys):
+def pretrain_after_extension(tiny_qwen2, merged_bpe, tmp_path, name: str, *flags: str) -> tuple[Path, Path]:
+    """extend_embeddings.py on the tiny model with the merged tokenizer, then continue_pretraining.py
+    on the shipped corpus with `flags`: (the extended model, the run's output directory)."""
     from transformers import TrainingArguments
 
-    from llm_tuning.pretraining import PretrainArguments
-    from llm_tuning.shards import write_shards
+    from llm_tuning.pretrain.blocks import PretrainArguments
+    from llm_tuning.pretrain.shards import write_shards
     from llm_tuning.training import FinetuneArguments, ModelArguments, parse_args
 
     extended = tmp_path / "extended"
     load_script("extend_embeddings").main(load_script("extend_embeddings").parse_args(
         ["--base_model", str(tiny_qwen2), "--tokenizer", str(merged_bpe), "--output_dir", str(extended)]))
     write_shards(sorted(DATA.glob("*.jsonl")), tmp_path / "corpus", lines_per_shard=200, heldout_lines=20)
-    out = tmp_path / "lora"
+    out = tmp_path / name
     argv = ["--model_name_or_path", str(extended), "--corpus_dir", str(tmp_path / "corpus"), "--output_dir", str(out),
-            "--block_size", "32", "--per_device_train_batch_size", "4", "--max_steps", "20", "--learning_rate", "5e-3",
-            "--lora_dropout", "0", "--eval_on_start", "true", "--eval_strategy", "steps", "--eval_steps", "20",
-            "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true"]
+            "--block_size", "32", "--per_device_train_batch_size", "4", "--learning_rate", "5e-3", "--lora_dropout", "0",
+            "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true", *flags]
     load_script("continue_pretraining").main(
         *parse_args(ModelArguments, PretrainArguments, FinetuneArguments, TrainingArguments, argv=argv))
+    return extended, out
+
+
+def test_lora_after_extension_trains_and_saves_the_embeddings(tiny_qwen2, merged_bpe, tmp_path, capsys):
+    _, out = pretrain_after_extension(tiny_qwen2, merged_bpe, tmp_path, "lora", "--max_steps", "20",
+                                      "--eval_on_start", "true", "--eval_strategy", "steps", "--eval_steps", "20")
 
     assert "training embed_tokens, lm_head in full beside LoRA" in capsys.readouterr().out
     config = json.loads((out / "adapter_config.json").read_text())
@@ -219,8 +225,8 @@ def test_tied_embeddings_stay_tied_through_lora_training_save_and_merge(tiny_qwe
     from peft import PeftModel
     from transformers import TrainingArguments
 
-    from llm_tuning.pretraining import PretrainArguments
-    from llm_tuning.shards import write_shards
+    from llm_tuning.pretrain.blocks import PretrainArguments
+    from llm_tuning.pretrain.shards import write_shards
     from llm_tuning.training import FinetuneArguments, ModelArguments, parse_args
 
     tied = tmp_path / "tied"
@@ -251,3 +257,15 @@ def test_tied_embeddings_stay_tied_through_lora_training_save_and_merge(tiny_qwe
         rows_out = candidate.get_output_embeddings().weight.detach()
         assert torch.equal(rows_in, rows_out)
         assert not torch.equal(rows_in, before)  # the embeddings were trained, as one matrix
+
+
+def test_qlora_after_extension_trains_the_new_embedding_rows(tiny_qwen2, merged_bpe, tmp_path, capsys):
+    extended, out = pretrain_after_extension(tiny_qwen2, merged_bpe, tmp_path, "qlora", "--max_steps", "4",
+                                             "--finetuning_type", "qlora", "--quantization_bit", "4")
+    assert "training embed_tokens, lm_head in full beside LoRA" in capsys.readouterr().out
+    new_ids = list(range(len(AutoTokenizer.from_pretrained(tiny_qwen2)), len(AutoTokenizer.from_pretrained(extended))))
+    with safe_open(extended / "model.safetensors", "pt") as f:
+        before = f.get_tensor(next(k for k in f.keys() if "embed_tokens" in k))[new_ids]
+    with safe_open(out / "adapter_model.safetensors", "pt") as f:
+        after = f.get_tensor(next(k for k in f.keys() if "embed_tokens" in k))[new_ids].to(before.dtype)
+    assert (after - before).abs().max() > 1e-4  # the rows the extension added were trained, not left as initialised

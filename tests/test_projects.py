@@ -8,11 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from llm_tuning.records import read_records
+
 PROJECTS = Path(__file__).resolve().parent.parent / "projects"
 HC3_DIR, RULAI_DIR = PROJECTS / "ChatBaichuan-HC3", PROJECTS / "RulaiGPT"
-sys.path[:0] = [str(HC3_DIR), str(RULAI_DIR)]  # project folders hold scripts, imported as they import each other
+sys.path[:0] = [str(HC3_DIR), str(RULAI_DIR)]  # the project folders: their scripts and hc3.py
 
 import convert_hc3  # noqa: E402
+import hc3  # noqa: E402
 import make_data  # noqa: E402
 import make_sample  # noqa: E402
 import run_hc3  # noqa: E402
@@ -55,11 +58,11 @@ def test_hc3_converter_counts(answers, expected, tmp_path, capsys):
 
 
 def test_hc3_split_is_deterministic_and_seeded(tmp_path):
-    pairs, _ = convert_hc3.to_pairs(convert_hc3.read_records(SAMPLE), "both", 2)
-    first = convert_hc3.split_by_question(pairs, 0.3, seed=1)
-    assert convert_hc3.split_by_question(pairs, 0.3, seed=1) == first
-    assert convert_hc3.split_by_question(pairs, 0.3, seed=2) != first
-    assert convert_hc3.split_by_question(pairs, 0.0, seed=1) == (pairs, [])
+    pairs, _ = hc3.to_pairs(read_records(SAMPLE), "both", 2)
+    first = hc3.split_by_question(pairs, 0.3, seed=1)
+    assert hc3.split_by_question(pairs, 0.3, seed=1) == first
+    assert hc3.split_by_question(pairs, 0.3, seed=2) != first
+    assert hc3.split_by_question(pairs, 0.0, seed=1) == (pairs, [])
 
 
 def test_hc3_malformed_record_exits_2_with_its_line(tmp_path, capsys):

@@ -218,7 +218,7 @@ def test_train_chat_and_merge_stop_at_the_end_of_turn(name, real_tokenizer, tmp_
 def test_info_shows_the_template_its_source_and_the_supervised_part(real_tokenizer_dir):
     from llm_tuning import info
 
-    lines = info.template_report(str(real_tokenizer_dir("qwen3")), "qwen3")
+    lines = info.template_report(str(real_tokenizer_dir("qwen3")))
     assert lines[0].startswith("template native: the tokenizer's own chat_template (sha256 ")
     assert lines[0].endswith("end of turn '<|im_end|>'")
     sample = "\n".join(lines[2:])

@@ -13,11 +13,12 @@ import torch
 
 from conftest import REPO_ROOT
 from llm_tuning.cli import UserError
-from llm_tuning.ppo import (
-    PolicyWithValue, cut_at_stop, gae, generate_replies, kl_shaped_rewards, pack, ppo_losses, score_rollout,
-    token_logprobs, whiten,
+from llm_tuning.rlhf.ppo import (
+    PolicyWithValue, cut_at_stop, gae, generate_replies, kl_shaped_rewards, pack, ppo_losses, score_rollout, token_logprobs, whiten,
 )
-from llm_tuning.preference import EncodedPair, check_same_ids, load_preference_pairs, pairwise_accuracy
+from llm_tuning.rlhf.pairs import EncodedPair, load_preference_pairs
+from llm_tuning.rlhf.pair_training import check_same_ids
+from llm_tuning.rlhf.reward_model import pairwise_accuracy
 
 RLHF_DIR = REPO_ROOT / "RLHF"
 DATA = RLHF_DIR / "data"
@@ -26,7 +27,7 @@ PPO_KL_BOUND = 8.0
 
 
 def load_script(name: str):
-    """Import RLHF/<name>.py as module rlhf_<name> (the scripts import make_rlhf_data as users run them)."""
+    """Import RLHF/<name>.py as module rlhf_<name> (RLHF/ on sys.path, as when a user runs them, for style.py)."""
     if str(RLHF_DIR) not in sys.path:
         sys.path.insert(0, str(RLHF_DIR))
     spec = importlib.util.spec_from_file_location(f"rlhf_{name}", RLHF_DIR / f"{name}.py")

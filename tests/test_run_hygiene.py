@@ -1,12 +1,9 @@
 """What a user meets around a run: a GPU-only flag on a CPU, the loss plot, a reused --output_dir,
-a local path that is not there, records whose history would be dropped, and a tiny tokenizer that
-does not depend on what else lies under data/."""
+a local path that is not there, records whose history would be dropped, a config file that does not parse."""
 
 from __future__ import annotations
 
 import json
-import shutil
-import uuid
 from pathlib import Path
 
 import pytest
@@ -16,7 +13,7 @@ from transformers import TrainerControl, TrainerState, TrainingArguments
 from llm_tuning.cli import UserError
 from llm_tuning.modeling import load_model, load_tokenizer, looks_local
 from llm_tuning.records import RecordKeys, load_conversations
-from llm_tuning.testing import DEFAULT_CORPUS_DIR, build_tokenizer, save_tokenized_pairs, train_tiny
+from llm_tuning.testing import save_tokenized_pairs, train_tiny
 from llm_tuning.training import (
     LOSS_PLOT_FILE, TRAINER_LOG_FILE, DataArguments, FinetuneArguments, LossPlotCallback, ModelArguments, parse_args,
 )
@@ -175,25 +172,6 @@ def test_records_with_an_unused_history_key_get_a_warning_naming_history_key(tmp
     assert len(conversations[0].turns) == 1
     conversations = load_conversations(source, RecordKeys(history="history"))
     assert capsys.readouterr().err == "" and len(conversations[0].turns) == 2
-
-
-# --- the tiny tokenizer ------------------------------------------------------------------------------
-
-
-def test_the_tiny_tokenizer_ignores_data_written_under_data(tmp_path):
-    # what a converter (e.g. projects/ChatBaichuan-HC3/convert_hc3.py --output_dir data/hc3_zh) writes
-    record = json.dumps({"q": "zqxjv " * 2000, "a": "zqxjv"}) + "\n"
-    written = DEFAULT_CORPUS_DIR / f"written_by_a_command_{uuid.uuid4().hex[:8]}"
-    written.mkdir()
-    try:
-        (written / "train.jsonl").write_text(record)
-        vocab = build_tokenizer("qwen2").get_vocab()
-    finally:
-        shutil.rmtree(written)
-    assert not any("zqxjv" in token for token in vocab)
-    # the same file in a corpus the tokenizer is asked to read is learned at once
-    (tmp_path / "train.jsonl").write_text(record)
-    assert any("zqxjv" in token for token in build_tokenizer("qwen2", corpus_dir=tmp_path).get_vocab())
 
 
 def test_a_config_file_that_does_not_parse_is_one_line(tmp_path, capsys):

@@ -22,13 +22,14 @@ import json
 import statistics
 from pathlib import Path
 
-import convert_hc3
+import hc3
 from llm_tuning.atomic import write_jsonl
 from llm_tuning.cli import ArgumentParser, exits_on_user_error
 from llm_tuning.experiment import (
-    REPO_ROOT, answer_all, build_tiny_stand_in, load_adapted, read_jsonl, tokenize_records, train_adapter,
+    answer_all, build_tiny_stand_in, load_adapted, read_jsonl, tokenize_records, train_adapter,
 )
 
+REPO_ROOT = Path(__file__).resolve().parents[2]  # where the recipes are
 PROJECT_DIR = Path(__file__).resolve().parent
 TINY = "tiny"
 RECIPE_ARGS = ["--logging_steps", "25", "--save_strategy", "no", "--report_to", "none", "--seed", "0"]
@@ -43,7 +44,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--recipe", default=str(REPO_ROOT / "baichuan_lora_tuning.py"))
     parser.add_argument("--template", default="baichuan", help="问：…\\n答： for the Baichuan base models")
     parser.add_argument("--input_file", default=str(PROJECT_DIR / "data" / "hc3_sample.jsonl"))
-    parser.add_argument("--answers", choices=sorted(convert_hc3.ANSWER_KEYS), default="chatgpt")
+    parser.add_argument("--answers", choices=sorted(hc3.ANSWER_KEYS), default="chatgpt")
     parser.add_argument("--test_ratio", type=float, default=0.2)
     parser.add_argument("--max_seq_length", type=int, default=512)
     parser.add_argument("--max_new_tokens", type=int, default=96)
@@ -58,9 +59,8 @@ def main(args: argparse.Namespace, recipe_argv: list[str]) -> dict:
     model = str(build_tiny_stand_in(out_dir / "tiny-baichuan", PROJECT_DIR / "data", arch="baichuan")) if tiny else args.model
 
     # 1. HC3 records -> q/a rows, split by question.
-    counts = convert_hc3.main(convert_hc3.parse_args([
-        "--input_file", args.input_file, "--answers", args.answers, "--test_ratio", str(args.test_ratio),
-        "--output_dir", str(out_dir)]))
+    counts = hc3.convert(args.input_file, args.answers, min_answer_chars=2, test_ratio=args.test_ratio, seed=42,
+                         out_dir=out_dir)  # convert_hc3.py's defaults
     train, test = read_jsonl(out_dir / "train.jsonl"), read_jsonl(out_dir / "test.jsonl")
 
     # 2. Tokenize with the Baichuan prompt, 3. LoRA with the Baichuan recipe (it passes trust_remote_code).

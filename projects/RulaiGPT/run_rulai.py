@@ -34,10 +34,11 @@ from pathlib import Path
 from llm_tuning.atomic import write_jsonl
 from llm_tuning.cli import ArgumentParser, exits_on_user_error
 from llm_tuning.experiment import (
-    REPO_ROOT, answer_all, answer_nll, build_tiny_stand_in, load_adapted, merge_adapter, read_jsonl,
+    answer_all, answer_nll, build_tiny_stand_in, load_adapted, merge_adapter, read_jsonl,
     tokenize_records, train_adapter,
 )
 
+REPO_ROOT = Path(__file__).resolve().parents[2]  # where the recipes are
 PROJECT_DIR = Path(__file__).resolve().parent
 TINY = "tiny"
 # A tiny random model needs a high learning rate and many passes; a real one wants ~2e-4.

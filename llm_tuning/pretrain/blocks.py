@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback
 
-from .cli import UserError
+from ..cli import UserError
 from .shards import TEXT_KEY, load_manifest, read_texts, shard_paths
 
 STREAM_STATE_FILE = "stream_state.json"

@@ -1,4 +1,4 @@
-"""The OpenAI chat-completions API over an engine from `serving.py` (FastAPI).
+"""The OpenAI chat-completions API over an engine from `engines.py` (FastAPI).
 
     GET  /v1/models              the one model served
     POST /v1/chat/completions    messages, stream (SSE), n, temperature, top_p, max_tokens, stop,
@@ -36,9 +36,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .cli import UserError
-from .generation import GenerationSettings, split_messages
-from .templates import Template, encode_prompt, stop_token_ids
+from ..cli import UserError
+from ..generation import GenerationSettings, split_messages
+from ..templates import Template, encode_prompt, stop_token_ids
 
 
 # --- Request schema (unknown fields are ignored, as OpenAI clients send extras) -----------------

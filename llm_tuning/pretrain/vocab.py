@@ -17,7 +17,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from .cli import UserError
+from ..cli import UserError
 
 VOCAB_EXTENSION_FILE = "vocab_extension.json"
 

@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .atomic import atomic_directory
-from .cli import UserError
-from .records import not_utf8_error, parse_json_line
+from ..atomic import atomic_directory
+from ..cli import UserError
+from ..records import not_utf8_error, parse_json_line
 
 SHARD_SUFFIX = ".jsonl.zst"
 HELDOUT_FILE = "heldout" + SHARD_SUFFIX

@@ -23,8 +23,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .cli import UserError
-from .generation import BatchDecoder, Delta, GenerationSettings
+from ..cli import UserError
+from ..generation import BatchDecoder, Delta, GenerationSettings
 
 
 def choice_settings(settings: GenerationSettings, n: int) -> list[GenerationSettings]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cli import UserError
+from ..cli import UserError
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,12 @@ import resource
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from transformers import GenerationConfig
 
-from .cli import UserError
+from .reward_model import reward_scores
 
 
 @dataclass
@@ -263,43 +262,6 @@ def ppo_losses(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Ten
                      clip_fraction, approx_kl)
 
 
-# --- The reward model ----------------------------------------------------------------------------
-
-
-def load_reward_model(path: str, dtype: str = "float32", trust_remote_code: bool = False):
-    """A sequence-classification reward model: a LoRA adapter (merged into its base on load, the
-    way reward_model.py saved it) or a standalone merged model."""
-    from transformers import AutoModelForSequenceClassification
-
-    from .modeling import DTYPES, adapter_base_model, first_line
-
-    is_adapter = (Path(path) / "adapter_config.json").is_file()
-    base = adapter_base_model(path) if is_adapter else path
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            base, num_labels=1, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot load a reward model from {base}: {first_line(err)}") from None
-    if is_adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, path).merge_and_unload()
-    return model.eval()
-
-
-@torch.no_grad()
-def reward_scores(reward_model, sequences: Sequence[Sequence[int]], pad_id: int, batch_size: int = 32) -> torch.Tensor:
-    """The reward model's scalar score of each (prompt + reply) id sequence."""
-    scores = []
-    for start in range(0, len(sequences), batch_size):
-        chunk = sequences[start:start + batch_size]
-        width = max(len(s) for s in chunk)
-        ids = torch.tensor([list(s) + [pad_id] * (width - len(s)) for s in chunk], device=reward_model.device)
-        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in chunk], device=reward_model.device)
-        scores.append(reward_model(input_ids=ids, attention_mask=mask).logits[:, 0].float().cpu())
-    return torch.cat(scores)
-
-
 # --- Measuring a policy --------------------------------------------------------------------------
 
 
@@ -309,18 +271,6 @@ def policy_logits(model, batch: Packed) -> torch.Tensor:
     out = model(input_ids=batch.input_ids.to(model.device), attention_mask=batch.attention_mask.to(model.device),
                 position_ids=batch.position_ids.to(model.device))
     return out.logits[:, batch.prompt_width - 1:-1].float().cpu()
-
-
-@torch.no_grad()
-def reply_logprob_sums(model, prompts: Sequence[Sequence[int]], replies: Sequence[Sequence[int]],
-                       pad_id: int, batch_size: int = 16) -> torch.Tensor:
-    """log π(reply | prompt), summed over the reply's tokens, for each pair."""
-    sums = []
-    for start in range(0, len(prompts), batch_size):
-        batch = pack(prompts[start:start + batch_size], replies[start:start + batch_size], pad_id)
-        logp, _ = token_logprobs(policy_logits(model, batch), batch.reply_ids)
-        sums.append((logp * batch.reply_mask).sum(-1))
-    return torch.cat(sums)
 
 
 @dataclass
@@ -357,27 +307,3 @@ def evaluate_policy(model, reward_model, tokenizer, prompts: Sequence[Sequence[i
                         sum(not t.strip() for t in texts), sum(map(len, replies)) / len(replies))
 
 
-def logprob_margins(model, pairs, pad_id: int) -> torch.Tensor:
-    """log π(chosen | prompt) - log π(rejected | prompt), summed over each reply's tokens, per pair."""
-    prompts = [e.prompt_ids for e in pairs]
-    chosen = reply_logprob_sums(model, prompts, [e.chosen_ids for e in pairs], pad_id)
-    rejected = reply_logprob_sums(model, prompts, [e.rejected_ids for e in pairs], pad_id)
-    return chosen - rejected
-
-
-def preference_margin(model, pairs, pad_id: int) -> float:
-    """Mean log π(chosen | prompt) - log π(rejected | prompt) over encoded preference pairs: the
-    policy's own preference, with no reference (and longer replies have lower sums)."""
-    return logprob_margins(model, pairs, pad_id).mean().item()
-
-
-def implicit_reward_margin(model, pairs, pad_id: int, beta: float) -> float:
-    """DPO's implicit reward margin, β·[(log π − log π_ref)(chosen) − (log π − log π_ref)(rejected)],
-    averaged over the pairs, with π_ref the same model with its adapters off (0 for a plain model):
-    how much more the policy prefers the chosen reply than its reference did."""
-    if not hasattr(model, "disable_adapter"):
-        return 0.0
-    policy = logprob_margins(model, pairs, pad_id)
-    with model.disable_adapter():
-        reference = logprob_margins(model, pairs, pad_id)
-    return beta * (policy - reference).mean().item()

@@ -19,7 +19,7 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from fractions import Fraction
 
-from .cli import UserError
+from ..cli import UserError
 
 REWARD_NAMES = ("exact_answer", "format", "reward_model")
 # One line: something, "=", a number, then nothing but punctuation, spaces or emoji.
@@ -124,7 +124,7 @@ class RewardModelReward:
         self.tokenizer = tokenizer
 
     def __call__(self, prompts: Sequence[str], completion_ids: Sequence[Sequence[int]], **kwargs) -> list[float]:
-        from .ppo import reward_scores
+        from .reward_model import reward_scores
 
         prompt_ids = self.tokenizer(text=list(prompts))["input_ids"]
         sequences = [list(p) + list(c) for p, c in zip(prompt_ids, completion_ids, strict=True)]
@@ -150,7 +150,7 @@ def build_reward_functions(names: Sequence[str], tokenizer=None, format_pattern:
             if not reward_model_path:
                 raise UserError("the reward_model reward needs --reward_model, the output directory of "
                                 "RLHF/reward_model.py")
-            from .ppo import load_reward_model
+            from .reward_model import load_reward_model
 
             model = load_reward_model(reward_model_path, trust_remote_code=trust_remote_code)
             model.config.pad_token_id = tokenizer.pad_token_id
