@@ -151,10 +151,11 @@ class AdaLoraRankCallback(TrainerCallback):
 
 
 def count_parameters(model) -> tuple[int, int]:
-    """(trainable, total) parameter counts; 4-bit packed weights counted as the weights they hold."""
+    """(trainable, total) parameter counts; 4-bit packed weights counted as the weights they hold,
+    and weights DeepSpeed ZeRO-3 partitioned (an empty shard on each rank) by their full size."""
     trainable = total = 0
     for param in model.parameters():
-        count = param.numel() * (2 if type(param).__name__ == "Params4bit" else 1)
+        count = getattr(param, "ds_numel", param.numel()) * (2 if type(param).__name__ == "Params4bit" else 1)
         total += count
         trainable += count if param.requires_grad else 0
     return trainable, total

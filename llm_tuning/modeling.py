@@ -18,6 +18,7 @@ def load_tokenizer(path: str, trust_remote_code: bool = False, padding_side: str
     """A tokenizer with a pad token (LLaMA-style tokenizers ship none; we pad with unk, else eos)."""
     from transformers import AutoTokenizer
 
+    require_local_path(path, "load a tokenizer from")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
@@ -31,6 +32,7 @@ def load_tokenizer(path: str, trust_remote_code: bool = False, padding_side: str
 
 def read_model_type(path: str, trust_remote_code: bool = False) -> str | None:
     """The `model_type` in a model's config, without loading weights."""
+    require_local_path(path, "read the model config of")
     config_file = Path(path) / "config.json"
     if config_file.is_file():
         return json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
@@ -62,6 +64,7 @@ def load_model(
     (default: transformers' choice, sdpa)."""
     from transformers import AutoModelForCausalLM
 
+    require_local_path(path, "load a model from")
     kwargs: dict = {"trust_remote_code": trust_remote_code}
     if dtype != "auto" and dtype not in DTYPES:
         raise UserError(f"--dtype {dtype!r} is unknown; choose auto, {', '.join(DTYPES)}")
@@ -264,6 +267,23 @@ def require_single_tokens(tokenizer, words: list[str], why: str) -> None:
     if split:
         raise UserError(f"this tokenizer splits {', '.join(split)} into several tokens, but {why}; "
                         "is it the family's own tokenizer?")
+
+
+def looks_local(path: str) -> bool:
+    """Whether `path` names a local directory rather than a hub id (`org/name` or `name`): it starts
+    with ./, ../, / or ~, has more parts than a hub id, or its first part is a local directory
+    (weights/my_run)."""
+    if path.startswith((".", "~")) or Path(path).is_absolute():
+        return True
+    parts = Path(path).parts
+    return len(parts) > 2 or (len(parts) == 2 and Path(parts[0]).is_dir())
+
+
+def require_local_path(path: str, action: str) -> None:
+    """A local path that is not there fails at once (`cannot <action> <path>: …`), instead of after
+    a minute of hub retries."""
+    if looks_local(path) and not Path(path).expanduser().exists():
+        raise UserError(f"cannot {action} {path}: no such local directory (a hub id looks like org/name)")
 
 
 def load_failure(path: str, err: BaseException) -> str:

@@ -4,6 +4,7 @@ q/a, alpaca, OpenAI messages and ShareGPT layouts, turned into `Conversation`s."
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,4 +217,16 @@ def load_conversations(path: str | Path, keys: RecordKeys) -> list[Conversation]
     records = read_records(path)
     if keys.format == "auto":  # one format per file, chosen by its first record
         keys = RecordKeys(keys.prompt, keys.target, keys.history, keys.system, detect_format(records[0][1]))
+    warn_unused_history(path, [record for _, record in records], keys)
     return [record_to_conversation(record, keys, where) for where, record in records]
+
+
+def warn_unused_history(path: str | Path, records: list[dict], keys: RecordKeys) -> None:
+    """q/a records read without --history_key lose their earlier turns: say so if they have some."""
+    if keys.format != "qa" or keys.history is not None:
+        return
+    with_history = sum(1 for record in records if record.get("history"))
+    if with_history:
+        print(f"warning: {with_history} of {len(records)} records in {path} have a 'history' key that is not "
+              f"used, so their earlier turns are dropped; pass --history_key history to train on them",
+              file=sys.stderr)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import HfArgumentParser, TrainerCallback, TrainingArguments
 
-from .cli import ChecksFlags, UserError, checked_flags, exit_with_usage_error
+from .cli import ChecksFlags, UserError, checked_flags, exit_with_usage_error, parse_bool
 
 TRAINER_LOG_FILE = "trainer_log.jsonl"
 LOSS_PLOT_FILE = "loss.png"
@@ -102,20 +104,92 @@ def parse_args(*dataclass_types, argv: list[str] | None = None):
     """Parse recipe arguments with HfArgumentParser: every TrainingArguments flag works.
 
     A single `.yaml`/`.json` argument is read as a config file. `--resume_from_checkpoint true`
-    means "the last checkpoint in --output_dir"."""
+    means "the last checkpoint in --output_dir". An --output_dir holding an earlier run's
+    checkpoints is refused unless the run resumes or passes --overwrite_output_dir true."""
     parser = CheckedArgumentParser(dataclass_types)
+    trains = any(issubclass(t, TrainingArguments) for t in dataclass_types)
+    if trains:  # transformers 5 dropped TrainingArguments.overwrite_output_dir: the flag is ours
+        parser.add_argument(f"--{OVERWRITE_FLAG}", type=parse_bool, nargs="?", const=True, default=False,
+                            help="Start over in an --output_dir that holds an earlier run: its checkpoints, "
+                                 "trainer_log.jsonl and loss.png are deleted first.")
     argv = sys.argv[1:] if argv is None else argv
+    overwrite = False
     try:
-        if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-            parsed = parser.parse_yaml_file(argv[0], allow_extra_keys=False)
-        elif len(argv) == 1 and argv[0].endswith(".json"):
-            parsed = parser.parse_json_file(argv[0], allow_extra_keys=False)
+        if len(argv) == 1 and argv[0].endswith((".yaml", ".yml", ".json")):
+            config = read_config_file(argv[0])
+            overwrite = parse_bool(config.pop(OVERWRITE_FLAG, False))
+            parsed = parser.parse_dict(config, allow_extra_keys=False)
         else:
             parsed = parser.parse_args_into_dataclasses(args=argv)
+            if trains:  # HfArgumentParser returns flags of no dataclass as a last Namespace
+                overwrite, parsed = getattr(parsed[-1], OVERWRITE_FLAG), parsed[:-1]
     except ValueError as err:  # the configs' own checks (TrainingArguments.__post_init__): flags that clash
-        exit_with_usage_error(str(err).strip().splitlines()[0])
+        exit_with_usage_error(config_error_sentence(err))
     checked_flags(*parsed)
-    return parsed
+    for arguments in parsed:
+        if isinstance(arguments, TrainingArguments):
+            claim_output_dir(arguments, overwrite)
+    return tuple(parsed)
+
+
+OVERWRITE_FLAG = "overwrite_output_dir"
+
+
+def read_config_file(path: str) -> dict:
+    import yaml
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        exit_with_usage_error(f"cannot read the config file {path}: {err.strerror}")
+    try:
+        config = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as err:
+        exit_with_usage_error(f"{path} is not valid {'JSON' if path.endswith('.json') else 'YAML'}: "
+                              f"{str(err).strip().splitlines()[0]}")
+    if not isinstance(config, dict):
+        exit_with_usage_error(f"{path} must hold a mapping of flag names to values")
+    return config
+
+
+def claim_output_dir(training_args: TrainingArguments, overwrite: bool) -> None:
+    """Refuse an --output_dir that holds an earlier run's checkpoints unless this run resumes it or
+    --overwrite_output_dir true starts over, in which case the earlier run's checkpoints, log and
+    plot go first (on the main process), so this run's log is its own."""
+    output_dir = Path(training_args.output_dir or "")
+    earlier = (sorted(p for p in output_dir.glob("checkpoint-*") if p.is_dir())
+               if training_args.output_dir and output_dir.is_dir() else [])
+    if not earlier or resume_requested(training_args.resume_from_checkpoint):
+        return
+    if not overwrite:
+        exit_with_usage_error(
+            f"{output_dir} holds checkpoints of an earlier run ({', '.join(p.name for p in earlier[:3])}"
+            f"{', …' if len(earlier) > 3 else ''}); pass --resume_from_checkpoint true to continue it, "
+            f"--{OVERWRITE_FLAG} true to start over, or another --output_dir")
+    if int(os.environ.get("RANK", "0")) == 0:  # before the Trainer starts torch.distributed
+        for path in earlier:
+            shutil.rmtree(path, ignore_errors=True)
+        for name in (TRAINER_LOG_FILE, LOSS_PLOT_FILE):
+            (output_dir / name).unlink(missing_ok=True)
+        print(f"note: --{OVERWRITE_FLAG}: deleted the earlier run's {len(earlier)} checkpoint(s) in {output_dir}")
+
+
+def resume_requested(value: str | None) -> bool:
+    return value is not None and value.strip().lower() not in {"false", "0", "no", "none", ""}
+
+
+# TrainingArguments refuses bf16 without a device for it in words that do not say what to pass.
+_NO_BF16_DEVICE = "doesn't support bf16"
+NO_BF16_DEVICE_HINT = ("--bf16 true needs a GPU (or TPU) with bf16 support and none is found: drop --bf16 "
+                       "(or pass --bf16 false) to train in float32, or add --use_cpu true to train in bf16 on the CPU")
+
+
+def config_error_sentence(err: ValueError) -> str:
+    """A clash TrainingArguments found, as one sentence that says what to pass instead."""
+    message = str(err).strip()
+    if _NO_BF16_DEVICE in message:
+        return NO_BF16_DEVICE_HINT
+    return message.splitlines()[0]
 
 
 class CheckedArgumentParser(ChecksFlags, HfArgumentParser):
@@ -127,7 +201,7 @@ def resume_argument(training_args: TrainingArguments) -> str | None:
 
     `true` means the last checkpoint in --output_dir, and it is a mistake if there is none."""
     value = training_args.resume_from_checkpoint
-    if value is None or value.strip().lower() in {"false", "0", "no", "none", ""}:
+    if not resume_requested(value):
         return None
     if value.strip().lower() in {"true", "1", "yes"}:
         output_dir = Path(training_args.output_dir)
@@ -172,7 +246,12 @@ def resolve_dataset_path(name_or_path: str) -> Path:
 
 
 class TrainerLogCallback(TrainerCallback):
-    """Append every log (step, loss, lr, …) to output_dir/trainer_log.jsonl; a resumed run appends."""
+    """Append every log (step, loss, lr, …) to output_dir/trainer_log.jsonl; a resumed run appends,
+    a run from step 0 starts the file afresh."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and state.global_step == 0:
+            (Path(args.output_dir) / TRAINER_LOG_FILE).unlink(missing_ok=True)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
@@ -182,11 +261,22 @@ class TrainerLogCallback(TrainerCallback):
 
 
 class LossPlotCallback(TrainerCallback):
-    """Save output_dir/loss.png from the logged training (and eval) losses when training ends."""
+    """Save output_dir/loss.png from the logged training and/or eval losses when training ends,
+    or say in one line why there is nothing to plot."""
 
     def on_train_end(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            plot_loss(state.log_history, Path(args.output_dir) / LOSS_PLOT_FILE)
+        if state.is_world_process_zero and plot_loss(state.log_history, Path(args.output_dir) / LOSS_PLOT_FILE) is None:
+            print(f"note: no {LOSS_PLOT_FILE} written: {no_loss_logged_reason(args, state)}")
+
+
+def no_loss_logged_reason(args: TrainingArguments, state) -> str:
+    """Why a run ended without logging a loss, with the flag that would log one."""
+    steps, every = state.global_step, state.logging_steps
+    strategy = getattr(args.logging_strategy, "value", args.logging_strategy)
+    if strategy != "steps":
+        return f"no loss was logged with --logging_strategy {strategy}; pass --logging_strategy steps to get one"
+    return (f"training ran {steps} step(s) and a loss is logged every {every} (--logging_steps); "
+            f"pass --logging_steps {max(1, steps // 10)} (or an --eval_strategy) to get one")
 
 
 def plot_loss(log_history: list[dict], out_file: Path) -> Path | None:
@@ -197,7 +287,7 @@ def plot_loss(log_history: list[dict], out_file: Path) -> Path | None:
 
     series = {key: [(log["step"], log[key]) for log in log_history if key in log and "step" in log]
               for key in ("loss", "eval_loss")}
-    if not series["loss"]:
+    if not any(series.values()):
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, points in series.items():

@@ -12,10 +12,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -69,8 +71,9 @@ def worker(record_dir: Path, recipe_args: list[str], shm_comm: bool) -> None:
             import deepspeed
 
             whole = deepspeed.zero.GatheredParameters([p for p in model.parameters() if p.requires_grad])
-        with whole:
-            weights = get_peft_model_state_dict(model)
+        with whole:  # the adapter's weights (LoRA), or every trained one (full fine-tuning)
+            weights = (get_peft_model_state_dict(model) if hasattr(model, "peft_config")
+                       else {name: p for name, p in model.named_parameters() if p.requires_grad})
             save_file({k: v.detach().float().contiguous() for k, v in weights.items()}, record_dir / f"held-{rank}.safetensors")
         (record_dir / f"engine-{rank}.txt").write_text(describe(engine))
         return original_save(run, *args, **kwargs)
@@ -109,9 +112,17 @@ def tokenized_dir(tiny_qwen2, tmp_path_factory) -> Path:
     return save_tokenized(dataset, metadata, tmp_path_factory.mktemp("data") / "math")
 
 
-def launch(tmp_path: Path, tokenized_dir: Path, model: Path, *extra: str, shm_comm: bool = False):
-    """torchrun 2 CPU processes of the worker; returns (per-rank rows, per-rank weights, saved adapter,
-    the class that wrapped the model for training)."""
+class Launched(NamedTuple):
+    rows: dict[int, list[tuple]]             # per rank, the rows it trained on
+    held: dict[int, dict[str, torch.Tensor]]  # per rank, the trained weights it ended with
+    saved: dict[str, torch.Tensor]           # what the run saved
+    engines: set[str]                        # what wrapped the model for training, e.g. DeepSpeedEngine ZeRO-3
+    stdout: str
+
+
+def launch(tmp_path: Path, tokenized_dir: Path, model: Path, *extra: str, shm_comm: bool = False,
+           saved_file: str = "adapter_model.safetensors") -> Launched:
+    """torchrun 2 CPU processes of the worker, and what they recorded."""
     record_dir, out, extensions = tmp_path / "record", tmp_path / "out", tmp_path / "torch_extensions"
     record_dir.mkdir()
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
@@ -130,47 +141,88 @@ def launch(tmp_path: Path, tokenized_dir: Path, model: Path, *extra: str, shm_co
     rows = {rank: [tuple(json.loads(line)) for line in (record_dir / f"rows-{rank}.jsonl").read_text().splitlines()]
             for rank in (0, 1)}
     held = {rank: load_file(record_dir / f"held-{rank}.safetensors") for rank in (0, 1)}
-    saved = load_file(out / "adapter_model.safetensors")
+    saved = load_file(out / saved_file)
     engines = {(record_dir / f"engine-{rank}.txt").read_text() for rank in (0, 1)}
-    return rows, held, saved, engines
+    return Launched(rows, held, saved, engines, result.stdout)
 
 
-def check_data_parallel(rows, held, saved, engines, engine: str) -> None:
+def check_data_parallel(launched: Launched, engine: str) -> None:
+    rows, held, saved, engines, _ = launched
     assert engines == {engine}
     # whole LoRA matrices (r = 8), never the empty shards ZeRO-3 leaves on each rank
     assert all(w.shape[0 if "lora_A" in name else 1] == 8 and w.numel() > 8 for name, w in saved.items())
+    assert held[0].keys() == saved.keys()
+    check_ranks_in_step(held, saved)
+    lora_b = [w for name, w in saved.items() if "lora_B" in name]
+    assert lora_b and all(w.abs().max() > 0 for w in lora_b)  # LoRA B starts at 0: it trained
     # 4 steps x 2 rows on each of 2 ranks = the 16 rows once, split between the ranks
     assert len(rows[0]) == len(rows[1]) == ROWS // 2
     assert not set(rows[0]) & set(rows[1])
+
+
+def check_ranks_in_step(held, saved) -> None:
     # different data, yet the same weights on both ranks: the gradients were averaged
-    assert held[0].keys() == held[1].keys() == saved.keys()
+    assert held[0].keys() == held[1].keys() <= saved.keys()
     for name, weight in held[0].items():
         assert torch.equal(weight, held[1][name]), name
         assert torch.equal(weight, saved[name].float()), name
-    lora_b = [w for name, w in saved.items() if "lora_B" in name]
-    assert lora_b and all(w.abs().max() > 0 for w in lora_b)  # LoRA B starts at 0: it trained
 
 
 def test_torchrun_ddp_on_cpu_splits_data_and_saves_what_rank_0_holds(tiny_qwen2, tokenized_dir, tmp_path):
-    check_data_parallel(*launch(tmp_path, tokenized_dir, tiny_qwen2), engine="DistributedDataParallel")
+    check_data_parallel(launch(tmp_path, tokenized_dir, tiny_qwen2), engine="DistributedDataParallel")
 
 
 def test_deepspeed_zero2_on_cpu_splits_data_and_saves_what_rank_0_holds(tiny_qwen2, tokenized_dir, tmp_path):
     pytest.importorskip("deepspeed")
     result = launch(tmp_path, tokenized_dir, tiny_qwen2, "--deepspeed", str(CONFIGS / "ds_zero2.json"))
-    check_data_parallel(*result, engine="DeepSpeedEngine ZeRO-2")
+    check_data_parallel(result, engine="DeepSpeedEngine ZeRO-2")
 
 
-def test_deepspeed_zero3_offload_on_cpu_splits_data_and_saves_the_gathered_weights(tiny_qwen2, tokenized_dir, tmp_path):
-    pytest.importorskip("deepspeed")
-    # The shipped config, but with the Trainer's torch AdamW stepping the CPU-offloaded optimizer states
-    # instead of DeepSpeed's CPU Adam, whose C++ op is compiled first (~60 s here; it trains too).
+def zero3_offload_config(tmp_path: Path) -> str:
+    """The shipped config, but with the Trainer's torch AdamW stepping the CPU-offloaded optimizer states
+    instead of DeepSpeed's CPU Adam, whose C++ op is compiled first (~60 s here; it trains too)."""
     config = json.loads((CONFIGS / "ds_zero3_offload.json").read_text())
     del config["optimizer"]
     config["zero_force_ds_cpu_optimizer"] = False
     (tmp_path / "zero3.json").write_text(json.dumps(config))
-    result = launch(tmp_path, tokenized_dir, tiny_qwen2, "--deepspeed", str(tmp_path / "zero3.json"))
-    check_data_parallel(*result, engine="DeepSpeedEngine ZeRO-3 offload:optimizer,params")
+    return str(tmp_path / "zero3.json")
+
+
+def parameter_count_line(stdout: str) -> tuple[int, int, str]:
+    """(trainable, total, percent) from the recipe's `<method>: training T of N parameters (P%)` line."""
+    found = re.search(r"training ([\d,]+) of ([\d,]+) parameters \(([\d.]+)%\)", stdout)
+    assert found, stdout[-2000:]
+    return int(found[1].replace(",", "")), int(found[2].replace(",", "")), found[3]
+
+
+def base_weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    from transformers import AutoModelForCausalLM
+
+    return dict(AutoModelForCausalLM.from_pretrained(model_dir).state_dict())
+
+
+def test_deepspeed_zero3_offload_on_cpu_splits_data_and_saves_the_gathered_weights(tiny_qwen2, tokenized_dir, tmp_path):
+    pytest.importorskip("deepspeed")
+    result = launch(tmp_path, tokenized_dir, tiny_qwen2, "--deepspeed", zero3_offload_config(tmp_path))
+    check_data_parallel(result, engine="DeepSpeedEngine ZeRO-3 offload:optimizer,params")
+    # partitioned weights counted by their full size, not the empty shard each rank holds
+    trainable, total, _ = parameter_count_line(result.stdout)
+    assert trainable == sum(w.numel() for w in result.saved.values())
+    assert total == trainable + sum(w.numel() for w in base_weights(tiny_qwen2).values())
+
+
+def test_deepspeed_zero3_offload_on_cpu_fine_tunes_every_parameter(tiny_qwen2, tokenized_dir, tmp_path):
+    pytest.importorskip("deepspeed")
+    result = launch(tmp_path, tokenized_dir, tiny_qwen2, "--deepspeed", zero3_offload_config(tmp_path),
+                    "--finetuning_type", "full", saved_file="model.safetensors")
+    assert result.engines == {"DeepSpeedEngine ZeRO-3 offload:optimizer,params"}
+    base = base_weights(tiny_qwen2)
+    assert parameter_count_line(result.stdout) == (sum(w.numel() for w in base.values()),) * 2 + ("100.0000",)
+    check_ranks_in_step(result.held, result.saved)
+    # the whole model was saved, gathered from the shards, and every weight moved
+    assert result.saved.keys() == base.keys()
+    assert all(result.saved[name].shape == w.shape and not torch.equal(result.saved[name].float(), w)
+               for name, w in base.items())
 
 
 def test_torchrun_ddp_gives_each_rank_its_share_of_the_token_budget_batches(tiny_qwen2, tokenized_dir, tmp_path):
@@ -181,9 +233,9 @@ def test_torchrun_ddp_gives_each_rank_its_share_of_the_token_budget_batches(tiny
     every_row = {tuple(ids) for ids in dataset["input_ids"]}
     budget = 3 * max(row_lengths(dataset))
     batches = len(LengthSortedBatchSampler(row_lengths(dataset), max_tokens=budget))
-    rows, held, saved, engines = launch(tmp_path, tokenized_dir, tiny_qwen2, "--batching", "sorted",
-                                        "--max_tokens_per_batch", str(budget), "--max_steps", "-1",
-                                        "--num_train_epochs", "1")
+    rows, held, saved, engines, _ = launch(tmp_path, tokenized_dir, tiny_qwen2, "--batching", "sorted",
+                                           "--max_tokens_per_batch", str(budget), "--max_steps", "-1",
+                                           "--num_train_epochs", "1")
     assert engines == {"DistributedDataParallel"}
     # One epoch: every row trained once, each batch on one rank; with an odd number of batches
     # accelerate hands the short rank the first batch again (even_batches).
