@@ -67,43 +67,59 @@ def timed_small_request(client: httpx.Client, url: str) -> float:
     return time.perf_counter() - start
 
 
-def test_small_requests_stay_fast_while_four_huge_ones_are_refused(tiny_qwen2):
+# Sends four huge bodies at once per line read, from a process of its own: pushing 16 MB from this
+# process's threads would make the small request's client here wait for the GIL, and that is not
+# the server's latency.
+HUGE_SENDER = r"""
+import sys, threading, time, httpx
+url, huge = sys.argv[1], open(sys.argv[2], "rb").read()
+clients = [httpx.Client(timeout=60) for _ in range(4)]
+def send(client, replies, index):
+    response = client.post(url, content=huge, headers={"Content-Type": "application/json"})
+    replies[index] = f"{response.status_code}:{response.json()['error']['code']}"
+for _ in sys.stdin:
+    replies = [None] * 4
+    threads = [threading.Thread(target=send, args=(c, replies, i)) for i, c in enumerate(clients)]
+    for thread in threads:
+        thread.start()
+    print("sending", flush=True)
+    for thread in threads:
+        thread.join()
+    print(time.time(), *replies, flush=True)
+"""
+
+
+def test_small_requests_stay_fast_while_four_huge_ones_are_refused(tiny_qwen2, tmp_path):
     """Rounds of: one small request on the idle server, then one while four 4 MB requests (far over
     the 256-token context) are being refused. Idle and loaded samples alternate, so the other load
     on a shared machine weighs on both alike; the medians are compared."""
     text = ("数学 math " * 2**19)[:3 * 2**20]  # 1.5 bytes a character in UTF-8
     huge = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": text}]}, ensure_ascii=False).encode()
     assert 4 * 2**20 <= len(huge) < 5 * 2**20
+    (tmp_path / "huge.json").write_bytes(huge)
     idle, loaded, refusals, overlapped = [], [], [], 0
 
-    def refuse_huge(huge_client: httpx.Client, url: str, done: list[float]):
-        refusals.append(huge_client.post(f"{url}/chat/completions", content=huge,
-                                         headers={"Content-Type": "application/json"}))
-        done.append(time.perf_counter())
-
-    huge_clients = [httpx.Client(timeout=60) for _ in range(4)]
     with running_server(tiny_qwen2) as (url, _), httpx.Client(timeout=60) as client:
-        timed_small_request(client, url)  # warm-up: first-call costs are not latency
-        for _ in range(9):
-            idle.append(timed_small_request(client, url))
-            done: list[float] = []
-            senders = [threading.Thread(target=refuse_huge, args=(huge_client, url, done))
-                       for huge_client in huge_clients]
-            for sender in senders:
-                sender.start()
-            time.sleep(0.005)  # the huge bodies are on their way
-            small_started = time.perf_counter()
-            loaded.append(timed_small_request(client, url))
-            for sender in senders:
-                sender.join(timeout=60)
-            overlapped += max(done) > small_started
-    for huge_client in huge_clients:
-        huge_client.close()
+        sender = subprocess.Popen([sys.executable, "-c", HUGE_SENDER, f"{url}/chat/completions", str(tmp_path / "huge.json")],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            timed_small_request(client, url)  # warm-up: first-call costs are not latency
+            for _ in range(9):
+                idle.append(timed_small_request(client, url))
+                sender.stdin.write("go\n")
+                sender.stdin.flush()
+                assert sender.stdout.readline().strip() == "sending"
+                time.sleep(0.005)  # the huge bodies are on their way
+                small_started = time.time()
+                loaded.append(timed_small_request(client, url))
+                done, *replies = sender.stdout.readline().split()
+                refusals += replies
+                overlapped += float(done) > small_started
+        finally:
+            sender.kill()
+            sender.wait(timeout=30)
 
-    assert len(refusals) == 36 and overlapped >= 5
-    for response in refusals:
-        assert response.status_code == 400
-        assert response.json()["error"]["code"] == "context_length_exceeded"
+    assert refusals == ["400:context_length_exceeded"] * 36 and overlapped >= 5
     idle_s, loaded_s = statistics.median(idle), statistics.median(loaded)
     print(f"small request median: idle {idle_s * 1000:.0f} ms, while four 4 MB requests are refused "
           f"{loaded_s * 1000:.0f} ms")

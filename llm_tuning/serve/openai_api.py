@@ -14,7 +14,8 @@ The prompt is built by the family template (`templates.encode_prompt`), exactly 
 One slow request must not stall the others: the event loop only parses and routes. Building and
 tokenizing the prompt runs in a worker thread, and a conversation that cannot fit the context is
 refused before it is tokenized at all (`ServedModel.max_token_chars` bounds the characters one
-token can cover, so more than `context_length * max_token_chars` characters can never fit).
+token can cover, so more than `context_length * max_token_chars` characters can never fit). A body
+too large to hold even that many characters is refused on arrival, before it is read or parsed.
 """
 
 from __future__ import annotations
@@ -110,6 +111,8 @@ def context_length_error(context_length: int, prompt_tokens: int, completion_tok
 
 
 DEFAULT_MAX_REQUEST_BYTES = 8 * 2**20
+JSON_BYTES_PER_CHAR = 12
+NON_MESSAGE_BYTES = 64 * 2**10
 RETRY_AFTER_S = 1
 
 
@@ -212,6 +215,18 @@ class ServedModel:
         if self.max_token_chars is None:
             self.max_token_chars = longest_token_chars(self.tokenizer)
 
+    @property
+    def max_prompt_chars(self) -> int:
+        """More characters in the messages than this can never fit the context."""
+        return self.context_length * self.max_token_chars
+
+    def check_body_can_fit(self, size: int) -> None:
+        """Refuse, before reading or parsing it, a body of `size` bytes too large to hold a prompt
+        that fits: in JSON one character takes at most 12 bytes (an escaped surrogate pair), and the
+        fields besides the messages' text get a generous allowance."""
+        if size > JSON_BYTES_PER_CHAR * self.max_prompt_chars + NON_MESSAGE_BYTES:
+            raise context_length_error(self.context_length, self.context_length + 1, 1, at_least=True)
+
 
 def longest_token_chars(tokenizer) -> int:
     """The most characters a single token of `tokenizer` can stand for. A vocabulary entry is never
@@ -270,7 +285,11 @@ def create_app(engine, served: ServedModel, api_key: str | None = None, *,
         try:
             # Parsing, validating and tokenizing cost time in proportion to the body: a worker
             # thread does them, so the event loop keeps answering everyone else meanwhile.
-            body, prompt_ids, settings = await asyncio.to_thread(_read_request, await request.body(), served)
+            # A cheap refusal on the event loop: by the announced size before reading, by the size read after.
+            served.check_body_can_fit(int(request.headers.get("content-length") or 0))
+            raw = await request.body()
+            served.check_body_can_fit(len(raw))
+            body, prompt_ids, settings = await asyncio.to_thread(_read_request, raw, served)
             completion_id = f"chatcmpl-{uuid.uuid4().hex}"
             deltas = engine.generate(prompt_ids, settings, body.n)
             if body.stream:
@@ -338,7 +357,7 @@ def _prepare(body: ChatCompletionRequest, served: ServedModel) -> tuple[list[int
         raise APIError(400, str(err), param="messages") from None
     requested = body.max_completion_tokens or body.max_tokens
     characters = sum(len(m["content"]) for m in messages)
-    if characters > served.context_length * served.max_token_chars:  # cannot fit: refuse before tokenizing
+    if characters > served.max_prompt_chars:  # cannot fit: refuse before tokenizing
         raise context_length_error(served.context_length, math.ceil(characters / served.max_token_chars),
                                    requested or 1, at_least=True)
     prompt_ids = encode_prompt(served.tokenizer, served.template, query, history,
