@@ -25,7 +25,8 @@ Writes to --output_dir: the adapter (safetensors), the tokenizer, llm_tuning.jso
 from trl import DPOConfig, DPOTrainer
 
 from llm_tuning.cli import exits_on_user_error
-from llm_tuning.rlhf.pair_training import PreferenceArguments, parse_trainer_args, train_on_pairs
+from llm_tuning.rlhf.pair_training import PreferenceArguments, train_on_pairs
+from llm_tuning.training import parse_args
 
 
 @exits_on_user_error
@@ -39,7 +40,7 @@ def main(args: PreferenceArguments, training_args: DPOConfig) -> dict | None:
 
 @exits_on_user_error
 def cli(argv: list[str] | None = None) -> dict | None:
-    return main(*parse_trainer_args(PreferenceArguments, DPOConfig, argv=argv))
+    return main(*parse_args(PreferenceArguments, DPOConfig, argv=argv))
 
 
 if __name__ == "__main__":

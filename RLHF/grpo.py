@@ -46,10 +46,10 @@ from trl import GRPOConfig, GRPOTrainer
 from llm_tuning.cli import UserError, exits_on_user_error
 from llm_tuning.rlhf.grpo import format_table, load_questions, measure_policy
 from llm_tuning.modeling import load_model, load_tokenizer
-from llm_tuning.rlhf.pair_training import lora_config, parse_trainer_args, save_eval_metrics, train_and_save
+from llm_tuning.rlhf.pair_training import lora_config, save_eval_metrics, train_and_save
 from llm_tuning.rlhf.rewards import REWARD_NAMES, build_reward_functions
 from llm_tuning.templates import resolve_template, stop_token_ids
-from llm_tuning.training import TrainerLogCallback, require_output_dir
+from llm_tuning.training import TrainerLogCallback, parse_args, require_output_dir
 
 TABLE_FILE = "eval_table.txt"
 
@@ -157,7 +157,7 @@ def main(args: GRPOScriptArguments, training_args: GRPOArguments) -> dict | None
 
 @exits_on_user_error
 def cli(argv: list[str] | None = None) -> dict | None:
-    return main(*parse_trainer_args(GRPOScriptArguments, GRPOArguments, argv=argv))
+    return main(*parse_args(GRPOScriptArguments, GRPOArguments, argv=argv))
 
 
 if __name__ == "__main__":

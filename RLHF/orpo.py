@@ -30,7 +30,8 @@ trainer_log.jsonl and eval_metrics.json.
 from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
 from llm_tuning.cli import exits_on_user_error
-from llm_tuning.rlhf.pair_training import PreferenceArguments, parse_trainer_args, train_on_pairs
+from llm_tuning.rlhf.pair_training import PreferenceArguments, train_on_pairs
+from llm_tuning.training import parse_args
 
 
 @exits_on_user_error
@@ -43,7 +44,7 @@ def main(args: PreferenceArguments, training_args: ORPOConfig) -> dict | None:
 
 @exits_on_user_error
 def cli(argv: list[str] | None = None) -> dict | None:
-    return main(*parse_trainer_args(PreferenceArguments, ORPOConfig, argv=argv))
+    return main(*parse_args(PreferenceArguments, ORPOConfig, argv=argv))
 
 
 if __name__ == "__main__":

@@ -55,10 +55,11 @@ from llm_tuning.rlhf.ppo import (
     PolicyWithValue, evaluate_policy, gae, generate_replies, kl_shaped_rewards, masked_mean, pack, peak_memory_mb, ppo_losses, score_rollout, token_logprobs, whiten,
 )
 from llm_tuning.rlhf.reward_model import load_reward_model, reward_scores
-from llm_tuning.rlhf.pair_training import PreferenceArguments, lora_config, parse_trainer_args, save_eval_metrics
+from llm_tuning.rlhf.pair_training import PreferenceArguments, lora_config, save_eval_metrics
 from llm_tuning.rlhf.pairs import encode_pair, load_preference_pairs
 from llm_tuning.templates import resolve_template, stop_token_ids
 from llm_tuning.run_config import save_run_config
+from llm_tuning.training import parse_args
 
 LOG_FILE = "ppo_log.jsonl"
 
@@ -236,7 +237,7 @@ def main(args: PreferenceArguments, ppo_args: PPOArguments) -> dict:
 
 @exits_on_user_error
 def cli(argv: list[str] | None = None) -> dict:
-    return main(*parse_trainer_args(PreferenceArguments, PPOArguments, argv=argv))
+    return main(*parse_args(PreferenceArguments, PPOArguments, argv=argv))
 
 
 if __name__ == "__main__":

@@ -31,12 +31,12 @@ from llm_tuning.cli import UserError, exits_on_user_error
 from llm_tuning.modeling import first_line, load_tokenizer
 from llm_tuning.rlhf.reward_model import reward_scores
 from llm_tuning.rlhf.pair_training import (
-    PreferenceArguments, lora_config, parse_trainer_args, save_eval_metrics, train_and_save,
+    PreferenceArguments, lora_config, save_eval_metrics, train_and_save,
 )
 from llm_tuning.rlhf.pairs import encode_pairs, load_preference_pairs
 from llm_tuning.rlhf.reward_model import pairwise_accuracy
 from llm_tuning.templates import resolve_template
-from llm_tuning.training import TrainerLogCallback, require_output_dir
+from llm_tuning.training import TrainerLogCallback, parse_args, require_output_dir
 
 
 
@@ -86,7 +86,7 @@ def main(args: PreferenceArguments, training_args: RewardConfig) -> dict | None:
 
 @exits_on_user_error
 def cli(argv: list[str] | None = None) -> dict | None:
-    return main(*parse_trainer_args(PreferenceArguments, RewardConfig, argv=argv))
+    return main(*parse_args(PreferenceArguments, RewardConfig, argv=argv))
 
 
 if __name__ == "__main__":

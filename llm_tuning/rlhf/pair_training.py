@@ -38,17 +38,6 @@ def lora_config(model, args: PreferenceArguments, task_type: str):
                       lora_dropout=args.lora_dropout, target_modules=resolve_lora_targets(model, args.lora_target))
 
 
-def parse_trainer_args(*dataclass_types, argv: list[str] | None = None):
-    """`training.parse_args`, with the configs' own checks (bf16 without a GPU, …) as UserErrors."""
-    from ..modeling import first_line
-    from ..training import parse_args
-
-    try:
-        return parse_args(*dataclass_types, argv=argv)
-    except ValueError as err:
-        raise UserError(first_line(err)) from None
-
-
 EVAL_METRICS_FILE = "eval_metrics.json"
 
 
