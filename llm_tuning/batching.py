@@ -326,7 +326,10 @@ def automatic_token_budget(lengths: Sequence[int], rows_per_batch: int) -> int:
     """Tokens per batch when no `--max_tokens_per_batch` is given: the smallest budget whose
     batches are no more than `rows_per_batch`-row batches would be, so an epoch takes as many
     optimizer steps (and the learning-rate schedule means the same) as with fixed row batches,
-    while a batch of long rows holds fewer of them. Found by bisection; at least the longest row."""
+    while a batch of long rows holds fewer of them. Found by bisection; at least the longest row.
+    Where lengths are so spread that batches close at the padding cap before reaching the budget
+    (a few hundred rows of a long tail), no budget gives that few batches: the largest one,
+    `rows_per_batch` x the longest row, is used and the epoch takes more steps."""
     sorted_lengths = np.sort(np.asarray(lengths, dtype=np.int64))
     if len(sorted_lengths) == 0:
         return 1
@@ -341,11 +344,15 @@ def automatic_token_budget(lengths: Sequence[int], rows_per_batch: int) -> int:
     return low
 
 
-def describe_batching(mode: str, automatic: bool, data_args, training_args, token_budget: int | None = None) -> str:
+def describe_batching(mode: str, automatic: bool, data_args, training_args,
+                      batch_sampler: LengthSortedBatchSampler | None = None) -> str:
     rows = training_args.per_device_train_batch_size
-    budget = f"length-sorted batches of at most {token_budget} tokens"
-    if data_args.max_tokens_per_batch is None and mode == TOKENS:
-        budget += f" (as many batches as {rows}-row batches)"
+    budget = ""
+    if mode == TOKENS:
+        budget = f"length-sorted batches of at most {batch_sampler.max_tokens} tokens, {len(batch_sampler)} an epoch"
+        if data_args.max_tokens_per_batch is None:
+            row_batches = math.ceil(len(batch_sampler.lengths) / rows)
+            budget += f" ({rows}-row batches: {row_batches})"
     what = {
         SORTED: f"length-sorted batches of {rows} rows",
         TOKENS: budget,
@@ -394,14 +401,17 @@ def prepare_batching(dataset, tokenizer, data_args, training_args, max_seq_lengt
     (`DataArguments`) and `--train_sampling_strategy` (`TrainingArguments`). `training_args` is
     left as given: what the mode needs changed in it is applied by `Batching.trainer`, on a copy."""
     mode, automatic = resolve_batching(data_args, training_args)
-    lengths = row_lengths(dataset) if mode in (SORTED, TOKENS) else None
-    token_budget = None
-    if mode == TOKENS:
-        token_budget = data_args.max_tokens_per_batch or automatic_token_budget(
-            lengths, training_args.per_device_train_batch_size)
-    if training_args.process_index == 0:
-        print(describe_batching(mode, automatic, data_args, training_args, token_budget))
     batch_sampler, settings = None, {}
+    if mode in (SORTED, TOKENS):
+        lengths, rows = row_lengths(dataset), training_args.per_device_train_batch_size
+        seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
+        if mode == SORTED:
+            batch_sampler = LengthSortedBatchSampler(lengths, batch_size=rows, seed=seed)
+        else:
+            budget = data_args.max_tokens_per_batch or automatic_token_budget(lengths, rows)
+            batch_sampler = LengthSortedBatchSampler(lengths, max_tokens=budget, seed=seed)
+    if training_args.process_index == 0:
+        print(describe_batching(mode, automatic, data_args, training_args, batch_sampler))
     if mode == PACKING:
         samples, max_length = len(dataset), data_args.packing_max_length or max_seq_length
         dataset = pack_dataset(dataset, max_length)
@@ -412,9 +422,4 @@ def prepare_batching(dataset, tokenizer, data_args, training_args, max_seq_lengt
         # The Trainer drops columns the model does not take before building the sampler, and the
         # sampler would then measure every row itself; our collator ignores `length` anyway.
         settings = {"train_sampling_strategy": GROUP_BY_LENGTH, "remove_unused_columns": False}
-    elif mode in (SORTED, TOKENS):
-        batch_sampler = LengthSortedBatchSampler(
-            lengths, max_tokens=token_budget,
-            batch_size=None if mode == TOKENS else training_args.per_device_train_batch_size,
-            seed=training_args.data_seed if training_args.data_seed is not None else training_args.seed)
     return Batching(mode, dataset, make_collator(tokenizer), batch_sampler, settings)

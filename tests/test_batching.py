@@ -256,11 +256,11 @@ def test_the_recipe_prints_its_automatic_choice_and_takes_a_token_budget(run, ti
               "--report_to", "none", "--use_cpu", "true", "--per_device_train_batch_size", "2"]
     result = run("qwen_lora_tuning.py", *common, "--output_dir", tmp_path / "auto")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert re.search(r"batching: tokens, length-sorted batches of at most \d+ tokens \(as many batches as 2-row "
-                     r"batches\) \(auto: no varlen attention kernel\)", result.stdout)
+    assert re.search(r"batching: tokens, length-sorted batches of at most \d+ tokens, \d+ an epoch \(2-row "
+                     r"batches: \d+\) \(auto: no varlen attention kernel\)", result.stdout)
     result = run("qwen_lora_tuning.py", *common, "--output_dir", tmp_path / "budget", "--max_tokens_per_batch", "300")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "batching: tokens, length-sorted batches of at most 300 tokens" in result.stdout
+    assert re.search(r"batching: tokens, length-sorted batches of at most 300 tokens, \d+ an epoch;", result.stdout)
 
 
 @pytest.mark.parametrize("flags, message", [
