@@ -8,6 +8,12 @@ no production hook) and every training run shortened by LLM_TUNING_MAX_STEPS. A 
 test when it exits non-zero, or when a file it promises (--output_dir, --output, --save_name,
 --plot, "writes PATH" in its comment, loss.png after training) is not there afterwards.
 
+Servers (api_server.py, web_demo.py, tensorboard) start, must answer (the API server one real chat
+request through the openai client), and are stopped; an interactive chat.py gets a question and
+`exit` on stdin. A command shown in several places runs once: README_zh.md shares README.md's
+sandbox, and README.md, which repeats commands of the folder READMEs, reuses their results (and
+the files those commands wrote) while the folder READMEs run beside it in two background streams.
+
 Not run, each skipped by name with the reason: commands marked for a GPU (a comment holding "GPU"
 on the command's line or in the comment lines just above it), and the few in NOT_RUN.
 
