@@ -131,7 +131,33 @@ def parse_args(*dataclass_types, argv: list[str] | None = None):
     for arguments in parsed:
         if isinstance(arguments, TrainingArguments):
             claim_output_dir(arguments, overwrite)
+    cap_training_steps(parsed)
     return tuple(parsed)
+
+
+MAX_STEPS_ENV = "LLM_TUNING_MAX_STEPS"
+
+
+def cap_training_steps(parsed) -> None:
+    """LLM_TUNING_MAX_STEPS=N stops every run after N optimizer steps (PPO: N iterations) and logs each step,
+    so a documented command can be tried in seconds (tests/test_docs.py runs every command of the docs so)."""
+    limit = os.environ.get(MAX_STEPS_ENV, "").strip()
+    if not limit:
+        return
+    if not limit.isdigit() or int(limit) < 1:
+        exit_with_usage_error(f"{MAX_STEPS_ENV} must be a positive whole number of steps, not {limit!r}")
+    steps = int(limit)
+    for arguments in parsed:
+        if isinstance(arguments, TrainingArguments):
+            if arguments.max_steps <= 0 or arguments.max_steps > steps:
+                arguments.max_steps = steps
+            arguments.logging_steps = 1
+            print(f"{MAX_STEPS_ENV}={steps}: training stops after {arguments.max_steps} step(s), "
+                  f"logging each", flush=True)
+        elif hasattr(arguments, "num_iterations"):
+            arguments.num_iterations = min(arguments.num_iterations, steps)
+            print(f"{MAX_STEPS_ENV}={steps}: training stops after {arguments.num_iterations} iteration(s)",
+                  flush=True)
 
 
 OVERWRITE_FLAG = "overwrite_output_dir"

@@ -139,8 +139,11 @@ def main(args: argparse.Namespace, recipe_argv: list[str]) -> list[dict]:
     recipe_args = [*COMMON_RECIPE_ARGS, *(TINY_RECIPE_ARGS if args.model == TINY else []),
                    *(["--trust_remote_code", "true"] if remote_code else []), *recipe_argv]
     fact_rows = [{"q": q, "a": f["answer"]} for f in facts for q in f["train_questions"]]
-    for name, extra in (("facts only", []),
-                        ("facts + replay", [{"q": g["q"], "a": a} for g, a in zip(replay, base_replay)])):
+    # An empty base reply (the model stopped at once) is nothing to replay, and no valid training row.
+    replay_rows = [{"q": g["q"], "a": a} for g, a in zip(replay, base_replay) if a.strip()]
+    if len(replay_rows) < len(replay):
+        print(f"replay: {len(replay) - len(replay_rows)} of {len(replay)} base replies are empty and not replayed")
+    for name, extra in (("facts only", []), ("facts + replay", replay_rows)):
         run_dir = out_dir / name.replace(" + ", "_").replace(" ", "_")
         train_file = write_jsonl(fact_rows + extra, run_dir / "train.jsonl")
         dataset = tokenize_records(train_file, base, run_dir / "tokenized", trust_remote_code=remote_code)
