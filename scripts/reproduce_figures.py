@@ -79,11 +79,17 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def header_line(seeds: Sequence[int] | None) -> str:
-    versions = ", ".join(f"{name} {importlib.metadata.version(name)}" for name in PACKAGES)
-    seed_part = ("deterministic (no seed)" if seeds is None else
-                 f"seeds {', '.join(map(str, seeds))}" + (" (mean ± sample std)" if len(seeds) > 1 else ""))
-    return f"{seed_part} · {versions} · {cpu_model()}, {os.cpu_count()} cores"
+def header_line(name: str, seeds: Sequence[int] | None) -> str:
+    """The line above a table: the command that prints it, the seeds, the versions and the machine."""
+    versions = ", ".join(f"{package} {importlib.metadata.version(package)}" for package in PACKAGES)
+    if seeds is None:
+        runs = "deterministic"
+    else:
+        runs = f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+        runs += " (mean ± sample std over the seeds)" if len(seeds) > 1 else ""
+        if list(seeds) != [0, 1, 2]:
+            name += f" --seeds {' '.join(map(str, seeds))}"
+    return f"`python scripts/reproduce_figures.py --only {name}`: {runs}; {versions}; {cpu_model()}, {os.cpu_count()} cores"
 
 
 def cpu_model() -> str:
@@ -95,11 +101,11 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def rows_of_text_table(output: str, first_column: str) -> dict[str, tuple[list[float], str]]:
-    """Parse a fixed-width table the scripts print (a name, numbers, then a quoted sample reply):
-    {name: (numbers, reply)}. The last such table in the output wins."""
+def rows_of_text_table(output: str, column: str) -> dict[str, tuple[list[float], str]]:
+    """Parse a fixed-width table the scripts print (a name, numbers, then a quoted sample reply) whose
+    header starts with `policy` and names column: {name: (numbers, reply)}. The last such table wins."""
     lines = output.splitlines()
-    start = max(i for i, line in enumerate(lines) if line.startswith(first_column))
+    start = max(i for i, line in enumerate(lines) if line.startswith("policy") and column in line.split())
     rows = {}
     for line in lines[start + 1:]:
         match = re.match(r"^(\S+)((?:\s+-?\d+(?:\.\d+)?)+)\s+(['\"].*)$", line)
@@ -124,8 +130,8 @@ def rlhf(seeds: Sequence[int], work_dir: Path, reuse: bool) -> str:
         outputs[seed] = run_logged(["sh", "RLHF/rlhf.sh"], out / "log.txt", reuse,
                                    env={"SEED": str(seed), "OUT": str(out / "weights")})
     accuracy = [float(re.search(r"pairwise accuracy: ([\d.]+)", o).group(1)) for o in outputs.values()]
-    policies = {seed: rows_of_text_table(o, "policy  ") for seed, o in outputs.items()}
-    grpo = {seed: rows_of_text_table(o, "policy    pass@1") for seed, o in outputs.items()}
+    policies = {seed: rows_of_text_table(o, "logp-margin") for seed, o in outputs.items()}
+    grpo = {seed: rows_of_text_table(o, "pass@1") for seed, o in outputs.items()}
     first = seeds[0]
     policy_rows = [[name] + [cell([policies[s][name][0][i] for s in seeds], digits) for i, (_, digits, _) in
                              enumerate(RLHF_COLUMNS)] + [f"`{policies[first][name][1]}`"]
@@ -206,50 +212,77 @@ SOURCES = ["zh_general", "zh_medical", "en_general"]
 CORPUS = "data/tokenized_data/pretrain_corpus"
 
 
+def printed_table(output: str, stop: str) -> str:
+    """A fixed-width table a script printed: from its `source` header line up to the line starting
+    with stop (progress bars and other lines around it left out)."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("source"))
+    end = next(i for i in range(start, len(lines)) if lines[i].startswith(stop))
+    return "\n".join(lines[start:end])
+
+
 def make_corpus(work_dir: Path, reuse: bool) -> str:
+    """pretrain/README.md step 1: the shards every later step reads."""
     shutil.rmtree(REPO_ROOT / CORPUS, ignore_errors=True)
-    return run_logged(python_command(
+    output = run_logged(python_command(
         "pretrain/compress_data.py", "--inputs", *(f"pretrain/data/{s}.jsonl" for s in SOURCES),
         "--output_dir", CORPUS, "--lines_per_shard", "200", "--heldout_lines", "40"),
         work_dir / "mixture" / "shards" / "log.txt", reuse)
+    return printed_table(output, stop="wrote")
 
 
 def mixture(seeds: Sequence[int], work_dir: Path, reuse: bool) -> str:
     """pretrain/README.md steps 1 and 2: deterministic, so run once."""
     shards = make_corpus(work_dir, reuse)
-    table = run_logged(python_command("pretrain/data_mixture.py", "--corpus_dir", CORPUS, "--mixture_weights",
-                                      "zh_medical=3", "--total_draws", "20000", "--plot", f"{CORPUS}/mixture.png"),
-                       work_dir / "mixture" / "table" / "log.txt", reuse)
-    return shards.strip() + "\n\n" + table.strip()
+    output = run_logged(python_command("pretrain/data_mixture.py", "--corpus_dir", CORPUS, "--mixture_weights",
+                                       "zh_medical=3", "--total_draws", "20000", "--plot", f"{CORPUS}/mixture.png"),
+                        work_dir / "mixture" / "table" / "log.txt", reuse)
+    return shards + "\n\n" + printed_table(output, stop="saved")
 
 
 PRETRAIN_COLUMNS = [("eval_loss", "eval_loss", 3)] + [("perplexity", "eval_perplexity", 1)] + [
     (s, f"eval_perplexity_{s}", 1) for s in SOURCES]
+PRETRAIN_COMMAND = [
+    "pretrain/continue_pretraining.py", "--model_name_or_path", "models/tiny-qwen2", "--corpus_dir", CORPUS,
+    "--mixture_weights", "zh_medical=3", "--max_steps", "60", "--block_size", "64",
+    "--per_device_train_batch_size", "8", "--learning_rate", "5e-3", "--lora_rank", "16", "--lora_dropout", "0",
+    "--eval_on_start", "true", "--eval_strategy", "steps", "--eval_steps", "20", "--logging_steps", "10",
+    "--save_steps", "30", "--save_total_limit", "2", "--report_to", "tensorboard"]
+TOKEN_SHARES = re.compile(r"^token shares of the ([\d,]+) tokens trained on: (.*)$", re.M)
+
+
+def token_shares_line(outputs: Sequence[str]) -> str:
+    """`token shares of the N tokens trained on: zh_general 41.23% ± 3.78, …` over the runs."""
+    matches = [TOKEN_SHARES.search(output) for output in outputs]
+    shares = [dict((name, float(pct.rstrip("%"))) for name, pct in (part.split() for part in m.group(2).split(", ")))
+              for m in matches]
+    return f"token shares of the {matches[0].group(1)} tokens trained on: " + ", ".join(
+        f"{name} {cell([s[name] for s in shares], 2)} %" for name in shares[0])
 
 
 def pretrain(seeds: Sequence[int], work_dir: Path, reuse: bool) -> str:
-    """pretrain/README.md step 4 once per seed: held-out loss and perplexities at steps 0, 20, 40, 60."""
+    """pretrain/README.md step 4 once per seed: held-out loss and perplexities at steps 0, 20, 40, 60;
+    then the same command with --mixture_by tokens: its token mixture table and the shares it trained on."""
     if not (REPO_ROOT / CORPUS / "manifest.json").is_file():
         make_corpus(work_dir, reuse=False)
-    logs, shares = {}, []
+    logs, outputs, token_outputs = {}, [], []
     for seed in seeds:
         out = work_dir / "pretrain" / f"seed{seed}"
-        output = run_logged(python_command(
-            "pretrain/continue_pretraining.py", "--model_name_or_path", "models/tiny-qwen2", "--corpus_dir", CORPUS,
-            "--mixture_weights", "zh_medical=3", "--output_dir", str(out / "run"), "--max_steps", "60",
-            "--block_size", "64", "--per_device_train_batch_size", "8", "--learning_rate", "5e-3",
-            "--lora_rank", "16", "--lora_dropout", "0", "--eval_on_start", "true", "--eval_strategy", "steps",
-            "--eval_steps", "20", "--logging_steps", "10", "--save_steps", "30", "--save_total_limit", "2",
-            "--report_to", "tensorboard", "--seed", str(seed)),
-            out / "log.txt", reuse)
-        shares.append(re.search(r"^token shares of the .*$", output, re.M).group(0))
+        outputs.append(run_logged(python_command(*PRETRAIN_COMMAND, "--output_dir", str(out / "run"),
+                                                 "--seed", str(seed)), out / "log.txt", reuse))
         entries = [json.loads(line) for line in (out / "run" / "trainer_log.jsonl").read_text().splitlines()]
         logs[seed] = {e["step"]: e for e in entries if "eval_loss" in e}
+        by_tokens = work_dir / "pretrain_tokens" / f"seed{seed}"
+        token_outputs.append(run_logged(python_command(*PRETRAIN_COMMAND, "--mixture_by", "tokens", "--output_dir",
+                                                       str(by_tokens / "run"), "--seed", str(seed)),
+                                        by_tokens / "log.txt", reuse))
     steps = sorted(logs[seeds[0]])
     rows = [[str(step)] + [cell([logs[s][step][key] for s in seeds], digits) for _, key, digits in PRETRAIN_COLUMNS]
             for step in steps]
-    return markdown_table(["step", *(c for c, _, _ in PRETRAIN_COLUMNS)], rows) + "\n\n" + "\n".join(
-        f"seed {seed}: {line}" for seed, line in zip(seeds, shares))
+    return "\n".join([
+        markdown_table(["step", *(c for c, _, _ in PRETRAIN_COLUMNS)], rows), "", token_shares_line(outputs), "",
+        "with --mixture_by tokens:", "", printed_table(token_outputs[0], stop="held-out blocks"),
+        token_shares_line(token_outputs)])
 
 
 FIGURES: dict[str, Callable[[Sequence[int], Path, bool], str]] = {
@@ -269,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         started = time.monotonic()
         table = FIGURES[name](args.seeds, args.work_dir.resolve(), args.reuse)
         seeds = None if name in DETERMINISTIC else args.seeds
-        print(f"## {name} · {header_line(seeds)}\n\n{table}\n", flush=True)
+        print(f"{header_line(name, seeds)}\n\n{table}\n", flush=True)
         print(f"({name}: {time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
 
 
