@@ -34,6 +34,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("torch", "transformers", "peft", "trl", "datasets")
+DOCS_SEEDS = [0, 1, 2]  # the seeds of the figures in the docs
 
 
 # --- running the docs' commands -----------------------------------------------------------------
@@ -84,10 +85,12 @@ def header_line(name: str, seeds: Sequence[int] | None) -> str:
     versions = ", ".join(f"{package} {importlib.metadata.version(package)}" for package in PACKAGES)
     if seeds is None:
         runs = "deterministic"
+    elif name in REPEATED:
+        runs = f"{len(seeds)} runs (mean ± sample std over the runs)"
     else:
         runs = f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
         runs += " (mean ± sample std over the seeds)" if len(seeds) > 1 else ""
-        if list(seeds) != [0, 1, 2]:
+        if list(seeds) != DOCS_SEEDS:
             name += f" --seeds {' '.join(map(str, seeds))}"
     return f"`python scripts/reproduce_figures.py --only {name}`: {runs}; {versions}; {cpu_model()}, {os.cpu_count()} cores"
 
@@ -285,16 +288,35 @@ def pretrain(seeds: Sequence[int], work_dir: Path, reuse: bool) -> str:
         token_shares_line(token_outputs)])
 
 
+# --- batched generation ----------------------------------------------------------------------------
+
+def generation(seeds: Sequence[int], work_dir: Path, reuse: bool) -> str:
+    """`python bench/bench_batched_generation.py` on one thread, once per seed slot: a timing, so the
+    runs are repeats (the model is the same) and the spread is the machine's."""
+    speeds = []
+    for run in seeds:
+        output = run_logged(python_command("bench/bench_batched_generation.py"),
+                            work_dir / "generation" / f"run{run}" / "log.txt", reuse, env={"OMP_NUM_THREADS": "1"})
+        sequential = float(re.search(r"one at a time:\s+([\d.]+) tokens/s", output).group(1))
+        batched, speedup = re.search(r"one batch:\s+([\d.]+) tokens/s .*, ([\d.]+)x", output).groups()
+        speeds.append((sequential, float(batched), float(speedup)))
+    sequential, batched, speedup = zip(*speeds)
+    return (f"one request at a time {cell(sequential, 0)} tokens/s, one batch {cell(batched, 0)} tokens/s "
+            f"({cell(speedup, 1)}×)")
+
+
 FIGURES: dict[str, Callable[[Sequence[int], Path, bool], str]] = {
     "rlhf": rlhf, "sde": sde, "rulai": rulai, "hc3": hc3, "pretrain": pretrain, "mixture": mixture,
+    "generation": generation,
 }
 DETERMINISTIC = {"mixture"}
+REPEATED = {"generation"}  # timings: the seeds only count the runs
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", choices=list(FIGURES), default=list(FIGURES))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--seeds", nargs="+", type=int, default=DOCS_SEEDS)
     parser.add_argument("--work_dir", type=Path, default=REPO_ROOT / "runs" / "figures")
     parser.add_argument("--reuse", action="store_true", help="read the logs of an earlier run instead of running")
     args = parser.parse_args(argv)
