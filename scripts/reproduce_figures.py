@@ -10,12 +10,13 @@ command wrote), and prints the table the docs show: one cell per figure, the mea
 standard deviation over the seeds (a single value for a deterministic table), headed by the seeds,
 the package versions and the machine. Paste the printed block into the docs as it is.
 
-Figures: rlhf (RLHF/README.md: the policy table and the GRPO table, from `sh RLHF/rlhf.sh`), sde
-(SDE/README.md: the design grid), rulai (projects/RulaiGPT and README.md), hc3
-(projects/ChatBaichuan-HC3 and README.md), pretrain (pretrain/README.md: held-out perplexities of
-continued pretraining), mixture (pretrain/README.md: the deterministic shard and mixture tables).
-With OMP_NUM_THREADS=1 on 2 shared CPU cores a seed took about: rlhf 5-10 min, sde 10-20 min,
-rulai 1-2 min, hc3 under 1 min, pretrain 1 min.
+Figures: rlhf (RLHF/README.md and both READMEs: the policy table and the GRPO table, from
+`sh RLHF/rlhf.sh`), sde (SDE/README.md: the design grid), rulai (projects/RulaiGPT/README.md and both
+READMEs), hc3 (projects/ChatBaichuan-HC3/README.md), pretrain (pretrain/README.md: held-out
+perplexities of continued pretraining, and the token mixture), mixture (pretrain/README.md: the
+deterministic shard and mixture tables), generation (both READMEs: batched generation speed, three
+timed repeats). With OMP_NUM_THREADS=1 on 2 CPU cores shared with other jobs one seed took:
+rlhf 1.5-3.5 min, sde 5.5 min, rulai 0.5-2 min, hc3 30-45 s, pretrain 10-30 s (twice), generation 12 s.
 """
 
 import argparse
