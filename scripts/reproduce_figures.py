@@ -50,8 +50,10 @@ def run_logged(command: Sequence[str], log_file: Path, reuse: bool, env: dict[st
     log_file.parent.mkdir(parents=True)
     started = time.monotonic()
     print(f"$ {' '.join(command)}", file=sys.stderr, flush=True)
-    result = subprocess.run(command, cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # shell scripts call `python`: make it this interpreter; scripts import this checkout's llm_tuning
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    result = subprocess.run(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PATH": path, "PYTHONPATH": str(REPO_ROOT), **(env or {})})
     output = result.stdout
     if result.returncode != 0:
         sys.exit(f"error: {' '.join(command)} failed with exit code {result.returncode}:\n{output[-3000:]}")
@@ -121,8 +123,7 @@ def rows_of_text_table(output: str, column: str) -> dict[str, tuple[list[float],
 
 # --- RLHF ------------------------------------------------------------------------------------------
 
-RLHF_COLUMNS = [("reward", 2, False), ("KL", 2, False), ("style", 2, False), ("empty", 1, False),
-                ("logp-margin", 2, False), ("DPO-margin", 2, False)]
+RLHF_COLUMNS = [("reward", 2), ("KL", 2), ("style", 2), ("empty", 1), ("logp-margin", 2), ("DPO-margin", 2)]
 GRPO_COLUMNS = [("pass@1", 2), ("sampled", 2), ("pass@8", 2), ("reward", 2), ("KL", 2), ("length", 2)]
 
 
@@ -133,11 +134,12 @@ def rlhf(seeds: Sequence[int], work_dir: Path, reuse: bool) -> str:
         out = work_dir / "rlhf" / f"seed{seed}"
         outputs[seed] = run_logged(["sh", "RLHF/rlhf.sh"], out / "log.txt", reuse,
                                    env={"SEED": str(seed), "OUT": str(out / "weights")})
-    accuracy = [float(re.search(r"pairwise accuracy: ([\d.]+)", o).group(1)) for o in outputs.values()]
+    accuracy = [float(re.search(r"reward model held-out pairwise accuracy: ([\d.]+)", output).group(1))
+                for output in outputs.values()]
     policies = {seed: rows_of_text_table(o, "logp-margin") for seed, o in outputs.items()}
     grpo = {seed: rows_of_text_table(o, "pass@1") for seed, o in outputs.items()}
     first = seeds[0]
-    policy_rows = [[name] + [cell([policies[s][name][0][i] for s in seeds], digits) for i, (_, digits, _) in
+    policy_rows = [[name] + [cell([policies[s][name][0][i] for s in seeds], digits) for i, (_, digits) in
                              enumerate(RLHF_COLUMNS)] + [f"`{policies[first][name][1]}`"]
                    for name in policies[first]]
     grpo_rows = [[name] + [cell([grpo[s][name][0][i] for s in seeds], digits) for i, (_, digits) in
@@ -145,7 +147,7 @@ def rlhf(seeds: Sequence[int], work_dir: Path, reuse: bool) -> str:
                  for name in grpo[first]]
     return "\n".join([
         f"reward model held-out pairwise accuracy: {cell(accuracy, 3)}", "",
-        markdown_table(["policy", *(c for c, _, _ in RLHF_COLUMNS), f"first reply (seed {first})"], policy_rows), "",
+        markdown_table(["policy", *(c for c, _ in RLHF_COLUMNS), f"first reply (seed {first})"], policy_rows), "",
         "GRPO on 24 training prompts (sampled at temperature 0.7):", "",
         markdown_table(["policy", *(c for c, _ in GRPO_COLUMNS), f"first greedy reply (seed {first})"], grpo_rows),
     ])
