@@ -95,7 +95,8 @@ def header_line(name: str, seeds: Sequence[int] | None) -> str:
         runs += " (mean ± sample std over the seeds)" if len(seeds) > 1 else ""
         if list(seeds) != DOCS_SEEDS:
             name += f" --seeds {' '.join(map(str, seeds))}"
-    return f"`python scripts/reproduce_figures.py --only {name}`: {runs}; {versions}; {cpu_model()}, {os.cpu_count()} cores"
+    machine = f"{cpu_model()}, {os.cpu_count()} cores"
+    return f"`python scripts/reproduce_figures.py --only {name}`: {runs}; {versions}; {machine}"
 
 
 def cpu_model() -> str:
