@@ -14,7 +14,8 @@ Figures: rlhf (RLHF/README.md and both READMEs: the policy table and the GRPO ta
 `sh RLHF/rlhf.sh`), sde (SDE/README.md: the design grid), rulai (projects/RulaiGPT/README.md and both
 READMEs), hc3 (projects/ChatBaichuan-HC3/README.md), pretrain (pretrain/README.md: held-out
 perplexities of continued pretraining, and the token mixture), mixture (pretrain/README.md: the
-deterministic shard and mixture tables), generation (both READMEs: batched generation speed, three
+deterministic shard and mixture tables), vocab (pretrain/README.md: the token counts before and
+after the vocabulary merge), generation (both READMEs: batched generation speed, three
 timed repeats). With OMP_NUM_THREADS=1 on 2 CPU cores shared with other jobs one seed took:
 rlhf 1.5-3.5 min, sde 5.5 min, rulai 0.5-2 min, hc3 30-45 s, pretrain 10-30 s (twice), generation 12 s.
 """
@@ -247,6 +248,22 @@ def mixture(seeds: Sequence[int], work_dir: Path, reuse: bool) -> str:
     return shards + "\n\n" + printed_table(output, stop="saved")
 
 
+def vocab(seeds: Sequence[int], work_dir: Path, reuse: bool) -> str:
+    """pretrain/README.md step 3a and 3b: deterministic, so run once; the token counts of the shipped
+    samples before and after the merge, as merge_tokenizer.py prints them."""
+    if not (REPO_ROOT / CORPUS / "manifest.json").is_file():
+        make_corpus(work_dir, reuse=False)
+    out = work_dir / "vocab"
+    run_logged(python_command("pretrain/train_tokenizer.py", "--corpus_dir", CORPUS, "--vocab_size", "600",
+                              "--output_dir", str(out / "train" / "zh_sp")), out / "train" / "log.txt", reuse)
+    output = run_logged(python_command("pretrain/merge_tokenizer.py", "--base_tokenizer", "models/tiny-qwen2",
+                                       "--sp_model", str(out / "train" / "zh_sp" / "tokenizer.model"), "--output_dir",
+                                       str(out / "merge" / "tokenizer")), out / "merge" / "log.txt", reuse)
+    counts = dict(re.findall(r"^(\w+)\.jsonl: (\d+ -> \d+ tokens \(ratio [\d.]+)", output, re.M))
+    return markdown_table(["base tokenizer", "zh_general.jsonl tokens", "en_general.jsonl tokens"], [
+        ["`models/tiny-qwen2` (byte-level BPE)", f"{counts['zh_general']})", f"{counts['en_general']})"]])
+
+
 PRETRAIN_COLUMNS = [("eval_loss", "eval_loss", 3)] + [("perplexity", "eval_perplexity", 1)] + [
     (s, f"eval_perplexity_{s}", 1) for s in SOURCES]
 PRETRAIN_COMMAND = [
@@ -311,9 +328,9 @@ def generation(seeds: Sequence[int], work_dir: Path, reuse: bool) -> str:
 
 FIGURES: dict[str, Callable[[Sequence[int], Path, bool], str]] = {
     "rlhf": rlhf, "sde": sde, "rulai": rulai, "hc3": hc3, "pretrain": pretrain, "mixture": mixture,
-    "generation": generation,
+    "generation": generation, "vocab": vocab,
 }
-DETERMINISTIC = {"mixture"}
+DETERMINISTIC = {"mixture", "vocab"}
 REPEATED = {"generation"}  # timings: the seeds only count the runs
 
 
