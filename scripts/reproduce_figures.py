@@ -11,13 +11,14 @@ standard deviation over the seeds (a single value for a deterministic table), he
 the package versions and the machine. Paste the printed block into the docs as it is.
 
 Figures: rlhf (RLHF/README.md and both READMEs: the policy table and the GRPO table, from
-`sh RLHF/rlhf.sh`), sde (SDE/README.md: the design grid), rulai (projects/RulaiGPT/README.md and both
+`sh RLHF/rlhf.sh`), sde (SDE/README.md: the design grid), sde_bigger (SDE/README.md: ES-SDE on a bigger stand-in),
+rulai (projects/RulaiGPT/README.md and both
 READMEs), hc3 (projects/ChatBaichuan-HC3/README.md), pretrain (pretrain/README.md: held-out
 perplexities of continued pretraining, and the token mixture), mixture (pretrain/README.md: the
 deterministic shard and mixture tables), vocab (pretrain/README.md: the token counts before and
 after the vocabulary merge), generation (both READMEs: batched generation speed, three
 timed repeats). With OMP_NUM_THREADS=1 on 2 CPU cores shared with other jobs one seed took:
-rlhf 1.5-3.5 min, sde 5.5 min, rulai 0.5-2 min, hc3 30-45 s, pretrain 10-30 s (twice), generation 12 s.
+rlhf 1.5-3.5 min, sde 5-5.5 min, rulai 0.5-2 min, hc3 30-45 s, pretrain 10-30 s (twice), generation 12 s.
 """
 
 import argparse
@@ -162,20 +163,34 @@ SDE_METRICS = [("sent. acc", "sentence_accuracy"), ("aspect acc", "mean_aspect_a
                ("format err", "format_error_rate")]
 
 
-def sde(seeds: Sequence[int], work_dir: Path, reuse: bool) -> str:
-    """SDE/README.md's offline grid once per seed: ID and OOD metrics per design."""
+SDE_GRID = ["--max_steps", "300", "--learning_rate", "5e-3", "--lora_dropout", "0", "--max_eval", "60"]
+# SDE/README.md's bigger stand-in, the grid's flags with these on top (later flags win)
+SDE_BIGGER = ["--tiny_hidden_size", "128", "--lora_rank", "32", "--max_steps", "600", "--learning_rate", "3e-3"]
+
+
+def sde_table(seeds: Sequence[int], work_dir: Path, reuse: bool, designs: Sequence[str], flags: Sequence[str]) -> str:
+    """SDE/run_sde.py once per seed: ID and OOD metrics per design."""
     results = {}
     for seed in seeds:
-        out = work_dir / "sde" / f"seed{seed}"
-        run_logged(python_command("SDE/run_sde.py", "--designs", *SDE_DESIGNS, "--max_steps", "300",
-                                  "--learning_rate", "5e-3", "--lora_dropout", "0", "--max_eval", "60",
-                                  "--output_dir", str(out / "grid"), "--seed", str(seed)), out / "log.txt", reuse)
+        out = work_dir / f"seed{seed}"
+        run_logged(python_command("SDE/run_sde.py", "--designs", *designs, *flags, "--output_dir", str(out / "grid"),
+                                  "--seed", str(seed)), out / "log.txt", reuse)
         results[seed] = {r["design"]: r["splits"] for r in
                          json.loads((out / "grid" / "results.json").read_text(encoding="utf-8"))}
     header = ["design"] + [f"{split} {label}" for split in ("ID", "OOD") for label, _ in SDE_METRICS]
     rows = [[design] + [cell([results[s][design][split][key] for s in seeds], 3)
-                        for split in ("id", "ood") for _, key in SDE_METRICS] for design in SDE_DESIGNS]
+                        for split in ("id", "ood") for _, key in SDE_METRICS] for design in designs]
     return markdown_table(header, rows)
+
+
+def sde(seeds: Sequence[int], work_dir: Path, reuse: bool) -> str:
+    """SDE/README.md's offline grid of the ten presets."""
+    return sde_table(seeds, work_dir / "sde", reuse, SDE_DESIGNS, SDE_GRID)
+
+
+def sde_bigger(seeds: Sequence[int], work_dir: Path, reuse: bool) -> str:
+    """SDE/README.md's bigger stand-in (hidden 128, LoRA r=32, 600 steps) on ES-SDE alone."""
+    return sde_table(seeds, work_dir / "sde_bigger", reuse, ["ES-SDE"], SDE_GRID + SDE_BIGGER)
 
 
 # --- the projects ----------------------------------------------------------------------------------
@@ -328,7 +343,7 @@ def generation(seeds: Sequence[int], work_dir: Path, reuse: bool) -> str:
 
 FIGURES: dict[str, Callable[[Sequence[int], Path, bool], str]] = {
     "rlhf": rlhf, "sde": sde, "rulai": rulai, "hc3": hc3, "pretrain": pretrain, "mixture": mixture,
-    "generation": generation, "vocab": vocab,
+    "generation": generation, "vocab": vocab, "sde_bigger": sde_bigger,
 }
 DETERMINISTIC = {"mixture", "vocab"}
 REPEATED = {"generation"}  # timings: the seeds only count the runs
