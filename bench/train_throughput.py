@@ -6,9 +6,11 @@
 A tiny-but-not-trivial random Qwen2 (hidden 256, 4 layers by default) with a LoRA adapter trains
 one epoch over bench/data/long_tail.jsonl (make_long_tail.py) in each of these ways:
 
-- default:        what a recipe does with no batching flag (--batching auto: length-sorted
-                  batches of up to --batch_size rows on CPU, packing with flash-attention varlen)
+- default:        what a recipe does with no batching flag (--batching auto: on CPU, length-sorted
+                  batches of a token budget chosen to give as many batches as --batch_size rows;
+                  packing with flash-attention varlen on a GPU)
 - tokens:         length-sorted batches of at most --max_tokens_per_batch tokens
+- sorted:         length-sorted batches of exactly --batch_size rows (--batching sorted)
 - group_by_length: ours, --batching group_by_length (transformers' sampler, our collator)
 - packing:        rows bin-packed into full rows of --max_seq_length (--batching packing)
 - random:         random batches padded to their longest row (--batching random)
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,8 +44,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 LONG_TAIL = REPO_ROOT / "bench" / "data" / "long_tail.jsonl"
-MODES = ("default", "tokens", "trainer-group_by_length", "trl-padding-free", "packing", "group_by_length",
-         "trl-sft", "random", "pad-to-max")
+MODES = ("default", "tokens", "sorted", "trainer-group_by_length", "trl-padding-free", "packing",
+         "group_by_length", "trl-sft", "random", "pad-to-max")
 DEFAULT_MODES = MODES[:-1]  # pad-to-max only when asked: it is the slowest by far
 BASELINE = "trainer-group_by_length"
 
@@ -56,6 +59,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--hidden_size", type=int, default=256)
     parser.add_argument("--num_layers", type=int, default=4)
     parser.add_argument("--modes", default=",".join(DEFAULT_MODES), help="comma-separated subset of: " + ", ".join(MODES))
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs of every mode, interleaved (mode order rotated each round); the table gives "
+                             "the median tokens/s and its min-max")
     parser.add_argument("--work_dir", type=Path, default=None, help="default: a temporary directory")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one mode, print JSON
     return parser.parse_args(argv)
@@ -150,18 +156,24 @@ def run_one(mode: str, args: argparse.Namespace, model_dir: Path, data_dir: Path
 
 
 def markdown_table(results: list[dict], device: str) -> str:
-    by_mode = {r["mode"]: r for r in results}
-    speed = {m: r["real_tokens"] / r["seconds"] for m, r in by_mode.items()}
+    runs: dict[str, list[dict]] = {}
+    for result in results:
+        runs.setdefault(result["mode"], []).append(result)
+    speeds = {m: sorted(r["real_tokens"] / r["seconds"] for r in rs) for m, rs in runs.items()}
+    speed = {m: statistics.median(s) for m, s in speeds.items()}
     trl_best = max((m for m in speed if m.startswith("trl-")), key=speed.get, default=None)
-    lines = [f"| batching ({device}) | real tokens/s | padding efficiency | steps | peak memory "
-             f"| vs Trainer group_by_length | vs TRL best ({trl_best or '-'}) |",
+    repeated = any(len(s) > 1 for s in speeds.values())
+    lines = [f"| batching ({device}) | real tokens/s{' (median, min-max)' if repeated else ''} | padding efficiency "
+             f"| steps | peak memory | vs Trainer group_by_length | vs TRL best ({trl_best or '-'}) |",
              "|---|---:|---:|---:|---:|---:|---:|"]
-    for mode, r in by_mode.items():
+    for mode, rs in runs.items():
+        r = rs[0]  # positions, steps: the same in every run of a mode
         vs_baseline = f"{speed[mode] / speed[BASELINE]:.2f}x" if BASELINE in speed else "-"
         vs_trl = f"{speed[mode] / speed[trl_best]:.2f}x" if trl_best else "-"
-        efficiency = r["real_tokens"] / r["positions"]
-        lines.append(f"| {mode} | {speed[mode]:,.0f} | {efficiency:.3f} | {r['steps']} | {r['peak_mb']:,.0f} MiB "
-                     f"| {vs_baseline} | {vs_trl} |")
+        spread = f" ({speeds[mode][0]:,.0f}-{speeds[mode][-1]:,.0f})" if len(rs) > 1 else ""
+        peak_mb = max(run["peak_mb"] for run in rs)
+        lines.append(f"| {mode} | {speed[mode]:,.0f}{spread} | {r['real_tokens'] / r['positions']:.3f} | {r['steps']} "
+                     f"| {peak_mb:,.0f} MiB | {vs_baseline} | {vs_trl} |")
     return "\n".join(lines)
 
 
@@ -194,8 +206,10 @@ def main() -> None:
         sys.exit(f"error: unknown mode(s) {', '.join(sorted(unknown))}; choose from {', '.join(MODES)}")
     prepare(args, work_dir)
     results = []
+    # Rounds rotate the order, so no mode always runs first (a cold machine) or after the same one.
+    schedule = [mode for round in range(args.repeats) for mode in modes[round % len(modes):] + modes[:round % len(modes)]]
     try:
-        for mode in tqdm(modes, desc="modes"):
+        for mode in tqdm(schedule, desc="runs"):
             results.append(run_in_own_process(mode, args, work_dir))
             tqdm.write(f"{mode}: {results[-1]['real_tokens'] / results[-1]['seconds']:,.0f} real tokens/s")
     except KeyboardInterrupt:  # Ctrl-C: the table of the modes measured so far
@@ -205,7 +219,7 @@ def main() -> None:
     print(f"\n{args.rows} rows of {LONG_TAIL.name} ({results[0]['real_tokens']:,} real tokens), Qwen2 "
           f"hidden {args.hidden_size} x {args.num_layers} layers + LoRA r=8, batch {args.batch_size}, "
           f"max_seq_length {args.max_seq_length}, tokens mode {args.max_tokens_per_batch} tokens per batch, "
-          f"one epoch each\n")
+          f"one epoch each, {args.repeats} run(s) of each mode\n")
     print(markdown_table(results, device))
 
 

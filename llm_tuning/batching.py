@@ -4,12 +4,15 @@ Padding is where small-GPU training loses its time (and where its OOMs come from
 pads every other row of its batch to its length. The ways out, shared by every recipe
 (`--batching`, chosen at start-up and printed; `auto` picks the fastest exact one):
 
-- sorted (the default without a varlen attention kernel): rows are sorted by length (ties in a
-  seeded random order) and cut into batches of `--per_device_train_batch_size` rows; the batches
-  are shuffled. Neighbours in length share a batch, so little is padding.
-- token budget (`--max_tokens_per_batch N`): the same sorted order cut into batches of at most N
-  padded positions, so short rows come many to a batch and long ones few; memory is capped by N,
-  and no batch is more than 3 % padding.
+- token budget (the default without a varlen attention kernel; `--batching tokens`, or
+  `--max_tokens_per_batch N` for a budget of your own): rows are sorted by length (ties in a
+  seeded random order) and cut into batches of at most N padded positions, so short rows come
+  many to a batch and long ones few; the batches are shuffled. No batch is more than 3 % padding,
+  and memory is capped by N instead of by rows x the longest row. The automatic budget is
+  `--per_device_train_batch_size` x the mean row length: a batch holds as many tokens as that
+  many rows do on average, so an epoch takes about as many steps as row batches would.
+- sorted (`--batching sorted`): the same sorted order cut into batches of exactly
+  `--per_device_train_batch_size` rows, for when the rows per step must not vary.
 - length grouping (`--batching group_by_length`, `--group_by_length true`, the same as
   `--train_sampling_strategy group_by_length`): transformers' sampler draws mega-batches of 50
   batches and sorts each by length. Lengths come from a `length` column read from the Arrow data.
@@ -172,6 +175,25 @@ class PaddingCollator:
         return out
 
 
+MAX_PADDING = 0.03  # of a token-budget batch's positions
+
+
+def batch_sizes(sorted_lengths: Sequence[int], batch_size: int | None = None,
+                max_tokens: int | None = None) -> list[int]:
+    """Rows per batch when the sorted lengths are cut, from the shortest, into batches of
+    `batch_size` rows, or of at most `max_tokens` padded positions (rows x longest row) that
+    close early rather than exceed MAX_PADDING."""
+    sizes, rows, tokens = [], 0, 0
+    for length in np.asarray(sorted_lengths).tolist():  # each row is the longest of its batch so far
+        rows, tokens, padded = rows + 1, tokens + length, (rows + 1) * length
+        fits = (rows <= batch_size if batch_size is not None
+                else padded <= max_tokens and tokens >= padded * (1 - MAX_PADDING))
+        if rows > 1 and not fits:
+            sizes.append(rows - 1)
+            rows, tokens = 1, length
+    return sizes + ([rows] if rows else [])
+
+
 class LengthSortedBatchSampler(torch.utils.data.Sampler[list[int]]):
     """Batches cut from the rows sorted by length, in a shuffled order: rows of (nearly) the same
     length share a batch, so almost no position is padding.
@@ -180,14 +202,12 @@ class LengthSortedBatchSampler(torch.utils.data.Sampler[list[int]]):
     fit in `max_tokens` padded positions (rows x longest row). A token-budget batch also closes
     before a row that would make more than MAX_PADDING of its positions padding (where the long
     tail thins out, a shorter batch beats a padded one), so at least 97 % of every such batch is
-    real tokens. The number of batches depends on the lengths only.
+    real tokens (`batch_sizes`). The number of batches depends on the lengths only.
 
     Ties in length are broken in a random order and the batches shuffled, both drawn from
     (seed, epoch): the same seed and epoch give the same batches, which is what lets a resumed run
     skip exactly the batches it has trained on. Every process builds the same list; accelerate
     hands each rank its share (`BatchSamplerShard`)."""
-
-    MAX_PADDING = 0.03
 
     def __init__(self, lengths: Sequence[int], batch_size: int | None = None, max_tokens: int | None = None,
                  seed: int = 0):
@@ -200,25 +220,10 @@ class LengthSortedBatchSampler(torch.utils.data.Sampler[list[int]]):
         if max_tokens is not None and longest > max_tokens:
             raise UserError(f"a row has {longest} tokens, more than --max_tokens_per_batch {max_tokens}; "
                             f"raise --max_tokens_per_batch to at least {longest}")
-        self._sizes = self._batch_sizes(np.sort(self.lengths))
+        self._sizes = batch_sizes(np.sort(self.lengths), batch_size, max_tokens)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-
-    def _batch_sizes(self, sorted_lengths: np.ndarray) -> list[int]:
-        """Rows per batch, walking the sorted lengths from the shortest."""
-        sizes, rows, tokens = [], 0, 0
-        for length in sorted_lengths.tolist():  # each row is the longest of its batch so far
-            if rows and not self._fits(rows + 1, tokens + length, (rows + 1) * length):
-                sizes.append(rows)
-                rows, tokens = 0, 0
-            rows, tokens = rows + 1, tokens + length
-        return sizes + ([rows] if rows else [])
-
-    def _fits(self, rows: int, tokens: int, padded: int) -> bool:
-        if self.batch_size is not None:
-            return rows <= self.batch_size
-        return padded <= self.max_tokens and tokens >= padded * (1 - self.MAX_PADDING)
 
     def batches(self) -> list[list[int]]:
         """This epoch's batches (row indices), in training order."""
@@ -275,7 +280,7 @@ class EpochSeedCallback(TrainerCallback):
 # --- choosing the batching mode -------------------------------------------------------------------
 
 AUTO, SORTED, TOKENS, RANDOM, PACKING = "auto", "sorted", "tokens", "random", "packing"
-BATCHING_MODES = (AUTO, SORTED, GROUP_BY_LENGTH, RANDOM, PACKING)
+BATCHING_MODES = (AUTO, TOKENS, SORTED, GROUP_BY_LENGTH, RANDOM, PACKING)
 
 
 def varlen_attention_available() -> bool:
@@ -306,7 +311,7 @@ def resolve_batching(data_args, training_args) -> tuple[str, bool]:
     if len(asked) > 1:
         raise UserError(f"batching flags disagree ({', '.join(sorted(asked))}); pass one --batching")
     if data_args.max_tokens_per_batch is not None:
-        if asked - {SORTED}:
+        if asked - {SORTED, TOKENS}:
             raise UserError(f"--max_tokens_per_batch makes length-sorted batches; it does not combine with "
                             f"{asked.pop()} batching")
         if data_args.max_tokens_per_batch < 1:
@@ -314,13 +319,43 @@ def resolve_batching(data_args, training_args) -> tuple[str, bool]:
         return TOKENS, False
     if asked:
         return asked.pop(), False
-    return (PACKING if varlen_attention_available() else SORTED), True
+    return (PACKING if varlen_attention_available() else TOKENS), True
 
 
-def describe_batching(mode: str, automatic: bool, data_args, training_args) -> str:
+def automatic_token_budget(lengths: Sequence[int], rows_per_batch: int) -> int:
+    """Tokens per batch when no `--max_tokens_per_batch` is given: the smallest budget whose
+    batches are no more than `rows_per_batch`-row batches would be, so an epoch takes as many
+    optimizer steps (and the learning-rate schedule means the same) as with fixed row batches,
+    while a batch of long rows holds fewer of them. Found by bisection; at least the longest row.
+    Where lengths are so spread that batches close at the padding cap before reaching the budget
+    (a few hundred rows of a long tail), no budget gives that few batches: the largest one,
+    `rows_per_batch` x the longest row, is used and the epoch takes more steps."""
+    sorted_lengths = np.sort(np.asarray(lengths, dtype=np.int64))
+    if len(sorted_lengths) == 0:
+        return 1
+    steps = math.ceil(len(sorted_lengths) / rows_per_batch)
+    low, high = int(sorted_lengths[-1]), rows_per_batch * int(sorted_lengths[-1])
+    while low < high:
+        middle = (low + high) // 2
+        if len(batch_sizes(sorted_lengths, max_tokens=middle)) <= steps:
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
+def describe_batching(mode: str, automatic: bool, data_args, training_args,
+                      batch_sampler: LengthSortedBatchSampler | None = None) -> str:
+    rows = training_args.per_device_train_batch_size
+    budget = ""
+    if mode == TOKENS:
+        budget = f"length-sorted batches of at most {batch_sampler.max_tokens} tokens, {len(batch_sampler)} an epoch"
+        if data_args.max_tokens_per_batch is None:
+            row_batches = math.ceil(len(batch_sampler.lengths) / rows)
+            budget += f" ({rows}-row batches: {row_batches})"
     what = {
-        SORTED: f"length-sorted batches of {training_args.per_device_train_batch_size} rows",
-        TOKENS: f"length-sorted batches of at most {data_args.max_tokens_per_batch} tokens",
+        SORTED: f"length-sorted batches of {rows} rows",
+        TOKENS: budget,
         GROUP_BY_LENGTH: "length-grouped batches (transformers' sampler)",
         RANDOM: f"the Trainer's {training_args.train_sampling_strategy} sampler, batches padded to their longest row",
         PACKING: "packed rows with per-sample position ids",
@@ -366,9 +401,17 @@ def prepare_batching(dataset, tokenizer, data_args, training_args, max_seq_lengt
     (`DataArguments`) and `--train_sampling_strategy` (`TrainingArguments`). `training_args` is
     left as given: what the mode needs changed in it is applied by `Batching.trainer`, on a copy."""
     mode, automatic = resolve_batching(data_args, training_args)
-    if training_args.process_index == 0:
-        print(describe_batching(mode, automatic, data_args, training_args))
     batch_sampler, settings = None, {}
+    if mode in (SORTED, TOKENS):
+        lengths, rows = row_lengths(dataset), training_args.per_device_train_batch_size
+        seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
+        if mode == SORTED:
+            batch_sampler = LengthSortedBatchSampler(lengths, batch_size=rows, seed=seed)
+        else:
+            budget = data_args.max_tokens_per_batch or automatic_token_budget(lengths, rows)
+            batch_sampler = LengthSortedBatchSampler(lengths, max_tokens=budget, seed=seed)
+    if training_args.process_index == 0:
+        print(describe_batching(mode, automatic, data_args, training_args, batch_sampler))
     if mode == PACKING:
         samples, max_length = len(dataset), data_args.packing_max_length or max_seq_length
         dataset = pack_dataset(dataset, max_length)
@@ -379,9 +422,4 @@ def prepare_batching(dataset, tokenizer, data_args, training_args, max_seq_lengt
         # The Trainer drops columns the model does not take before building the sampler, and the
         # sampler would then measure every row itself; our collator ignores `length` anyway.
         settings = {"train_sampling_strategy": GROUP_BY_LENGTH, "remove_unused_columns": False}
-    elif mode in (SORTED, TOKENS):
-        batch_sampler = LengthSortedBatchSampler(
-            row_lengths(dataset), max_tokens=data_args.max_tokens_per_batch,
-            batch_size=None if mode == TOKENS else training_args.per_device_train_batch_size,
-            seed=training_args.data_seed if training_args.data_seed is not None else training_args.seed)
     return Batching(mode, dataset, make_collator(tokenizer), batch_sampler, settings)

@@ -37,17 +37,19 @@ class DataArguments:
         metadata={"help": "Name under data/tokenized_data/ (or a path) written by tokenize_dataset_rows.py."}
     )
     # Batching (llm_tuning/batching.py): auto = packing with flash-attention varlen on a GPU,
-    # length-sorted batches otherwise.
+    # length-sorted token-budget batches otherwise.
     batching: str = field(
         default="auto",
-        metadata={"help": "auto, sorted (length-sorted batches), group_by_length (transformers' sampler), "
-                          "random (dynamic padding) or packing. auto: packing with flash-attention on a GPU, "
-                          "else sorted."},
+        metadata={"help": "auto, tokens (length-sorted batches of a token budget), sorted (length-sorted "
+                          "batches of --per_device_train_batch_size rows), group_by_length (transformers' "
+                          "sampler), random (dynamic padding) or packing. auto: packing with flash-attention "
+                          "on a GPU, else tokens."},
     )
     max_tokens_per_batch: int | None = field(
         default=None,
-        metadata={"help": "Length-sorted batches of at most N padded tokens each instead of a fixed row count "
-                          "(caps memory; --per_device_train_batch_size is then unused)."},
+        metadata={"help": "Token budget of a length-sorted batch (padded positions). Default with "
+                          "--batching auto/tokens: the smallest budget giving no more batches than "
+                          "--per_device_train_batch_size rows would."},
     )
     packing: bool = field(
         default=False,

@@ -76,6 +76,7 @@ def test_sorted_and_token_budget_batches_cut_the_padding_of_a_long_tailed_set(ti
     fractions = {}
     for name, data_args in {"random": DataArguments("unused", batching="random"),
                             "grouped": DataArguments("unused", group_by_length=True),
+                            "sorted": DataArguments("unused", batching="sorted"),
                             "default": DataArguments("unused"),
                             "tokens": DataArguments("unused", max_tokens_per_batch=4096)}.items():
         trainer = trainer_for(model, tokenizer, dataset, tmp_path, data_args, per_device_train_batch_size=8)
@@ -86,8 +87,8 @@ def test_sorted_and_token_budget_batches_cut_the_padding_of_a_long_tailed_set(ti
     # Measured (bench/train_throughput.py, same rows): 58.9% of a random batch is padding, 13.3% grouped.
     assert fractions["random"] > 0.4
     assert fractions["grouped"] < fractions["random"] / 3
-    assert fractions["default"] < fractions["grouped"] / 2  # measured: 3.9%
-    assert fractions["tokens"] < 0.03  # padding efficiency >= 0.97
+    assert fractions["sorted"] < fractions["grouped"] / 2  # measured: 3.9%
+    assert fractions["default"] < 0.03 and fractions["tokens"] < 0.03  # padding efficiency >= 0.97
 
 
 def test_token_budget_batches_hold_every_row_once_within_the_budget():
@@ -105,6 +106,23 @@ def test_token_budget_batches_hold_every_row_once_within_the_budget():
     assert len(sampler.batches()) == len(batches) and sampler.batches() != batches
     with pytest.raises(UserError, match="a row has 300 tokens, more than --max_tokens_per_batch 200; raise"):
         LengthSortedBatchSampler(lengths, max_tokens=200)
+
+
+def test_the_automatic_budget_takes_about_as_many_steps_as_row_batches(tiny_qwen2, tmp_path):
+    tokenizer, dataset, _ = tokenize_long_tail(tiny_qwen2, rows=400, max_seq_length=1024)
+    lengths = row_lengths(dataset)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, per_device_train_batch_size=8)
+    automatic = prepare_batching(dataset, tokenizer, DataArguments("unused"), args, 1024).batch_sampler
+    rows = prepare_batching(dataset, tokenizer, DataArguments("unused", batching="sorted"), args, 1024).batch_sampler
+    assert len(automatic) == len(rows) == 50  # the same optimizer steps per epoch
+    smaller = LengthSortedBatchSampler(lengths, max_tokens=automatic.max_tokens - 1)
+    assert len(smaller) > len(rows)  # and it is the smallest budget that gives them
+    # The largest batch of 8 rows is 8 long rows; no budget batch is half of it (memory follows).
+    assert automatic.max_tokens < max(len(b) * max(lengths[i] for i in b) for b in rows.batches()) / 2
+    # One row per batch: every row its own batch, and the longest row sets the budget.
+    args.per_device_train_batch_size = 1
+    one_row = prepare_batching(dataset, tokenizer, DataArguments("unused"), args, 1024).batch_sampler
+    assert one_row.max_tokens == max(lengths)
 
 
 def test_each_process_gets_its_own_share_of_the_batches():
@@ -238,17 +256,18 @@ def test_the_recipe_prints_its_automatic_choice_and_takes_a_token_budget(run, ti
               "--report_to", "none", "--use_cpu", "true", "--per_device_train_batch_size", "2"]
     result = run("qwen_lora_tuning.py", *common, "--output_dir", tmp_path / "auto")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "batching: sorted, length-sorted batches of 2 rows (auto: no varlen attention kernel)" in result.stdout
+    assert re.search(r"batching: tokens, length-sorted batches of at most \d+ tokens, \d+ an epoch \(2-row "
+                     r"batches: \d+\) \(auto: no varlen attention kernel\)", result.stdout)
     result = run("qwen_lora_tuning.py", *common, "--output_dir", tmp_path / "budget", "--max_tokens_per_batch", "300")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "batching: tokens, length-sorted batches of at most 300 tokens" in result.stdout
+    assert re.search(r"batching: tokens, length-sorted batches of at most 300 tokens, \d+ an epoch;", result.stdout)
 
 
 @pytest.mark.parametrize("flags, message", [
     (dict(batching="packing", max_tokens_per_batch=512), "--max_tokens_per_batch makes length-sorted batches; "
                                                         "it does not combine with packing batching"),
     (dict(batching="random", group_by_length=True), r"batching flags disagree \(group_by_length, random\)"),
-    (dict(batching="bucket"), "--batching 'bucket' is unknown; choose auto, sorted"),
+    (dict(batching="bucket"), "--batching 'bucket' is unknown; choose auto, tokens, sorted"),
     (dict(max_tokens_per_batch=20), "a row has .* tokens, more than --max_tokens_per_batch 20; raise"),
 ])
 def test_batching_mistakes_are_one_sentence(tiny_qwen2, tmp_path, flags, message):
