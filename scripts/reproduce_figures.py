@@ -11,14 +11,15 @@ standard deviation over the seeds (a single value for a deterministic table), he
 the package versions and the machine. Paste the printed block into the docs as it is.
 
 Figures: rlhf (RLHF/README.md and both READMEs: the policy table and the GRPO table, from
-`sh RLHF/rlhf.sh`), sde (SDE/README.md: the design grid), sde_bigger (SDE/README.md: ES-SDE on a bigger stand-in),
-rulai (projects/RulaiGPT/README.md and both
-READMEs), hc3 (projects/ChatBaichuan-HC3/README.md), pretrain (pretrain/README.md: held-out
-perplexities of continued pretraining, and the token mixture), mixture (pretrain/README.md: the
-deterministic shard and mixture tables), vocab (pretrain/README.md: the token counts before and
-after the vocabulary merge), generation (both READMEs: batched generation speed, three
+`sh RLHF/rlhf.sh`), sde (SDE/README.md: the design grid), sde_bigger (SDE/README.md: ES-SDE on a
+bigger stand-in), rulai (projects/RulaiGPT/README.md and both READMEs), hc3
+(projects/ChatBaichuan-HC3/README.md), pretrain (pretrain/README.md: held-out perplexities of
+continued pretraining, and the token mixture), mixture (pretrain/README.md: the deterministic shard
+and mixture tables), vocab (pretrain/README.md: the token counts before and after the vocabulary
+merge), generation (both READMEs: batched generation speed, three
 timed repeats). With OMP_NUM_THREADS=1 on 2 CPU cores shared with other jobs one seed took:
-rlhf 1.5-3.5 min, sde 5-5.5 min, rulai 0.5-2 min, hc3 30-45 s, pretrain 10-30 s (twice), generation 12 s.
+rlhf 2-3.5 min, sde 2.5-5.5 min, sde_bigger 1 min, rulai 1-2 min, hc3 20-45 s, pretrain 12-30 s
+(two runs), generation 12 s; all of them, three seeds, about 25 minutes.
 """
 
 import argparse
