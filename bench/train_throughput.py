@@ -23,7 +23,8 @@ one epoch over bench/data/long_tail.jsonl (make_long_tail.py) in each of these w
 
 Each run is a fresh process (so peak memory is its own) over the same rows and the same real
 tokens. Reported: real (non-pad) tokens per second, padding efficiency (real tokens / computed
-positions), peak memory (CUDA max allocated on a GPU, else peak RSS of the process), and
+positions), peak memory (CUDA max allocated on a GPU, else peak RSS of the process) and how much
+of it came during training (above what the process held when training started), and
 tokens/s as a ratio to plain Trainer group_by_length and to TRL's best mode. Prints a markdown
 table.
 """
@@ -143,6 +144,9 @@ def run_one(mode: str, args: argparse.Namespace, model_dir: Path, data_dir: Path
 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+        before_mb = torch.cuda.memory_allocated() / 2**20
+    else:
+        before_mb = resident_mb()
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
@@ -152,7 +156,14 @@ def run_one(mode: str, args: argparse.Namespace, model_dir: Path, data_dir: Path
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
     positions = trainer.data_collator.positions
     return {"mode": mode, "seconds": seconds, "real_tokens": real_tokens, "positions": positions,
-            "steps": trainer.state.global_step, "peak_mb": peak_mb}
+            "steps": trainer.state.global_step, "peak_mb": peak_mb, "before_mb": before_mb}
+
+
+def resident_mb() -> float:
+    """The process's resident memory now (Linux), in MiB."""
+    with open("/proc/self/status") as status:
+        kib = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+    return kib / 1024
 
 
 def markdown_table(results: list[dict], device: str) -> str:
@@ -164,7 +175,7 @@ def markdown_table(results: list[dict], device: str) -> str:
     trl_best = max((m for m in speed if m.startswith("trl-")), key=speed.get, default=None)
     repeated = any(len(s) > 1 for s in speeds.values())
     lines = [f"| batching ({device}) | real tokens/s{' (median, min-max)' if repeated else ''} | padding efficiency "
-             f"| steps | peak memory | vs Trainer group_by_length | vs TRL best ({trl_best or '-'}) |",
+             f"| steps | peak memory (of it, training) | vs Trainer group_by_length | vs TRL best ({trl_best or '-'}) |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for mode, rs in runs.items():
         r = rs[0]  # positions, steps: the same in every run of a mode
@@ -172,8 +183,9 @@ def markdown_table(results: list[dict], device: str) -> str:
         vs_trl = f"{speed[mode] / speed[trl_best]:.2f}x" if trl_best else "-"
         spread = f" ({speeds[mode][0]:,.0f}-{speeds[mode][-1]:,.0f})" if len(rs) > 1 else ""
         peak_mb = max(run["peak_mb"] for run in rs)
+        training_mb = max(run["peak_mb"] - run["before_mb"] for run in rs)
         lines.append(f"| {mode} | {speed[mode]:,.0f}{spread} | {r['real_tokens'] / r['positions']:.3f} | {r['steps']} "
-                     f"| {peak_mb:,.0f} MiB | {vs_baseline} | {vs_trl} |")
+                     f"| {peak_mb:,.0f} MiB ({training_mb:,.0f}) | {vs_baseline} | {vs_trl} |")
     return "\n".join(lines)
 
 

@@ -7,10 +7,12 @@ pads every other row of its batch to its length. The ways out, shared by every r
 - token budget (the default without a varlen attention kernel; `--batching tokens`, or
   `--max_tokens_per_batch N` for a budget of your own): rows are sorted by length (ties in a
   seeded random order) and cut into batches of at most N padded positions, so short rows come
-  many to a batch and long ones few; the batches are shuffled. No batch is more than 3 % padding,
-  and memory is capped by N instead of by rows x the longest row. The automatic budget is
-  `--per_device_train_batch_size` x the mean row length: a batch holds as many tokens as that
-  many rows do on average, so an epoch takes about as many steps as row batches would.
+  many to a batch and long ones few; the batches are shuffled. Memory is capped by N instead of
+  by rows x the longest row. The automatic budget is the smallest N that gives no more batches
+  than `--per_device_train_batch_size` rows would: an epoch takes as many optimizer steps, and
+  padding stays low (0.975 real tokens on the bench's long tail). Under a budget of your own a
+  batch also closes early rather than be more than 3 % padding (efficiency >= 0.97 by design;
+  more steps where lengths are sparse).
 - sorted (`--batching sorted`): the same sorted order cut into batches of exactly
   `--per_device_train_batch_size` rows, for when the rows per step must not vary.
 - length grouping (`--batching group_by_length`, `--group_by_length true`, the same as
@@ -175,19 +177,21 @@ class PaddingCollator:
         return out
 
 
-MAX_PADDING = 0.03  # of a token-budget batch's positions
+MAX_PADDING = 0.03  # of a batch's positions, under a budget of the user's own
 
 
-def batch_sizes(sorted_lengths: Sequence[int], batch_size: int | None = None,
-                max_tokens: int | None = None) -> list[int]:
+def batch_sizes(sorted_lengths: Sequence[int], batch_size: int | None = None, max_tokens: int | None = None,
+                max_padding: float | None = None) -> list[int]:
     """Rows per batch when the sorted lengths are cut, from the shortest, into batches of
-    `batch_size` rows, or of at most `max_tokens` padded positions (rows x longest row) that
-    close early rather than exceed MAX_PADDING."""
+    `batch_size` rows, or of at most `max_tokens` padded positions (rows x longest row) that,
+    with `max_padding`, close early rather than be more than that fraction padding."""
     sizes, rows, tokens = [], 0, 0
     for length in np.asarray(sorted_lengths).tolist():  # each row is the longest of its batch so far
         rows, tokens, padded = rows + 1, tokens + length, (rows + 1) * length
-        fits = (rows <= batch_size if batch_size is not None
-                else padded <= max_tokens and tokens >= padded * (1 - MAX_PADDING))
+        if batch_size is not None:
+            fits = rows <= batch_size
+        else:
+            fits = padded <= max_tokens and (max_padding is None or tokens >= padded * (1 - max_padding))
         if rows > 1 and not fits:
             sizes.append(rows - 1)
             rows, tokens = 1, length
@@ -199,10 +203,10 @@ class LengthSortedBatchSampler(torch.utils.data.Sampler[list[int]]):
     length share a batch, so almost no position is padding.
 
     Each batch holds `batch_size` rows (the last one fewer) or, with `max_tokens`, as many rows as
-    fit in `max_tokens` padded positions (rows x longest row). A token-budget batch also closes
-    before a row that would make more than MAX_PADDING of its positions padding (where the long
-    tail thins out, a shorter batch beats a padded one), so at least 97 % of every such batch is
-    real tokens (`batch_sizes`). The number of batches depends on the lengths only.
+    fit in `max_tokens` padded positions (rows x longest row). With `max_padding` a token-budget
+    batch also closes before a row that would make more than that fraction of its positions
+    padding (where the long tail thins out, a shorter batch beats a padded one; `batch_sizes`).
+    The number of batches depends on the lengths only.
 
     Ties in length are broken in a random order and the batches shuffled, both drawn from
     (seed, epoch): the same seed and epoch give the same batches, which is what lets a resumed run
@@ -210,7 +214,7 @@ class LengthSortedBatchSampler(torch.utils.data.Sampler[list[int]]):
     hands each rank its share (`BatchSamplerShard`)."""
 
     def __init__(self, lengths: Sequence[int], batch_size: int | None = None, max_tokens: int | None = None,
-                 seed: int = 0):
+                 seed: int = 0, max_padding: float | None = MAX_PADDING):
         if (batch_size is None) == (max_tokens is None):
             raise ValueError("give batch_size or max_tokens, not both")
         self.lengths = np.asarray(lengths, dtype=np.int64)
@@ -220,7 +224,7 @@ class LengthSortedBatchSampler(torch.utils.data.Sampler[list[int]]):
         if max_tokens is not None and longest > max_tokens:
             raise UserError(f"a row has {longest} tokens, more than --max_tokens_per_batch {max_tokens}; "
                             f"raise --max_tokens_per_batch to at least {longest}")
-        self._sizes = batch_sizes(np.sort(self.lengths), batch_size, max_tokens)
+        self._sizes = batch_sizes(np.sort(self.lengths), batch_size, max_tokens, max_padding)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -324,12 +328,10 @@ def resolve_batching(data_args, training_args) -> tuple[str, bool]:
 
 def automatic_token_budget(lengths: Sequence[int], rows_per_batch: int) -> int:
     """Tokens per batch when no `--max_tokens_per_batch` is given: the smallest budget whose
-    batches are no more than `rows_per_batch`-row batches would be, so an epoch takes as many
-    optimizer steps (and the learning-rate schedule means the same) as with fixed row batches,
-    while a batch of long rows holds fewer of them. Found by bisection; at least the longest row.
-    Where lengths are so spread that batches close at the padding cap before reaching the budget
-    (a few hundred rows of a long tail), no budget gives that few batches: the largest one,
-    `rows_per_batch` x the longest row, is used and the epoch takes more steps."""
+    batches (without a padding cap) are no more than `rows_per_batch`-row batches would be, so an
+    epoch takes as many optimizer steps, and the learning-rate schedule means the same, as with
+    fixed row batches, while a batch of long rows holds fewer of them: memory follows the mean
+    row, not the longest. Found by bisection; at least the longest row."""
     sorted_lengths = np.sort(np.asarray(lengths, dtype=np.int64))
     if len(sorted_lengths) == 0:
         return 1
@@ -337,7 +339,7 @@ def automatic_token_budget(lengths: Sequence[int], rows_per_batch: int) -> int:
     low, high = int(sorted_lengths[-1]), rows_per_batch * int(sorted_lengths[-1])
     while low < high:
         middle = (low + high) // 2
-        if len(batch_sizes(sorted_lengths, max_tokens=middle)) <= steps:
+        if len(batch_sizes(sorted_lengths, max_tokens=middle)) <= steps:  # rows x longest always fits
             high = middle
         else:
             low = middle + 1
@@ -408,8 +410,11 @@ def prepare_batching(dataset, tokenizer, data_args, training_args, max_seq_lengt
         if mode == SORTED:
             batch_sampler = LengthSortedBatchSampler(lengths, batch_size=rows, seed=seed)
         else:
-            budget = data_args.max_tokens_per_batch or automatic_token_budget(lengths, rows)
-            batch_sampler = LengthSortedBatchSampler(lengths, max_tokens=budget, seed=seed)
+            # A budget of the user's own caps padding too; the automatic one keeps the step count.
+            budget, max_padding = data_args.max_tokens_per_batch, MAX_PADDING
+            if budget is None:
+                budget, max_padding = automatic_token_budget(lengths, rows), None
+            batch_sampler = LengthSortedBatchSampler(lengths, max_tokens=budget, seed=seed, max_padding=max_padding)
     if training_args.process_index == 0:
         print(describe_batching(mode, automatic, data_args, training_args, batch_sampler))
     if mode == PACKING:

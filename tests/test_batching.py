@@ -115,10 +115,13 @@ def test_the_automatic_budget_takes_about_as_many_steps_as_row_batches(tiny_qwen
     automatic = prepare_batching(dataset, tokenizer, DataArguments("unused"), args, 1024).batch_sampler
     rows = prepare_batching(dataset, tokenizer, DataArguments("unused", batching="sorted"), args, 1024).batch_sampler
     assert len(automatic) == len(rows) == 50  # the same optimizer steps per epoch
-    smaller = LengthSortedBatchSampler(lengths, max_tokens=automatic.max_tokens - 1)
+    smaller = LengthSortedBatchSampler(lengths, max_tokens=automatic.max_tokens - 1, max_padding=None)
     assert len(smaller) > len(rows)  # and it is the smallest budget that gives them
     # The largest batch of 8 rows is 8 long rows; no budget batch is half of it (memory follows).
     assert automatic.max_tokens < max(len(b) * max(lengths[i] for i in b) for b in rows.batches()) / 2
+    # A few rows of unlike lengths: one batch, as with rows (a padding cap would cut 8 rows into 7).
+    few = dataset.select(range(8))
+    assert len(prepare_batching(few, tokenizer, DataArguments("unused"), args, 1024).batch_sampler) == 1
     # One row per batch: every row its own batch, and the longest row sets the budget.
     args.per_device_train_batch_size = 1
     one_row = prepare_batching(dataset, tokenizer, DataArguments("unused"), args, 1024).batch_sampler
