@@ -19,6 +19,7 @@ DPO_STEPS=${DPO_STEPS:-60};  DPO_LR=${DPO_LR:-2e-3}; DPO_LOSS=${DPO_LOSS:-sigmoi
 ORPO_STEPS=${ORPO_STEPS:-60}; ORPO_LR=${ORPO_LR:-2e-3}; ORPO_BETA=${ORPO_BETA:-0.5}     # β = ORPO's λ
 GRPO_STEPS=${GRPO_STEPS:-30}; GRPO_LR=${GRPO_LR:-5e-3}; GRPO_BETA=${GRPO_BETA:-0.0}   # β: KL to SFT (0: none)
 EXTRA=${EXTRA:---bf16 false}               # flags for every trainer (TRL defaults to bf16)
+SEED=${SEED:-0}                            # every stage's seed (initialisation, batch order, sampling)
 DATA=RLHF/data
 
 if [ "$MODEL" = models/tiny-qwen2 ] && [ ! -f "$MODEL/config.json" ]; then
@@ -37,36 +38,38 @@ SFT_OUT=$OUT/sft
 [ "$SFT_TYPE" = full ] || SFT_OUT=$OUT/sft-adapter
 python "$RECIPE" --tokenized_dataset rlhf_sft --output_dir "$SFT_OUT" --finetuning_type "$SFT_TYPE" \
     --max_steps "$SFT_STEPS" --learning_rate "$SFT_LR" --lora_dropout 0 --per_device_train_batch_size 8 \
-    --logging_steps 50 --save_strategy no --report_to none
+    --logging_steps 50 --save_strategy no --report_to none --seed "$SEED"
 [ "$SFT_TYPE" = full ] || python merge_lora.py --adapter "$SFT_OUT" --output "$OUT/sft"
 
 echo "==> 3/7 reward model (LoRA + score head, TRL RewardTrainer)"
 python RLHF/reward_model.py --model_name_or_path "$OUT/sft" --train_file $DATA/preference_train.jsonl \
     --eval_file $DATA/preference_eval.jsonl --output_dir "$OUT/reward_model" --max_steps "$RM_STEPS" \
     --learning_rate "$RM_LR" --per_device_train_batch_size 16 --logging_steps 25 --save_strategy no \
-    --report_to none $EXTRA
+    --report_to none --seed "$SEED" $EXTRA
 
 echo "==> 4/7 PPO (LoRA policy, reference = adapter off, value head on the same model)"
 python RLHF/ppo.py --model_name_or_path "$OUT/sft" --reward_model "$OUT/reward_model" \
     --train_file $DATA/preference_train.jsonl --eval_file $DATA/preference_eval.jsonl \
-    --output_dir "$OUT/ppo" --num_iterations "$PPO_ITERATIONS" --learning_rate "$PPO_LR" --kl_coef "$KL_COEF"
+    --output_dir "$OUT/ppo" --num_iterations "$PPO_ITERATIONS" --learning_rate "$PPO_LR" --kl_coef "$KL_COEF" \
+    --seed "$SEED"
 
 echo "==> 5/7 DPO (LoRA, reference = adapter off, TRL DPOTrainer, loss $DPO_LOSS)"
 python RLHF/dpo.py --model_name_or_path "$OUT/sft" --train_file $DATA/preference_train.jsonl \
     --eval_file $DATA/preference_eval.jsonl --output_dir "$OUT/dpo" --max_steps "$DPO_STEPS" \
     --learning_rate "$DPO_LR" --beta 0.1 --loss_type "$DPO_LOSS" --per_device_train_batch_size 16 \
-    --logging_steps 20 --save_strategy no --report_to none $EXTRA
+    --logging_steps 20 --save_strategy no --report_to none --seed "$SEED" $EXTRA
 
 echo "==> 6/7 ORPO (LoRA, no reference model: NLL + odds-ratio loss, TRL experimental ORPOTrainer)"
 python RLHF/orpo.py --model_name_or_path "$OUT/sft" --train_file $DATA/preference_train.jsonl \
     --eval_file $DATA/preference_eval.jsonl --output_dir "$OUT/orpo" --max_steps "$ORPO_STEPS" \
     --learning_rate "$ORPO_LR" --beta "$ORPO_BETA" --per_device_train_batch_size 16 \
-    --logging_steps 20 --save_strategy no --report_to none $EXTRA
+    --logging_steps 20 --save_strategy no --report_to none --seed "$SEED" $EXTRA
 
 echo "==> 6b/7 GRPO (LoRA, exact-answer reward on arithmetic, TRL GRPOTrainer, no value model)"
 python RLHF/grpo.py --model_name_or_path "$OUT/sft" --train_file $DATA/grpo_math.jsonl \
     --output_dir "$OUT/grpo" --reward_funcs exact_answer \
-    --max_steps "$GRPO_STEPS" --learning_rate "$GRPO_LR" --beta "$GRPO_BETA" --report_to none $EXTRA
+    --max_steps "$GRPO_STEPS" --learning_rate "$GRPO_LR" --beta "$GRPO_BETA" --report_to none --seed "$SEED" \
+    $EXTRA
 
 echo "==> 7/7 the figures, on held-out prompts"
 python RLHF/evaluate.py --sft "$OUT/sft" --reward_model "$OUT/reward_model" \

@@ -6,6 +6,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
+import re
+import shlex
+import subprocess
 import sys
 
 import pytest
@@ -327,3 +331,35 @@ def test_a_bad_record_stops_the_script_with_file_line_and_exit_code_2(tiny_qwen2
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: {bad}:2: the chosen and the rejected reply are the same; a pair must differ")
     assert "Traceback" not in result.stderr
+
+
+# --- The README's stage commands are rlhf.sh's ---------------------------------------------------
+
+def commands_in(text: str) -> list[list[str]]:
+    """The `python …` commands of a shell text, continuation lines joined, comments dropped."""
+    joined = re.sub(r"\\\n\s*", " ", text)
+    return [shlex.split(line) for line in joined.splitlines() if line.startswith("python ")]
+
+
+def test_the_readme_stage_commands_are_what_rlhf_sh_runs(tmp_path):
+    """rlhf.sh runs with a `python` that only records its arguments; with the defaults substituted,
+    the calls are the commands RLHF/README.md lists as what rlhf.sh runs, in the same order."""
+    stub_dir, calls = tmp_path / "bin", tmp_path / "calls.txt"
+    stub_dir.mkdir()
+    stub = stub_dir / "python"
+    # grpo.py writes the table rlhf.sh prints at the end: the stub leaves an empty one in its place
+    stub.write_text('#!/bin/sh\necho "python $*" >> "$CALLS"\n'
+                    'case "$*" in *RLHF/grpo.py*) mkdir -p "$OUT/grpo" && : > "$OUT/grpo/eval_table.txt";; esac\n')
+    stub.chmod(0o755)
+    out = tmp_path / "out"  # never the repository's weights/rlhf: rlhf.sh removes OUT first
+    env = {key: value for key, value in os.environ.items() if key not in ("SEED", "MODEL", "EXTRA")}
+    result = subprocess.run(["sh", str(RLHF_DIR / "rlhf.sh")], env={
+        **env, "PATH": f"{stub_dir}{os.pathsep}{env['PATH']}", "CALLS": str(calls), "OUT": str(out),
+        "MODEL": "models/tiny-qwen2"}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    run = [line.split() for line in calls.read_text().replace(str(out), "weights/rlhf").splitlines()
+           if "llm_tuning.testing" not in line]  # the tiny model is built only where it is missing
+
+    readme = (RLHF_DIR / "README.md").read_text(encoding="utf-8")
+    block = readme.split("exactly what `sh RLHF/rlhf.sh` runs", 1)[1].split("\n\n", 1)[0]
+    assert commands_in(block) == run

@@ -16,7 +16,6 @@ the counts. A malformed record stops the run with `file:line: what is wrong` and
 """
 
 import argparse
-from dataclasses import asdict
 from pathlib import Path
 
 from hc3 import ANSWER_KEYS, Counts, convert
@@ -39,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> Counts:
     counts = convert(args.input_file, args.answers, args.min_answer_chars, args.test_ratio, args.seed, args.output_dir)
     out_dir = Path(args.output_dir)
-    print(", ".join(f"{name} {value}" for name, value in asdict(counts).items()))
+    print(counts)
     print(f"wrote {out_dir / 'train.jsonl'} and {out_dir / 'test.jsonl'}")
     return counts
 

@@ -32,6 +32,10 @@ class Counts:
     train: int = 0
     test: int = 0
 
+    def __str__(self) -> str:
+        """The line convert_hc3.py and run_hc3.py print: `records 12, answers 12, …`."""
+        return ", ".join(f"{name} {value}" for name, value in vars(self).items())
+
 
 def _normalise(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()

@@ -61,6 +61,7 @@ def main(args: argparse.Namespace, recipe_argv: list[str]) -> dict:
     # 1. HC3 records -> q/a rows, split by question.
     counts = hc3.convert(args.input_file, args.answers, min_answer_chars=2, test_ratio=args.test_ratio, seed=42,
                          out_dir=out_dir)  # convert_hc3.py's defaults
+    print(counts)
     train, test = read_jsonl(out_dir / "train.jsonl"), read_jsonl(out_dir / "test.jsonl")
 
     # 2. Tokenize with the Baichuan prompt, 3. LoRA with the Baichuan recipe (it passes trust_remote_code).
