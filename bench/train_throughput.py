@@ -1,6 +1,6 @@
 """Training throughput of each batching option, side by side, on a long-tailed dataset.
 
-    python bench/train_throughput.py                      # ~10 min on 2 CPU cores
+    python bench/train_throughput.py                      # ~5 min on 2 CPU cores (--repeats 3: ~12 min)
     python bench/train_throughput.py --rows 1200 --hidden_size 512 --num_layers 8   # on a GPU
 
 A tiny-but-not-trivial random Qwen2 (hidden 256, 4 layers by default) with a LoRA adapter trains

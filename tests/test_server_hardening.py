@@ -92,7 +92,12 @@ for _ in sys.stdin:
 def test_small_requests_stay_fast_while_four_huge_ones_are_refused(tiny_qwen2, tmp_path):
     """Rounds of: one small request on the idle server, then one while four 4 MB requests (far over
     the 256-token context) are being refused. Idle and loaded samples alternate, so the other load
-    on a shared machine weighs on both alike; the medians are compared."""
+    on a shared machine weighs on both alike; the medians are compared.
+
+    The small request may slow down, since it shares the CPU with 16 MB arriving (on two cores,
+    about twice as slow); what must not happen is a stall: the event loop parsing and tokenizing
+    a huge body while everyone waits. What one such stall costs is measured here, on this machine,
+    and the small request's extra wait must stay well under it."""
     text = ("数学 math " * 2**19)[:3 * 2**20]  # 1.5 bytes a character in UTF-8
     huge = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": text}]}, ensure_ascii=False).encode()
     assert 4 * 2**20 <= len(huge) < 5 * 2**20
@@ -123,7 +128,22 @@ def test_small_requests_stay_fast_while_four_huge_ones_are_refused(tiny_qwen2, t
     idle_s, loaded_s = statistics.median(idle), statistics.median(loaded)
     print(f"small request median: idle {idle_s * 1000:.0f} ms, while four 4 MB requests are refused "
           f"{loaded_s * 1000:.0f} ms")
-    assert loaded_s <= 2 * idle_s, (idle, loaded)
+    stall_s = one_huge_body_parsed_and_tokenized_s(tiny_qwen2, huge)
+    print(f"a stall (one huge body parsed and tokenized on the loop) would cost {stall_s * 1000:.0f} ms")
+    assert loaded_s - idle_s < stall_s / 2, (idle, loaded, stall_s)
+
+
+def one_huge_body_parsed_and_tokenized_s(model_dir, huge: bytes) -> float:
+    """Seconds this machine takes to validate `huge` as a chat request and tokenize its message:
+    what one huge request would hold the event loop for, were it done there."""
+    from llm_tuning.modeling import load_tokenizer
+    from llm_tuning.serve.openai_api import ChatCompletionRequest
+
+    tokenizer = load_tokenizer(str(model_dir))
+    start = time.perf_counter()
+    request = ChatCompletionRequest.model_validate_json(huge)
+    tokenizer(request.messages[0].text())
+    return time.perf_counter() - start
 
 
 def test_a_body_over_the_limit_gets_413_in_openai_shape(tiny_qwen2):
