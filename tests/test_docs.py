@@ -65,7 +65,7 @@ NOT_RUN = {
     "bash test.sh": "runs the whole test suite, this test included",
     "pytest tests/": "runs tests of this suite, which CI runs anyway",
     "my_pairs.jsonl": "a pattern for the user's own preference data",
-    "bench/train_throughput.py": "a 10-20 min benchmark that prints figures, not a check "
+    "bench/train_throughput.py": "a 5-12 min benchmark that prints figures, not a check "
                                  "(its batching modes are tested in tests/test_batching.py)",
 }
 MAX_STEPS = "2"
