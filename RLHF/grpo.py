@@ -49,7 +49,7 @@ from llm_tuning.modeling import load_model, load_tokenizer
 from llm_tuning.rlhf.pair_training import lora_config, save_eval_metrics, train_and_save
 from llm_tuning.rlhf.rewards import REWARD_NAMES, build_reward_functions
 from llm_tuning.templates import resolve_template, stop_token_ids
-from llm_tuning.training import LossPlotCallback, TrainerLogCallback, parse_args, require_output_dir
+from llm_tuning.training import parse_args, require_output_dir, run_log_callbacks
 
 TABLE_FILE = "eval_table.txt"
 
@@ -132,7 +132,7 @@ def main(args: GRPOScriptArguments, training_args: GRPOArguments) -> dict | None
     model.generation_config.eos_token_id = stop_ids  # GRPOTrainer ends each reply at these
     trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=training_args, train_dataset=dataset,
                           processing_class=tokenizer, peft_config=lora_config(model, args, "CAUSAL_LM"),
-                          callbacks=[TrainerLogCallback(), LossPlotCallback()])
+                          callbacks=run_log_callbacks())
 
     def measure(kl_to_reference: bool):
         trainer.model.eval()

@@ -36,7 +36,7 @@ from llm_tuning.rlhf.pair_training import (
 from llm_tuning.rlhf.pairs import encode_pairs, load_preference_pairs
 from llm_tuning.rlhf.reward_model import pairwise_accuracy
 from llm_tuning.templates import resolve_template
-from llm_tuning.training import LossPlotCallback, TrainerLogCallback, parse_args, require_output_dir
+from llm_tuning.training import parse_args, require_output_dir, run_log_callbacks
 
 
 
@@ -74,7 +74,7 @@ def main(args: PreferenceArguments, training_args: RewardConfig) -> dict | None:
 
     training_args.max_length = None  # already filtered by encode_pairs
     trainer = RewardTrainer(model=model, args=training_args, train_dataset=dataset, processing_class=tokenizer,
-                            peft_config=lora_config(model, args, "SEQ_CLS"), callbacks=[TrainerLogCallback(), LossPlotCallback()])
+                            peft_config=lora_config(model, args, "SEQ_CLS"), callbacks=run_log_callbacks())
     if not train_and_save(trainer, tokenizer, args, template, "reward_model") or held_out is None:
         return None
     metrics = held_out_accuracy(trainer.model, tokenizer, held_out)

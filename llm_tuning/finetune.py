@@ -26,8 +26,8 @@ from .modeling import load_model, load_tokenizer, require_single_tokens
 from .run_config import save_run_config
 from .templates import get_template, stop_token_ids
 from .training import (
-    DataArguments, FinetuneArguments, LossPlotCallback, ModelArguments, TrainerLogCallback,
-    check_template_allowed, require_output_dir, resolve_dataset_path, resume_argument,
+    DataArguments, FinetuneArguments, ModelArguments, check_template_allowed, require_output_dir,
+    resolve_dataset_path, resume_argument, run_log_callbacks,
 )
 
 
@@ -123,7 +123,7 @@ def build_trainer(family: Family, model_args: ModelArguments, data_args: DataArg
         model=model,
         args=training_args,
         processing_class=tokenizer,
-        callbacks=[TrainerLogCallback(), LossPlotCallback(), *method_callbacks(model, finetune_args)],
+        callbacks=[*run_log_callbacks(), *method_callbacks(model, finetune_args)],
     )
     attach_generation_eval(trainer, data_args, tokenizer, get_template(metadata["template"]))
     return Run(trainer, tokenizer, base_model, metadata, str(dataset_path))

@@ -297,6 +297,11 @@ class LossPlotCallback(TrainerCallback):
             print(f"note: no {LOSS_PLOT_FILE} written: {no_loss_logged_reason(args, state)}")
 
 
+def run_log_callbacks() -> list[TrainerCallback]:
+    """What every training run writes beside its weights: trainer_log.jsonl as it logs, loss.png at the end."""
+    return [TrainerLogCallback(), LossPlotCallback()]
+
+
 def no_loss_logged_reason(args: TrainingArguments, state) -> str:
     """Why a run ended without logging a loss, with the flag that would log one."""
     steps, every = state.global_step, state.logging_steps

@@ -53,8 +53,7 @@ from llm_tuning.pretrain.blocks import (
 )
 from llm_tuning.pretrain.shards import load_manifest
 from llm_tuning.training import (
-    FinetuneArguments, LossPlotCallback, ModelArguments, TrainerLogCallback, parse_args, require_output_dir,
-    resume_argument,
+    FinetuneArguments, ModelArguments, parse_args, require_output_dir, resume_argument, run_log_callbacks,
 )
 from llm_tuning.pretrain.vocab import embedding_module_names, read_vocab_extension
 
@@ -183,7 +182,7 @@ def main(model_args: ModelArguments, pretrain_args: PretrainArguments, finetune_
         heldout_sources=heldout.sources if heldout else None,
         data_collator=collate_blocks,
         processing_class=tokenizer,
-        callbacks=[TrainerLogCallback(), LossPlotCallback(), StreamStateCallback(stream, blocks_per_step)],
+        callbacks=[*run_log_callbacks(), StreamStateCallback(stream, blocks_per_step)],
     )
     trainer.train(resume_from_checkpoint=checkpoint)
 

@@ -96,7 +96,7 @@ def train_on_pairs(trainer_class, args: PreferenceArguments, training_args, stag
     from ..modeling import load_model, load_tokenizer
     from .margins import preference_margin
     from ..templates import resolve_template
-    from ..training import LossPlotCallback, TrainerLogCallback, require_output_dir
+    from ..training import require_output_dir, run_log_callbacks
 
     require_output_dir(training_args)
     set_seed(training_args.seed)
@@ -110,7 +110,7 @@ def train_on_pairs(trainer_class, args: PreferenceArguments, training_args, stag
     # The SFT model; the trainer adds the LoRA adapter (for DPO the model without it is the reference).
     model = load_model(args.model_name_or_path, "float32", training_args.trust_remote_code)
     trainer = trainer_class(model=model, args=training_args, train_dataset=dataset, processing_class=tokenizer,
-                            peft_config=lora_config(model, args, "CAUSAL_LM"), callbacks=[TrainerLogCallback(), LossPlotCallback()],
+                            peft_config=lora_config(model, args, "CAUSAL_LM"), callbacks=run_log_callbacks(),
                             **(trainer_kwargs or {}))
     check_same_ids(trainer_ids(trainer.train_dataset[0]), encode_pair(tokenizer, template, pairs[0]), tokenizer,
                    trainer_class.__name__)
