@@ -140,21 +140,24 @@ def rlhf(seeds: Sequence[int], work_dir: Path, reuse: bool) -> str:
                                    env={"SEED": str(seed), "OUT": str(out / "weights")})
     accuracy = [float(re.search(r"reward model held-out pairwise accuracy: ([\d.]+)", output).group(1))
                 for output in outputs.values()]
-    policies = {seed: rows_of_text_table(o, "logp-margin") for seed, o in outputs.items()}
-    grpo = {seed: rows_of_text_table(o, "pass@1") for seed, o in outputs.items()}
     first = seeds[0]
-    policy_rows = [[name] + [cell([policies[s][name][0][i] for s in seeds], digits) for i, (_, digits) in
-                             enumerate(RLHF_COLUMNS)] + [f"`{policies[first][name][1]}`"]
-                   for name in policies[first]]
-    grpo_rows = [[name] + [cell([grpo[s][name][0][i] for s in seeds], digits) for i, (_, digits) in
-                           enumerate(GRPO_COLUMNS)] + [f"`{grpo[first][name][1]}`"]
-                 for name in grpo[first]]
     return "\n".join([
         f"reward model held-out pairwise accuracy: {cell(accuracy, 3)}", "",
-        markdown_table(["policy", *(c for c, _ in RLHF_COLUMNS), f"first reply (seed {first})"], policy_rows), "",
+        policy_table(outputs, "logp-margin", RLHF_COLUMNS, f"first reply (seed {first})"), "",
         "GRPO on 24 training prompts (sampled at temperature 0.7):", "",
-        markdown_table(["policy", *(c for c, _ in GRPO_COLUMNS), f"first greedy reply (seed {first})"], grpo_rows),
+        policy_table(outputs, "pass@1", GRPO_COLUMNS, f"first greedy reply (seed {first})"),
     ])
+
+
+def policy_table(outputs: dict[int, str], column: str, columns: Sequence[tuple[str, int]], reply_header: str) -> str:
+    """One of the per-policy tables the RLHF scripts print (the one naming `column`), each number the
+    mean ± std over the seeds' outputs, with the first seed's sample reply."""
+    tables = {seed: rows_of_text_table(output, column) for seed, output in outputs.items()}
+    first = next(iter(tables))
+    rows = [[name] + [cell([table[name][0][i] for table in tables.values()], digits)
+                      for i, (_, digits) in enumerate(columns)] + [f"`{tables[first][name][1]}`"]
+            for name in tables[first]]
+    return markdown_table(["policy", *(c for c, _ in columns), reply_header], rows)
 
 
 # --- SDE -------------------------------------------------------------------------------------------

@@ -62,3 +62,23 @@ def test_the_header_names_the_command_seeds_versions_and_machine():
     assert all(f"{package} " in line for package in figures.PACKAGES) and line.endswith(" cores")
     assert "--only sde --seeds 3 4 5`" in figures.header_line("sde", [3, 4, 5])
     assert figures.header_line("mixture", None).split(": ", 1)[1].startswith("deterministic;")
+
+
+def test_the_rlhf_figure_averages_the_seeds_logs(tmp_path):
+    """With --reuse, the figure is assembled from each seed's log: every cell the mean ± std over the
+    seeds, the sample reply the first seed's."""
+    evaluate = load(REPO_ROOT / "RLHF" / "evaluate.py", "rlhf_evaluate")
+    for seed, (reward, accuracy, pass_at_1) in {0: (2.0, 1.0, 0.40), 1: (4.0, 0.95, 0.50)}.items():
+        rows = [evaluate.Row("SFT", -3.0, 0.0, 0.1, 0, -5.5, 0.0, f"reply {seed}"),
+                evaluate.Row("PPO", reward, 6.0, 0.3, 1, -5.7, -0.02, f"ppo {seed}")]
+        scores = {"SFT": PolicyScores(pass_at_1, 0.2, 0.75, 0.2, 0.0, 12.0, [f"greedy {seed}"])}
+        log = tmp_path / "rlhf" / f"seed{seed}" / "log.txt"
+        log.parent.mkdir(parents=True)
+        log.write_text(f"reward model held-out pairwise accuracy: {accuracy}\n"
+                       f"{evaluate.format_table(rows, 1.0)}\n{grpo_table(scores, 8, 0.7)}\n")
+
+    figure = figures.rlhf([0, 1], tmp_path, reuse=True)
+
+    assert "reward model held-out pairwise accuracy: 0.975 ± 0.035" in figure
+    assert "| PPO | 3.00 ± 1.41 | 6.00 ± 0.00 |" in figure and "`'ppo 0'`" in figure and "ppo 1" not in figure
+    assert "| SFT | 0.45 ± 0.07 |" in figure and "first greedy reply (seed 0)" in figure
