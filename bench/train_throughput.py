@@ -216,6 +216,8 @@ def main() -> None:
     unknown = set(modes) - set(MODES)
     if unknown:
         sys.exit(f"error: unknown mode(s) {', '.join(sorted(unknown))}; choose from {', '.join(MODES)}")
+    if args.repeats < 1:
+        sys.exit(f"error: --repeats must be at least 1, not {args.repeats}")
     prepare(args, work_dir)
     results = []
     # Rounds rotate the order, so no mode always runs first (a cold machine) or after the same one.
