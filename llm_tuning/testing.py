@@ -46,6 +46,44 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+# Qwen3's format, written here for the stand-in: ChatML; tool definitions in the system block; tool
+# calls as <tool_call>{json}</tool_call> and results as <tool_response> in a user turn; a think block
+# on the assistant turns after the last user message (on the last one always, on earlier ones when
+# they have reasoning); `enable_thinking=false` opens the answer with an empty think block.
+QWEN3_TEMPLATE = (  # text goes out through {{ }} only: the chat-template Jinja trims newlines after {% %}
+    "{% set ns = namespace(last_user=-1) %}"
+    "{% for message in messages %}{% if message['role'] == 'user' %}{% set ns.last_user = loop.index0 %}"
+    "{% endif %}{% endfor %}"
+    "{% if tools %}{{ '<|im_start|>system\\n' }}"
+    "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\\n\\n' }}{% endif %}"
+    "{{ 'Tools you may call, as JSON schemas:\\n' }}{% for tool in tools %}{{ tool | tojson + '\\n' }}{% endfor %}"
+    "{{ 'Call one by answering <tool_call>\\n{\"name\": NAME, \"arguments\": {...}}\\n</tool_call><|im_end|>\\n' }}"
+    "{% elif messages[0]['role'] == 'system' %}"
+    "{{ '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}{% endif %}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ '<|im_start|>user\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{% set content = message['content'] or '' %}{% set reasoning = message['reasoning_content'] or '' %}"
+    "{% if not reasoning and '</think>' in content %}"
+    "{% set reasoning = content.split('</think>')[0].split('<think>')[-1] %}"
+    "{% set content = content.split('</think>')[-1].lstrip('\\n') %}{% endif %}"
+    "{{ '<|im_start|>assistant\\n' }}"
+    "{% if loop.index0 > ns.last_user and (loop.last or reasoning) %}"
+    "{{ '<think>\\n' + reasoning.strip('\\n') + '\\n</think>\\n\\n' }}{% endif %}{{ content }}"
+    "{% for call in message['tool_calls'] or [] %}{% if content or not loop.first %}{{ '\\n' }}{% endif %}"
+    "{% set arguments = call['function']['arguments'] %}"
+    "{{ '<tool_call>\\n{\"name\": \"' + call['function']['name'] + '\", \"arguments\": ' }}"
+    "{{ arguments if arguments is string else arguments | tojson }}{{ '}\\n</tool_call>' }}{% endfor %}"
+    "{{ '<|im_end|>\\n' }}"
+    "{% elif message['role'] == 'tool' %}"
+    "{% if loop.first or messages[loop.index0 - 1]['role'] != 'tool' %}{{ '<|im_start|>user' }}{% endif %}"
+    "{{ '\\n<tool_response>\\n' + message['content'] + '\\n</tool_response>' }}"
+    "{% if loop.last or messages[loop.index0 + 1]['role'] != 'tool' %}{{ '<|im_end|>\\n' }}{% endif %}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "{% if enable_thinking is defined and enable_thinking is false %}{{ '<think>\\n\\n</think>\\n\\n' }}{% endif %}"
+    "{% endif %}"
+)
 # As in meta-llama/Llama-2-7b-chat-hf: <s> before every [INST], <<SYS>> inside the first one.
 LLAMA2_TEMPLATE = (
     "{% if messages[0]['role'] == 'system' %}"
@@ -89,6 +127,8 @@ class ArchSpec:
     default_system: str | None = None
     # Extra ids that end a reply in the real generation_config.
     extra_stop_tokens: tuple[str, ...] = ()
+    # Added tokens that are not special (Qwen3's <think>, <tool_call>: text a reply may contain).
+    added_tokens: tuple[str, ...] = ()
 
 
 _CHATML = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -109,8 +149,11 @@ ARCHS: dict[str, ArchSpec] = {
     "qwen2": ArchSpec("qwen2", _CHATML, None, "<|im_end|>", "<|endoftext|>", CHATML_TEMPLATE,
                       default_system="You are a helpful assistant.",
                       extra_stop_tokens=("<|endoftext|>",)),
-    "qwen3": ArchSpec("qwen3", _CHATML, None, "<|im_end|>", "<|endoftext|>", CHATML_TEMPLATE,
-                      extra_stop_tokens=("<|endoftext|>",)),
+    # Qwen3: a hybrid reasoner with tools; <think> and <tool_call> are plain added tokens.
+    "qwen3": ArchSpec("qwen3", _CHATML, None, "<|im_end|>", "<|endoftext|>", QWEN3_TEMPLATE,
+                      extra_stop_tokens=("<|endoftext|>",),
+                      added_tokens=("<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>",
+                                    "<think>", "</think>")),
     # LLaMA-2 has no pad token; fine-tuning recipes pad with <unk>.
     "llama": ArchSpec("llama", _LLAMA, "<s>", "</s>", "<unk>", LLAMA2_TEMPLATE),
     "mistral": ArchSpec("mistral", _LLAMA, "<s>", "</s>", "<unk>", MISTRAL_TEMPLATE),
@@ -192,6 +235,7 @@ def build_tokenizer(
                                    if t not in {spec.bos_token, spec.eos_token, spec.pad_token}],
         model_max_length=2048,
     )
+    wrapped.add_tokens(list(spec.added_tokens), special_tokens=False)
     if spec.chat_template is not None:
         default_system = json.dumps(spec.default_system) if spec.default_system else "''"
         wrapped.chat_template = "{% set default_system = " + default_system + " %}" + spec.chat_template

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from llm_tuning.data import tokenize_conversation
-from llm_tuning.records import Conversation
+from llm_tuning.conversation import Conversation
 from llm_tuning.modeling import load_model, load_tokenizer
 from llm_tuning.templates import get_template
 from llm_tuning.run_config import save_run_config
@@ -38,7 +38,7 @@ def train_tiny_adapter(base: Path, out: Path, pairs: list[tuple[str, str]], step
     torch.manual_seed(seed)
     tokenizer = load_tokenizer(str(base))
     template = get_template("qwen")
-    rows = [tokenize_conversation(tokenizer, template, Conversation([pair]), 256) for pair in pairs]
+    rows = [row for pair in pairs for row in tokenize_conversation(tokenizer, template, Conversation.from_turns([pair]), 256)]
     width = max(len(r.input_ids) for r in rows)
     input_ids = torch.tensor([r.input_ids + [tokenizer.pad_token_id] * (width - len(r.input_ids)) for r in rows])
     labels = torch.tensor([r.labels + [-100] * (width - len(r.labels)) for r in rows])
