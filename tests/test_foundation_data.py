@@ -131,7 +131,7 @@ def test_skip_overlength_drops_rows_and_counts_them(tiny_qwen2, math_lengths, tm
     dataset, metadata = load_tokenized(tmp_path / "data")
     assert too_long > 0
     assert metadata["rows"] == {"read": 1000, "kept": 1000 - too_long, "skipped": too_long, "truncated": 0,
-                                "reasoning_rows": 0, "reasoning_cut": 0}
+                                "turn_rows": 0, "reasoning_cut": 0}
     assert len(dataset) == 1000 - too_long and max(len(ids) for ids in dataset["input_ids"]) <= limit
 
 
@@ -143,7 +143,7 @@ def test_skip_overlength_false_is_false(tiny_qwen2, math_lengths, tmp_path):
     dataset, metadata = load_tokenized(tmp_path / "data")
     assert metadata["skip_overlength"] is False
     assert metadata["rows"] == {"read": 1000, "kept": 1000, "skipped": 0, "truncated": too_long,
-                                "reasoning_rows": 0, "reasoning_cut": 0}
+                                "turn_rows": 0, "reasoning_cut": 0}
     assert max(len(ids) for ids in dataset["input_ids"]) == limit
 
 
@@ -158,7 +158,7 @@ def test_metadata_records_tokenizer_template_and_source(tiny_qwen2, tokenizer, t
     assert metadata["template_source"] == {"kind": "native", "chat_template_sha256": chat_template_hash(tokenizer)}
     assert metadata["tokenizer"] == str(tiny_qwen2) and len(metadata["tokenizer_fingerprint"]) == 16
     assert metadata["source"]["path"] == str(MULTI_TURN) and len(metadata["source"]["sha256"]) == 64
-    assert metadata["rows"] == {"read": 10, "kept": 10, "skipped": 0, "truncated": 0, "reasoning_rows": 0,
+    assert metadata["rows"] == {"read": 10, "kept": 10, "skipped": 0, "truncated": 0, "turn_rows": 0,
                                 "reasoning_cut": 0}
 
 
