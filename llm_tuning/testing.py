@@ -280,12 +280,14 @@ def build_model(
 
 
 def save_tiny_model(arch: str, out: str | Path, hidden_size: int = 64, num_layers: int = 2,
-                    seed: int = 0, vocab_size: int = 2000, max_positions: int = 2048) -> Path:
-    """Build and save a tiny model + tokenizer that `from_pretrained(out)` loads offline."""
+                    seed: int = 0, vocab_size: int = 2000, max_positions: int = 2048,
+                    corpus_dir: Path | None = None) -> Path:
+    """Build and save a tiny model + tokenizer that `from_pretrained(out)` loads offline (its
+    tokenizer trained on `corpus_dir`'s json/jsonl files, default the shipped corpus)."""
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of: {', '.join(ARCHS)}")
     out = Path(out)
-    tokenizer = build_tokenizer(arch, vocab_size=vocab_size)
+    tokenizer = build_tokenizer(arch, vocab_size=vocab_size, corpus_dir=corpus_dir)
     model = build_model(arch, tokenizer, hidden_size=hidden_size, num_layers=num_layers, seed=seed,
                         max_positions=max_positions)
     out.mkdir(parents=True, exist_ok=True)
