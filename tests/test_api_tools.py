@@ -267,6 +267,10 @@ def test_templates_that_cannot_render_tools_are_refused_in_one_sentence(tiny_mod
     assert error.body["message"].count(". ") == 0
     # tool_choice none asks for no tools: the same request is served
     assert ask(llama3, hi, tools=TOOLS, tool_choice="none").choices[0].finish_reason == "stop"
+    # reasoning sent back to a template without a reasoning form is dropped, not refused
+    history = [*hi, {"role": "assistant", "content": "Hello", "reasoning_content": "They greet me."}, *hi]
+    assert ask(llama3, history).usage.prompt_tokens == ask(llama3, [*hi, history[1] | {"reasoning_content": None}, *hi]
+                                                           ).usage.prompt_tokens
 
 
 @pytest.mark.parametrize("messages, kwargs, param, says", [

@@ -16,7 +16,8 @@ Reasoning and tools (`reply_parts.py`, `tool_calls.py`):
 - A reply that begins with `<think>…</think>` (or whose prompt opened the block) comes back with
   the reasoning in `message.reasoning_content` and the answer in `content`; streamed, as
   `delta.reasoning_content` then `delta.content`. Assistant messages sent back may carry
-  `reasoning_content`; the template decides whether it shows them (Qwen3 drops earlier turns' reasoning).
+  `reasoning_content`; the template decides whether it shows them (Qwen3 drops earlier turns'
+  reasoning), and for a template that renders no reasoning at all the server drops it.
   `chat_template_kwargs: {"enable_thinking": bool}` (as in vLLM) overrides --enable_thinking per request.
 - `tools` are rendered by the model's own chat template; a template that cannot render them is a
   400 saying so. Calls in the reply, in the syntax the template writes them, come back as
