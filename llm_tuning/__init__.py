@@ -20,7 +20,9 @@ Fine-tuning core (flat)
 Using a trained run
     inference      load base + adapters + template + remote code, for chat, web demo, server, eval
     merging        merge an adapter into its base (merge_lora.py)
-    generation     batched, streaming decoding with stop strings and ids
+    generation     batched, streaming decoding with stop strings and ids; the order messages may come in
+    tool_calls     tool calls read out of a reply, in the syntax the model's own chat template writes
+    reply_parts    a streaming reply split into reasoning, answer and tool calls (chat, web UI, server)
     metrics, evaluation   rouge/BLEU/perplexity/choice metrics and batch evaluation (eval.py)
     experiment     small experiments (projects/, SDE/): tokenize, run a recipe as a command, answer
 
