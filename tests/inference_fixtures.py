@@ -129,12 +129,9 @@ PLAIN_EXCHANGES = (("Say hi", "Hi!"),)
 
 
 def tool_conversations() -> list[Conversation]:
-    """Each tool exchange whole, and ending at its call: Qwen3's template writes a call turn with the
-    empty think block where it ends the conversation (as the no-think prompt asks for it), without
-    it as history; a sample of each kind teaches both. Plus reasoning, and a plain answer with tools offered."""
-    conversations = []
-    for exchange in TOOL_EXCHANGES:
-        conversations += [Conversation(exchange.messages("call"), TOOLS), Conversation(exchange.messages(), TOOLS)]
+    """The tool exchanges (the call is trained in a row of its own, after the no-think prompt it is
+    asked with: see llm_tuning/native_template.py), the reasoning, and a plain answer with tools offered."""
+    conversations = [Conversation(exchange.messages(), TOOLS) for exchange in TOOL_EXCHANGES]
     conversations += [Conversation([{"role": "user", "content": q},
                                     {"role": "assistant", "content": a, "reasoning_content": r}])
                       for q, r, a in REASONING_EXCHANGES]
