@@ -5,9 +5,11 @@ import this package; it never imports a script (tests/test_dependencies.py check
 module has one job. What is where:
 
 Fine-tuning core (flat)
+    conversation   a sample as OpenAI-style messages (reasoning, tool calls, tools) and its supervised spans
     templates      chat formats: the tokenizer's own chat_template or the registry; `resolve_template`
                    is the one answer to "which template?" (flag, else the run's record, else auto)
-    records        read and validate json/jsonl records (q/a, alpaca, messages, ShareGPT)
+    native_template  the tokenizer's own template: what it can render, and each turn located by position
+    records        read and validate json/jsonl records (q/a, alpaca, messages, ShareGPT; reasoning, tools)
     data           tokenize with label masks (IGNORE_INDEX), save/load with metadata, fingerprints
     batching       collators, length-sorted and token-budget batches, length grouping, packing
     modeling       load tokenizers and models (dtype, 4/8-bit, RoPE scaling), LoRA targets, adapters
