@@ -66,7 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--last_turn_only", type=parse_bool, default=False,
                         help="true: supervise only the last answer of a multi-turn record")
     parser.add_argument("--max_samples", type=int, default=None, help="use only the first N records (quick tries)")
-    parser.add_argument("--num_proc", type=int, default=1, help="tokenizer processes")
+    parser.add_argument("--num_proc", type=int, default=None,
+                        help="tokenizer processes (default: one per core for files of 20,000+ records, else 1)")
     parser.add_argument("--trust_remote_code", type=parse_bool, default=False,
                         help="needed by remote-code tokenizers (ChatGLM, Baichuan, Qwen-7B v1)")
     return parser.parse_args(argv)

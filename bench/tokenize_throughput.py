@@ -8,6 +8,8 @@
     # reasoning traces and tool calls beside plain q/a, the native template of the real Qwen3 tokenizer
     python bench/tokenize_throughput.py --procs 1 --model .cache/real_tokenizers/qwen3/package/models \
         --templates native --sets plain,reasoning,tools
+    # memory and time against file size: tokenize_dataset_rows.py on 10k, 100k and 1M generated rows
+    python bench/tokenize_throughput.py --scale 10000,100000,1000000 --model .cache/real_tokenizers/qwen3/package/models
 
 Times what `tokenize_dataset_rows.py --num_proc N` does between loading the tokenizer and saving:
 read and validate the json, render the chat template, tokenize, mask the labels. The input is
@@ -19,6 +21,11 @@ pieces directly. `--sets` picks the input: `plain` (the long-tailed q/a set), `r
 records as the plain set. Prints a markdown table: records read per second, and tokens written
 per second (the sets differ in length); "vs first" is each row's time per token relative to the
 first row's at the same process count.
+
+`--scale N,...` instead runs `tokenize_dataset_rows.py` itself (its default --num_proc, chosen from
+the machine) on generated jsonl files of N long-tailed records each, and prints its time, records/s,
+peak memory (the largest resident set of its processes), and the same-run ceiling: rendering every
+record with the chat template and one batch encode of the texts, on up to 20,000 of them.
 """
 
 from __future__ import annotations
@@ -46,7 +53,11 @@ def main() -> None:
     parser.add_argument("--max_seq_length", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=2, help="time each setting this many times, report the best")
     parser.add_argument("--sets", default="plain", help=f"comma-separated inputs: {', '.join(SETS)}")
+    parser.add_argument("--scale", default=None, help="comma-separated record counts: time and memory of the CLI")
     args = parser.parse_args()
+    if args.scale:
+        scale(args, [int(n) for n in args.scale.split(",")])
+        return
     unknown = set(args.sets.split(",")) - set(SETS)
     if unknown:
         parser.error(f"unknown --sets {', '.join(sorted(unknown))}; choose from {', '.join(SETS)}")
@@ -86,6 +97,59 @@ def main() -> None:
         single = next(s for m, t, _, _, _, s in results if (m, t) == (name, template))
         print(f"| {name} | {template} | {procs} | {records:,} | {tokens:,} | {seconds:.1f} | {records / seconds:,.0f} "
               f"| {tokens / seconds:,.0f} | {seconds / tokens / first:.2f}x | {single / seconds:.2f}x |")
+
+
+def scale(args, counts: list[int]) -> None:
+    """tokenize_dataset_rows.py on ever larger files: time, records/s, peak memory, and the ceiling."""
+    import json
+    import subprocess
+
+    from llm_tuning.modeling import load_tokenizer
+    from llm_tuning.testing import save_tiny_model
+
+    rows = [json.loads(line) for line in LONG_TAIL.read_text(encoding="utf-8").splitlines()]
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model or str(save_tiny_model("qwen2", Path(tmp) / "model"))
+        tokenizer = load_tokenizer(model)
+        for count in counts:
+            data = Path(tmp) / f"rows_{count}.jsonl"
+            with data.open("w", encoding="utf-8") as out:  # distinct records: the n-th copy of a row says so
+                for n in range(count):
+                    row = rows[n % len(rows)]
+                    out.write(json.dumps({"q": f"{row['q']} ({n // len(rows)})", "a": row["a"]}, ensure_ascii=False) + "\n")
+            command = [sys.executable, str(REPO_ROOT / "tokenize_dataset_rows.py"), "--model_checkpoint", model,
+                       "--input_file", str(data), "--save_name", "rows", "--output_dir", str(Path(tmp) / "out"),
+                       "--max_seq_length", str(args.max_seq_length)]
+            # a wrapper process per run: RUSAGE_CHILDREN's peak is then this run's alone
+            wrapper = ("import resource, subprocess, sys, time; start = time.perf_counter(); "
+                       "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
+                       "print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+            seconds, peak_kib = subprocess.run([sys.executable, "-c", wrapper, *command], check=True,
+                                               capture_output=True, text=True).stdout.split()
+            ceiling = ceiling_records_per_second(tokenizer, data, min(count, 20_000))
+            results.append((count, float(seconds), int(peak_kib) / 1024, ceiling))
+            data.unlink()
+    print(f"\n| records ({args.model or 'tiny Qwen2 BPE'}) | seconds | records/s | peak memory | ceiling records/s "
+          "(render + batch encode) | ours vs ceiling |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for count, seconds, peak_mib, ceiling in results:
+        print(f"| {count:,} | {seconds:.0f} | {count / seconds:,.0f} | {peak_mib:,.0f} MiB | {ceiling:,.0f} "
+              f"| {count / seconds / ceiling:.2f} |")
+
+
+def ceiling_records_per_second(tokenizer, data: Path, count: int) -> float:
+    """Records/s of the least any tokenize step must do: render each record with the chat template,
+    then encode all the texts in one batch call."""
+    import itertools
+    import json
+
+    records = [json.loads(line) for line in itertools.islice(data.open(encoding="utf-8"), count)]
+    start = time.perf_counter()
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": r["q"]}, {"role": "assistant", "content": r["a"]}],
+                                           tokenize=False) for r in records]
+    tokenizer(texts, add_special_tokens=False)
+    return count / (time.perf_counter() - start)
 
 
 if __name__ == "__main__":

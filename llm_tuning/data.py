@@ -7,17 +7,22 @@ so a recipe can refuse data made for another model.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
+import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import pyarrow.compute
+
 from .atomic import atomic_directory
 from .cli import UserError
 from .conversation import Conversation, EncodedSample, Span
-from .records import RecordKeys, load_located_conversations
+from .records import RecordKeys, iter_located_conversations
 from .templates import AnyTemplate, chat_template_hash, encode_conversation, get_template, template_source
 
 IGNORE_INDEX = -100
@@ -119,6 +124,41 @@ def _tokenize_batch(batch, *, tokenizer, template_name, max_seq_length, skip_ove
     return out
 
 
+def _record_rows(path: str, keys: RecordKeys, limit: int | None):
+    for where, conversation in iter_located_conversations(path, keys, limit):
+        yield {"where": where, "conversation": json.dumps({"messages": conversation.messages, "tools": conversation.tools},
+                                                          ensure_ascii=False)}
+
+
+@contextlib.contextmanager
+def no_progress_bars():
+    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    already = are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not already:
+            enable_progress_bars()
+
+
+def default_num_proc(records: int) -> int:
+    """Processes for `records` records: one per core, but only when each gets enough work to repay
+    starting it (a process loads the tokenizer and imports the stack: seconds)."""
+    return max(1, min(len(os.sched_getaffinity(0)), records // RECORDS_PER_PROCESS))
+
+
+RECORDS_PER_PROCESS = 20_000
+_SCRATCH: list[tempfile.TemporaryDirectory] = []
+
+
+def scratch_dir() -> str:
+    """A folder for the Arrow files of one tokenize run, deleted when the process ends."""
+    _SCRATCH.append(tempfile.TemporaryDirectory(prefix="llm_tuning_tokenize_"))
+    return _SCRATCH[-1].name
+
+
 def tokenizer_fingerprint(tokenizer) -> str:
     """A hash of what decides token ids: the vocabulary and the special tokens."""
     payload = json.dumps(
@@ -129,7 +169,8 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    with Path(path).open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 @dataclass
@@ -140,29 +181,39 @@ class TokenizeConfig:
     skip_overlength: bool
     last_turn_only: bool
     keys: RecordKeys = field(default_factory=RecordKeys)
-    num_proc: int = 1
+    num_proc: int | None = None  # None: one per core for large files (default_num_proc)
     max_samples: int | None = None
 
 
 def tokenize_file(input_file: str | Path, tokenizer, config: TokenizeConfig):
-    """Read, validate and tokenize a json/jsonl file; returns (dataset, metadata)."""
-    from datasets import Dataset
+    """Read, validate and tokenize a json/jsonl file; returns (dataset, metadata).
 
-    located = load_located_conversations(input_file, config.keys)[: config.max_samples]
-    raw = Dataset.from_dict({
-        "where": [where for where, _ in located],
-        "conversation": [json.dumps({"messages": c.messages, "tools": c.tools}, ensure_ascii=False) for _, c in located],
-    })
+    Memory does not grow with the file: records are read one at a time into an Arrow file, then
+    tokenized in batches (in `config.num_proc` processes) into another; the dataset returned is
+    memory-mapped from a scratch folder that lives until the process ends."""
+    from datasets import Dataset
+    from datasets.exceptions import DatasetGenerationError
+
+    scratch = scratch_dir()
+    try:
+        with no_progress_bars():  # reading is quick; a bad record's message stays the one line printed
+            records = Dataset.from_generator(
+                _record_rows, gen_kwargs={"path": str(input_file), "keys": config.keys, "limit": config.max_samples},
+                cache_dir=scratch)
+    except DatasetGenerationError as err:  # a bad record: its own one-line message
+        cause = err.__cause__ or err.__context__
+        raise (cause if isinstance(cause, UserError) else err) from None
     tokenize = functools.partial(
         _tokenize_batch, tokenizer=tokenizer, template_name=config.template,
         max_seq_length=config.max_seq_length, skip_overlength=config.skip_overlength,
         last_turn_only=config.last_turn_only,
     )
-    dataset = raw.map(
-        tokenize, batched=True, batch_size=256, num_proc=config.num_proc if config.num_proc > 1 else None,
-        remove_columns=raw.column_names, desc="Tokenizing",
+    num_proc = config.num_proc or default_num_proc(len(records))
+    dataset = records.map(
+        tokenize, batched=True, batch_size=256, num_proc=num_proc if num_proc > 1 else None,
+        remove_columns=records.column_names, desc="Tokenizing",
     )
-    counts = {column: sum(dataset[column]) for column in ROW_COLUMNS[2:]}
+    counts = {column: pyarrow.compute.sum(dataset.data.column(column)).as_py() or 0 for column in ROW_COLUMNS[2:]}
     if counts["skipped"]:
         dataset = dataset.filter(lambda skipped: not skipped, input_columns="skipped")
     dataset = dataset.remove_columns(list(ROW_COLUMNS[2:]))
@@ -183,7 +234,7 @@ def tokenize_file(input_file: str | Path, tokenizer, config: TokenizeConfig):
         "keys": {"format": config.keys.format, "prompt": config.keys.prompt, "target": config.keys.target,
                  "history": config.keys.history, "system": config.keys.system},
         "max_samples": config.max_samples,
-        "rows": {"read": len(located), "kept": len(dataset), "skipped": counts["skipped"],
+        "rows": {"read": len(records), "kept": len(dataset), "skipped": counts["skipped"],
                  "truncated": counts["truncated"], "turn_rows": counts["own_row"],
                  "reasoning_cut": counts["reasoning_cut"]},
         "source": {"path": str(input_file), "sha256": file_sha256(input_file)},

@@ -9,9 +9,10 @@ q/a, alpaca, OpenAI messages and ShareGPT layouts, turned into `Conversation`s (
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,11 +53,37 @@ def not_utf8_error(path: str | Path, lines: Iterable[bytes]) -> UserError:
 def read_records(path: str | Path) -> list[tuple[str, dict]]:
     """Records of a .jsonl (one object a line) or .json (a list of objects) file, each with its
     location for error messages (`file:line` or `file: record N`)."""
+    return list(iter_records(path))
+
+
+def iter_records(path: str | Path) -> Iterator[tuple[str, dict]]:
+    """`read_records` one record at a time: a .jsonl file is read a line at a time, so memory does
+    not grow with the file (a .json list is parsed whole)."""
     path = Path(path)
     if path.suffix not in {".json", ".jsonl"}:
         raise UserError(f"{path}: expected a .json or .jsonl file")
     if not path.is_file():
         raise UserError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: the file is empty")
+    if path.suffix == ".json":
+        yield from _json_list_records(path)
+        return
+    count = 0
+    with path.open("rb") as lines:
+        for lineno, raw in enumerate(lines, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError:
+                raise not_utf8_error(path, [b""] * (lineno - 1) + [raw]) from None
+            if line.strip():
+                count += 1
+                yield f"{path}:{lineno}", parse_json_line(line, f"{path}:{lineno}")
+    if count == 0:  # blank lines only
+        raise UserError(f"{path}: the file is empty")
+
+
+def _json_list_records(path: Path) -> list[tuple[str, dict]]:
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")
@@ -64,21 +91,16 @@ def read_records(path: str | Path) -> list[tuple[str, dict]]:
         raise not_utf8_error(path, raw.splitlines(keepends=True)) from None
     if not text.strip():
         raise UserError(f"{path}: the file is empty")
-
-    if path.suffix == ".json":
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
-        if not isinstance(records, list):
-            raise UserError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
-        located = [(f"{path}: record {i}", record) for i, record in enumerate(records, start=1)]
-        for where, record in located:
-            if not isinstance(record, dict):
-                raise UserError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    else:
-        located = [(f"{path}:{lineno}", parse_json_line(line, f"{path}:{lineno}"))
-                   for lineno, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+    if not isinstance(records, list):
+        raise UserError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
+    located = [(f"{path}: record {i}", record) for i, record in enumerate(records, start=1)]
+    for where, record in located:
+        if not isinstance(record, dict):
+            raise UserError(f"{where}: expected a JSON object, got {type(record).__name__}")
     if not located:
         raise UserError(f"{path}: no records in the file")
     return located
@@ -315,25 +337,31 @@ def record_to_conversation(record: dict, keys: RecordKeys, where: str) -> Conver
     raise UserError(f"unknown --format {keys.format!r}; choose one of: {', '.join(RECORD_FORMATS)}")
 
 
+def iter_located_conversations(path: str | Path, keys: RecordKeys,
+                               limit: int | None = None) -> Iterator[tuple[str, Conversation]]:
+    """Each record of the file (the first `limit`) as (its location for error messages, its
+    conversation), read one at a time; with `--format auto` the first record decides the format."""
+    with_history = read = 0
+    for where, record in itertools.islice(iter_records(path), limit):
+        if keys.format == "auto":  # one format per file, chosen by its first record
+            keys = RecordKeys(keys.prompt, keys.target, keys.history, keys.system, detect_format(record))
+        read += 1
+        with_history += bool(keys.format == "qa" and keys.history is None and record.get("history"))
+        yield where, record_to_conversation(record, keys, where)
+    warn_unused_history(path, with_history, read)
+
+
 def load_located_conversations(path: str | Path, keys: RecordKeys) -> list[tuple[str, Conversation]]:
-    """Each record of the file as (its location for error messages, its conversation)."""
-    records = read_records(path)
-    if keys.format == "auto":  # one format per file, chosen by its first record
-        keys = RecordKeys(keys.prompt, keys.target, keys.history, keys.system, detect_format(records[0][1]))
-    warn_unused_history(path, [record for _, record in records], keys)
-    return [(where, record_to_conversation(record, keys, where)) for where, record in records]
+    return list(iter_located_conversations(path, keys))
 
 
 def load_conversations(path: str | Path, keys: RecordKeys) -> list[Conversation]:
-    return [conversation for _, conversation in load_located_conversations(path, keys)]
+    return [conversation for _, conversation in iter_located_conversations(path, keys)]
 
 
-def warn_unused_history(path: str | Path, records: list[dict], keys: RecordKeys) -> None:
-    """q/a records read without --history_key lose their earlier turns: say so if they have some."""
-    if keys.format != "qa" or keys.history is not None:
-        return
-    with_history = sum(1 for record in records if record.get("history"))
+def warn_unused_history(path: str | Path, with_history: int, read: int) -> None:
+    """q/a records read without --history_key lose their earlier turns: say so if some had them."""
     if with_history:
-        print(f"warning: {with_history} of {len(records)} records in {path} have a 'history' key that is not "
+        print(f"warning: {with_history} of {read} records in {path} have a 'history' key that is not "
               f"used, so their earlier turns are dropped; pass --history_key history to train on them",
               file=sys.stderr)
