@@ -72,6 +72,26 @@ def real_tokenizer_dir():
 
 
 @pytest.fixture(scope="session")
+def real_tokenizer(real_tokenizer_dir):
+    """`real_tokenizer("qwen3")` -> the real tokenizer, with the chat template the real model uses
+    (tests/real_tokenizers.py), loaded once per session."""
+    from llm_tuning.modeling import load_tokenizer
+    from tests.real_tokenizers import SET_TEMPLATES, TOKENIZER_FILES
+
+    loaded = {}
+
+    def load(name: str):
+        if name not in loaded:
+            tokenizer = load_tokenizer(str(real_tokenizer_dir(TOKENIZER_FILES.get(name, name))))
+            if name in SET_TEMPLATES:
+                tokenizer.chat_template = SET_TEMPLATES[name]
+            loaded[name] = tokenizer
+        return loaded[name]
+
+    return load
+
+
+@pytest.fixture(scope="session")
 def llama3_1_tools_dir(real_tokenizer_dir) -> Path:
     """Llama-3.1's real vocabulary with Meta's official Llama-3.1-8B-Instruct chat template, whose
     tool calls are JSON (see llm_tuning.testing.REAL_TEMPLATE_SOURCES)."""

@@ -13,24 +13,19 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-import time
 from pathlib import Path
 
 import openai
 import pytest
-import uvicorn
 
-import api_server
 import eval as eval_script
 import tokenize_dataset_rows
 from llm_tuning.conversation import split_reasoning
 from llm_tuning.generation import GenerationSettings, generate_batch
 from llm_tuning.inference import load_for_inference
-from llm_tuning.serve.openai_api import create_app
 from llm_tuning.templates import encode_chat, stop_token_ids
 from llm_tuning.testing import save_tiny_model
-from tests.test_api_server import free_socket
+from tests.test_api_server import running_server
 from tests.test_recipes import run_recipe
 
 pytestmark = pytest.mark.timeout(1200)  # the module's training (~1 min on 2 quiet cores) runs in its first test
@@ -120,23 +115,12 @@ def readme_python_block(starts_with: str) -> str:
 
 def test_the_readmes_openai_tool_loop_reaches_the_answer(agent_model, capsys):
     """The README's client code, as written, against api_server.py serving the trained model."""
-    args = api_server.parse_args(["--base", str(agent_model), "--model_name", "tool_calls", "--max_model_len", "2048"])
-    engine, served = api_server.build_engine(args)
-    sock = free_socket()
-    server = uvicorn.Server(uvicorn.Config(create_app(engine, served, None), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        while not server.started:
-            time.sleep(0.02)
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}/v1", api_key="none", max_retries=0)
+    argv = ["--base", str(agent_model), "--model_name", "tool_calls", "--max_model_len", "2048"]
+    with running_server(argv, None) as (base_url, _, _):
+        client = openai.OpenAI(base_url=base_url, api_key="none", max_retries=0)
         namespace = {"client": client, "open": lambda path, **kw: open(REPO / path, **kw)}
         capsys.readouterr()
         exec(readme_python_block("import json\nimport operator\nrecord = "), namespace)  # noqa: S102 (the README's own code)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        engine.close()
     record = first_records("tool_calls.jsonl")[0]
     assert capsys.readouterr().out.strip() == record["messages"][-1]["content"]
     calls = [m for m in namespace["messages"] if getattr(m, "tool_calls", None)]

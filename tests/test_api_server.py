@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import asyncio
 import os
 import socket
@@ -36,22 +37,30 @@ def adapter(tiny_qwen2, tmp_path_factory):
     return train_tiny_adapter(tiny_qwen2, tmp_path_factory.mktemp("adapter"), PAIRS)
 
 
-@pytest.fixture(scope="module")
-def server(adapter):
-    """(base_url, engine, served): the app in a uvicorn thread on a free port, stopped after the module."""
-    args = api_server.parse_args(["--adapter", str(adapter), "--model_name", MODEL, "--max_model_len", "256"])
-    engine, served = api_server.build_engine(args)
+@contextlib.contextmanager
+def running_server(argv: list[str], api_key: str | None):
+    """(base_url, engine, served): api_server.py's app for `argv` in a uvicorn thread on a free port."""
+    engine, served = api_server.build_engine(api_server.parse_args(argv))
     sock = free_socket()
-    server = uvicorn.Server(uvicorn.Config(create_app(engine, served, API_KEY), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(engine, served, api_key), log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.02)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1", engine, served
-    server.should_exit = True
-    thread.join(timeout=10)
-    engine.close()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1", engine, served
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        engine.close()
+
+
+@pytest.fixture(scope="module")
+def server(adapter):
+    """(base_url, engine, served), stopped after the module."""
+    with running_server(["--adapter", str(adapter), "--model_name", MODEL, "--max_model_len", "256"], API_KEY) as up:
+        yield up
 
 
 @pytest.fixture(scope="module")

@@ -7,16 +7,12 @@ no model here would write (malformed calls, Llama-3.1's JSON calls) come from a 
 from __future__ import annotations
 
 import json
-import threading
-import time
 
 import openai
 import pytest
-import uvicorn
 from starlette.testclient import TestClient
 from transformers import AutoTokenizer
 
-import api_server
 from llm_tuning.generation import Delta
 from llm_tuning.modeling import load_tokenizer
 from llm_tuning.native_template import NativeTemplate
@@ -24,7 +20,7 @@ from llm_tuning.serve.openai_api import ServedModel, create_app
 from llm_tuning.templates import encode_chat, get_template, prompt_text
 from llm_tuning.tool_calls import call_opening
 from tests.inference_fixtures import REASONING_EXCHANGES, TOOL_EXCHANGES, TOOLS, train_tool_adapter
-from tests.test_api_server import free_socket
+from tests.test_api_server import running_server
 
 API_KEY = "sk-test-key"
 MODEL = "tiny-tools"
@@ -38,19 +34,9 @@ def adapter(tiny_model, tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(adapter):
     """(base_url, served): api_server's app on a free port, as in tests/test_api_server.py."""
-    args = api_server.parse_args(["--adapter", str(adapter), "--model_name", MODEL, "--max_model_len", "1024"])
-    engine, served = api_server.build_engine(args)
-    sock = free_socket()
-    server = uvicorn.Server(uvicorn.Config(create_app(engine, served, API_KEY), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1", served
-    server.should_exit = True
-    thread.join(timeout=10)
-    engine.close()
+    argv = ["--adapter", str(adapter), "--model_name", MODEL, "--max_model_len", "1024"]
+    with running_server(argv, API_KEY) as (base_url, _, served):
+        yield base_url, served
 
 
 @pytest.fixture(scope="module")

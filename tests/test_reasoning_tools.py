@@ -21,7 +21,8 @@ from llm_tuning.modeling import load_tokenizer
 from llm_tuning.records import RecordKeys, load_conversations
 from llm_tuning.templates import encode_chat, encode_conversation, get_template
 from llm_tuning.testing import build_tokenizer
-from tests.test_real_tokenizers import REAL, real_tokenizer, supervised_runs  # noqa: F401 (a fixture)
+from tests.real_tokenizers import REAL
+from tests.test_real_tokenizers import supervised_runs
 
 SHORT_ANSWERS = ["A", "B", "1", "2", "0", "yes", "no", "ok", "a", "d", "t", "s", "e", "i", "m", "end", "user",
                  "system", "assistant", "model", "<", ">", "|", "Yes.", "42", "start", "id", "ass", "er"]

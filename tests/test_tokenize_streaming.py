@@ -5,7 +5,6 @@ Memory against file size is measured by bench/tokenize_throughput.py --scale."""
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
