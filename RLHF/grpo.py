@@ -49,7 +49,9 @@ from llm_tuning.modeling import load_model, load_tokenizer
 from llm_tuning.rlhf.pair_training import lora_config, save_eval_metrics, train_and_save
 from llm_tuning.rlhf.rewards import REWARD_NAMES, build_reward_functions
 from llm_tuning.templates import resolve_template, stop_token_ids
-from llm_tuning.training import parse_args, require_output_dir, run_log_callbacks
+from llm_tuning.checkpoints import require_output_dir
+from llm_tuning.run_logs import run_log_callbacks
+from llm_tuning.training import parse_args
 
 TABLE_FILE = "eval_table.txt"
 

@@ -36,7 +36,9 @@ from llm_tuning.rlhf.pair_training import (
 from llm_tuning.rlhf.pairs import encode_pairs, load_preference_pairs
 from llm_tuning.rlhf.reward_model import pairwise_accuracy
 from llm_tuning.templates import resolve_template
-from llm_tuning.training import parse_args, require_output_dir, run_log_callbacks
+from llm_tuning.checkpoints import require_output_dir
+from llm_tuning.run_logs import run_log_callbacks
+from llm_tuning.training import parse_args
 
 
 

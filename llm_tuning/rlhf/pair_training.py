@@ -96,7 +96,8 @@ def train_on_pairs(trainer_class, args: PreferenceArguments, training_args, stag
     from ..modeling import load_model, load_tokenizer
     from .margins import preference_margin
     from ..templates import resolve_template
-    from ..training import require_output_dir, run_log_callbacks
+    from ..checkpoints import require_output_dir
+    from ..run_logs import run_log_callbacks
 
     require_output_dir(training_args)
     set_seed(training_args.seed)
