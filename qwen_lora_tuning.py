@@ -28,6 +28,9 @@ Step 1 tokenizes the data with the model's tokenizer (see tokenize.sh), step 2 i
     # Continue an interrupted run from the last checkpoint in --output_dir
     python qwen_lora_tuning.py ... --resume_from_checkpoint true
 
+    # The settings in one YAML/JSON file instead of flags (configs/ has one per tutorial run)
+    python qwen_lora_tuning.py configs/qwen_lora.yaml
+
 Offline smoke test on a tiny random Qwen2 (what demo.sh does):
     python -m llm_tuning.testing --arch qwen2 --out models/tiny-qwen2 && sh tokenize.sh && sh train.sh
 

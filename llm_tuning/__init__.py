@@ -14,9 +14,11 @@ Fine-tuning core (flat)
     batching       collators, length-sorted and token-budget batches, length grouping, packing
     modeling       load tokenizers and models (dtype, 4/8-bit, RoPE scaling), LoRA targets, adapters
     methods        --finetuning_type: LoRA, QLoRA, AdaLoRA, prompt/prefix/p-tuning, freeze, full
-    training       argument dataclasses, the parser, Trainer callbacks
+    training       the arguments of a training run and their parser (flags, or one YAML/JSON config file)
+    checkpoints    --output_dir: an earlier run's checkpoints refused or deleted; the checkpoint to resume from
+    run_logs       trainer_log.jsonl and loss.png, written beside every trained run
     run_config     llm_tuning.json: what a trained run records for the steps after it
-    finetune       the SFT flow every <family>_lora_tuning.py runs (`Family`, build_trainer, save)
+    finetune       the SFT stages a <family>_lora_tuning.py main() calls in order, and its `Family`
     eval_callback  generation metrics during training
 
 Using a trained run
