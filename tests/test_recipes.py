@@ -166,10 +166,12 @@ def test_a_made_up_family_added_by_the_readme_checklist_trains_and_chats(tmp_pat
     with pytest.raises(SystemExit) as exit_info:
         run_recipe(str(recipe), "--tokenized_dataset", str(other), "--output_dir", str(tmp_path / "o"))
     assert exit_info.value.code == 2
-    assert "but tinyfam_lora_tuning.py trains tinyfam; tokenize again with --template tinyfam" in capsys.readouterr().err
+    refusal = "but tinyfam_lora_tuning.py trains tinyfam; tokenize again with --template tinyfam"
+    assert refusal in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("readme,title", [("README.md", "**Add a model family**"), ("README_zh.md", "**新增一个模型家族**")])
+@pytest.mark.parametrize("readme,title", [("README.md", "**Add a model family**"),
+                                          ("README_zh.md", "**新增一个模型家族**")])
 def test_the_add_a_family_checklist_names_files_and_names_that_exist(readme, title):
     text = (REPO_ROOT / readme).read_text(encoding="utf-8")
     start = text.index(title)
@@ -189,7 +191,8 @@ RUN_CONFIGS = sorted(path.name for path in (REPO_ROOT / "configs").glob("*.yaml"
 
 
 def test_the_tutorials_have_run_configs():
-    assert {"qwen_lora.yaml", "qwen_qlora.yaml", "qwen3_reasoning_math.yaml", "qwen3_tool_calls.yaml"} <= set(RUN_CONFIGS)
+    tutorial_runs = {"qwen_lora.yaml", "qwen_qlora.yaml", "qwen3_reasoning_math.yaml", "qwen3_tool_calls.yaml"}
+    assert tutorial_runs <= set(RUN_CONFIGS)
 
 
 @pytest.mark.parametrize("config", RUN_CONFIGS)
@@ -199,8 +202,9 @@ def test_a_run_config_parses_and_a_readme_command_runs_it(config, tmp_path, monk
     from llm_tuning.training import DataArguments, FinetuneArguments, ModelArguments, parse_args
 
     monkeypatch.chdir(tmp_path)  # its output_dir is relative: nothing of this checkout's weights/ counts
-    model_args, data_args, _, training_args = parse_args(
+    _, data_args, _, training_args = parse_args(
         ModelArguments, DataArguments, FinetuneArguments, TrainingArguments, argv=[str(REPO_ROOT / "configs" / config)])
+    # YAML reads `learning_rate: 2e-4` as a string; the parser reads it as the flag --learning_rate 2e-4.
     assert isinstance(training_args.learning_rate, float) and data_args.tokenized_dataset
     promise = {"README.md": "writes", "README_zh.md": "写入"}
     for readme, writes in promise.items():
