@@ -3,7 +3,8 @@
 One decoding loop serves the terminal chat, the web UI, the OpenAI-compatible server and eval.py:
 `BatchDecoder` runs several prompts at once (left-padded, one KV cache), each row with its own
 sampling settings, stop strings, stop token ids and seed, and yields text pieces as they are
-decoded. `generate_reply` / `stream_reply` are the one-prompt conveniences on top of it.
+decoded. `generate_reply` / `stream_reply` are the one-prompt conveniences on top of it, and
+`generate_in_batches` answers many prompts in batches of similar length (eval, the projects).
 
     settings = GenerationSettings(max_new_tokens=128, temperature=0.7, top_p=0.9, stop=("\\n\\n",))
     for piece in stream_reply(model, tokenizer, template, "你好", settings=settings):
