@@ -29,12 +29,12 @@ from trl import RewardConfig, RewardTrainer
 
 from llm_tuning.cli import UserError, exits_on_user_error
 from llm_tuning.modeling import first_line, load_tokenizer
-from llm_tuning.rlhf.reward_model import reward_scores
+from llm_tuning.rlhf.pair_batches import pair_trainer
 from llm_tuning.rlhf.pair_training import (
     PreferenceArguments, lora_config, save_eval_metrics, train_and_save,
 )
 from llm_tuning.rlhf.pairs import encode_pairs, load_preference_pairs
-from llm_tuning.rlhf.reward_model import pairwise_accuracy
+from llm_tuning.rlhf.reward_model import pairwise_accuracy, reward_scores
 from llm_tuning.templates import resolve_template
 from llm_tuning.training import parse_args, require_output_dir, run_log_callbacks
 
@@ -73,8 +73,10 @@ def main(args: PreferenceArguments, training_args: RewardConfig) -> dict | None:
     model.config.pad_token_id = tokenizer.pad_token_id  # the head reads the last non-pad token
 
     training_args.max_length = None  # already filtered by encode_pairs
-    trainer = RewardTrainer(model=model, args=training_args, train_dataset=dataset, processing_class=tokenizer,
-                            peft_config=lora_config(model, args, "SEQ_CLS"), callbacks=run_log_callbacks())
+    # Pairs in length-sorted batches of a token budget unless --batching says otherwise.
+    trainer = pair_trainer(RewardTrainer, args, model=model, args=training_args, train_dataset=dataset,
+                           processing_class=tokenizer, peft_config=lora_config(model, args, "SEQ_CLS"),
+                           callbacks=run_log_callbacks())
     if not train_and_save(trainer, tokenizer, args, template, "reward_model") or held_out is None:
         return None
     metrics = held_out_accuracy(trainer.model, tokenizer, held_out)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..cli import UserError
 from ..templates import Template
+from .pair_batches import pair_trainer
 from .pairs import EncodedPair, encode_pair, encode_pairs, load_preference_pairs, render_pair
 
 
@@ -26,6 +27,19 @@ class PreferenceArguments:
     lora_alpha: float = field(default=32.0)
     lora_dropout: float = field(default=0.0)
     lora_target: str = field(default="all-linear", metadata={"help": "Comma-separated module names, or all-linear."})
+    # How the pairs are batched (llm_tuning/rlhf/pair_batches.py), as SFT's --batching.
+    batching: str = field(
+        default="auto",
+        metadata={"help": "auto (= tokens, or random for DPO's aot/aot_unpaired/sft losses), tokens (length-sorted "
+                          "batches of a token budget, chosen and rejected counted together), sorted (length-sorted "
+                          "batches of --per_device_train_batch_size pairs) or random (the trainer's own)."},
+    )
+    max_tokens_per_batch: int | None = field(
+        default=None,
+        metadata={"help": "Token budget of a length-sorted batch (padded positions of the chosen and rejected "
+                          "sequences). Default: the smallest giving no more batches than "
+                          "--per_device_train_batch_size pairs would."},
+    )
 
 
 def lora_config(model, args: PreferenceArguments, task_type: str):
@@ -52,13 +66,15 @@ def save_eval_metrics(output_dir: str | Path, metrics: dict) -> dict:
 
 def train_and_save(trainer, tokenizer, args: PreferenceArguments, template: Template, stage: str,
                    **run_config) -> bool:
-    """Train, then save the adapter, the tokenizer and llm_tuning.json (what chat.py --adapter and
-    the later stages read) to the trainer's output_dir. False on the processes that are not the main one."""
-    from ..run_config import save_run_config
+    """Train (or resume, with --resume_from_checkpoint), then save the adapter, the tokenizer and
+    llm_tuning.json (what chat.py --adapter and the later stages read) to the trainer's output_dir.
+    False on the processes that are not the main one."""
     from ..atomic import atomic_files
+    from ..run_config import save_run_config
+    from ..training import resume_argument
 
     output_dir = trainer.args.output_dir
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_argument(trainer.args))
     # Written aside, then renamed in: a full disk or a kill leaves the previous adapter as it was.
     with atomic_files(output_dir, writer=trainer.is_world_process_zero()) as saving_dir:
         trainer.save_model(str(saving_dir))
@@ -109,9 +125,10 @@ def train_on_pairs(trainer_class, args: PreferenceArguments, training_args, stag
 
     # The SFT model; the trainer adds the LoRA adapter (for DPO the model without it is the reference).
     model = load_model(args.model_name_or_path, "float32", training_args.trust_remote_code)
-    trainer = trainer_class(model=model, args=training_args, train_dataset=dataset, processing_class=tokenizer,
-                            peft_config=lora_config(model, args, "CAUSAL_LM"), callbacks=run_log_callbacks(),
-                            **(trainer_kwargs or {}))
+    # Length-sorted batches of a token budget by default (pair_batches.py).
+    trainer = pair_trainer(trainer_class, args, model=model, args=training_args, train_dataset=dataset,
+                           processing_class=tokenizer, peft_config=lora_config(model, args, "CAUSAL_LM"),
+                           callbacks=run_log_callbacks(), **(trainer_kwargs or {}))
     check_same_ids(trainer_ids(trainer.train_dataset[0]), encode_pair(tokenizer, template, pairs[0]), tokenizer,
                    trainer_class.__name__)
     print(f"{len(dataset)} pairs; first prompt: {dataset[0]['prompt']!r}")
