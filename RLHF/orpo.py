@@ -30,21 +30,22 @@ trainer_log.jsonl and eval_metrics.json.
 from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
 from llm_tuning.cli import exits_on_user_error
+from llm_tuning.rlhf.pair_batches import PairBatchingArguments
 from llm_tuning.rlhf.pair_training import PreferenceArguments, train_on_pairs
 from llm_tuning.training import parse_args
 
 
 @exits_on_user_error
-def main(args: PreferenceArguments, training_args: ORPOConfig) -> dict | None:
+def main(args: PreferenceArguments, batching_args: PairBatchingArguments, training_args: ORPOConfig) -> dict | None:
     # ORPOTrainer's rows hold the whole prompt + chosen sequence under chosen_input_ids.
-    return train_on_pairs(ORPOTrainer, args, training_args, "orpo",
+    return train_on_pairs(ORPOTrainer, args, batching_args, training_args, "orpo",
                           trainer_ids=lambda row: row["chosen_input_ids"],
                           run_config={"beta": training_args.beta})
 
 
 @exits_on_user_error
 def cli(argv: list[str] | None = None) -> dict | None:
-    return main(*parse_args(PreferenceArguments, ORPOConfig, argv=argv))
+    return main(*parse_args(PreferenceArguments, PairBatchingArguments, ORPOConfig, argv=argv))
 
 
 if __name__ == "__main__":

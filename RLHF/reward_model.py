@@ -29,7 +29,7 @@ from trl import RewardConfig, RewardTrainer
 
 from llm_tuning.cli import UserError, exits_on_user_error
 from llm_tuning.modeling import first_line, load_tokenizer
-from llm_tuning.rlhf.pair_batches import pair_trainer
+from llm_tuning.rlhf.pair_batches import PairBatchingArguments, pair_trainer
 from llm_tuning.rlhf.pair_training import (
     PreferenceArguments, lora_config, save_eval_metrics, train_and_save,
 )
@@ -50,7 +50,7 @@ def held_out_accuracy(model, tokenizer, encoded) -> dict:
 
 
 @exits_on_user_error
-def main(args: PreferenceArguments, training_args: RewardConfig) -> dict | None:
+def main(args: PreferenceArguments, batching_args: PairBatchingArguments, training_args: RewardConfig) -> dict | None:
     require_output_dir(training_args)
     set_seed(training_args.seed)
 
@@ -74,7 +74,7 @@ def main(args: PreferenceArguments, training_args: RewardConfig) -> dict | None:
 
     training_args.max_length = None  # already filtered by encode_pairs
     # Pairs in length-sorted batches of a token budget unless --batching says otherwise.
-    trainer = pair_trainer(RewardTrainer, args, model=model, args=training_args, train_dataset=dataset,
+    trainer = pair_trainer(RewardTrainer, batching_args, model=model, args=training_args, train_dataset=dataset,
                            processing_class=tokenizer, peft_config=lora_config(model, args, "SEQ_CLS"),
                            callbacks=run_log_callbacks())
     if not train_and_save(trainer, tokenizer, args, template, "reward_model") or held_out is None:
@@ -88,7 +88,7 @@ def main(args: PreferenceArguments, training_args: RewardConfig) -> dict | None:
 
 @exits_on_user_error
 def cli(argv: list[str] | None = None) -> dict | None:
-    return main(*parse_args(PreferenceArguments, RewardConfig, argv=argv))
+    return main(*parse_args(PreferenceArguments, PairBatchingArguments, RewardConfig, argv=argv))
 
 
 if __name__ == "__main__":

@@ -128,8 +128,7 @@ def dpo_trainer(mode: str, args: argparse.Namespace, model_dir: Path, out_dir: P
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from llm_tuning.rlhf.pair_batches import pair_trainer
-    from llm_tuning.rlhf.pair_training import PreferenceArguments
+    from llm_tuning.rlhf.pair_batches import PairBatchingArguments, pair_trainer
     from llm_tuning.rlhf.pairs import load_preference_pairs, render_pair
     from llm_tuning.templates import get_template
 
@@ -145,8 +144,7 @@ def dpo_trainer(mode: str, args: argparse.Namespace, model_dir: Path, out_dir: P
     if mode == "trl-dpo":
         return DPOTrainer(**common)
     batching = {"dpo-default": "auto", "dpo-sorted": "sorted", "dpo-random": "random"}[mode]
-    return pair_trainer(DPOTrainer, PreferenceArguments(str(model_dir), str(LONG_TAIL_PAIRS), batching=batching),
-                        **common)
+    return pair_trainer(DPOTrainer, PairBatchingArguments(batching=batching), **common)
 
 
 def run_one(mode: str, args: argparse.Namespace, model_dir: Path, data_dir: Path) -> dict:

@@ -14,7 +14,7 @@ from transformers import TrainingArguments
 
 from llm_tuning.cli import UserError
 from llm_tuning.rlhf.pair_batches import (
-    pair_batch_sampler, pair_lengths, pair_trainer, padded_pair_lengths, resolve_pair_batching,
+    PairBatchingArguments, pair_batch_sampler, pair_lengths, pair_trainer, padded_pair_lengths, resolve_pair_batching,
 )
 from llm_tuning.rlhf.pair_training import PreferenceArguments, lora_config
 from llm_tuning.rlhf.pairs import encode_pair, encode_pairs, load_preference_pairs, render_pair
@@ -30,11 +30,11 @@ def short_pairs(count: int, max_chars: int = 500):
     return pairs[:count]
 
 
-def batching(**flags) -> PreferenceArguments:
-    return PreferenceArguments("unused", "unused", lora_dropout=0.0, **flags)
+def batching(**flags) -> PairBatchingArguments:
+    return PairBatchingArguments(**flags)
 
 
-def make_trainer(kind: str, model_path: Path, out: Path, pairs, flags: PreferenceArguments, **config):
+def make_trainer(kind: str, model_path: Path, out: Path, pairs, flags: PairBatchingArguments, **config):
     """A DPO, ORPO or reward-model trainer on `pairs`, as RLHF/dpo.py, orpo.py, reward_model.py build them."""
     from transformers import AutoModelForSequenceClassification
     from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer
@@ -60,8 +60,9 @@ def make_trainer(kind: str, model_path: Path, out: Path, pairs, flags: Preferenc
         trainer_class, args, extra = ((DPOTrainer, DPOConfig(**config), {"ref_model": None}) if kind == "dpo"
                                       else (ORPOTrainer, ORPOConfig(**config, beta=0.5), {}))
         task = "CAUSAL_LM"
+    lora = lora_config(model, PreferenceArguments("unused", "unused", lora_dropout=0.0), task)
     return pair_trainer(trainer_class, flags, model=model, args=args, train_dataset=dataset,
-                        processing_class=tokenizer, peft_config=lora_config(model, flags, task), **extra)
+                        processing_class=tokenizer, peft_config=lora, **extra)
 
 
 def largest_pair(tiny_qwen2, pairs) -> int:

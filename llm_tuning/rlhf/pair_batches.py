@@ -26,6 +26,7 @@ auto keeps the trainer's own batches.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass, field
 
 import torch
 
@@ -38,6 +39,24 @@ from ..cli import UserError
 PAIR_MODES = (AUTO, TOKENS, SORTED, RANDOM)
 # DPO losses that are not a mean over the pairs of a batch: a batch's make-up changes them.
 BATCH_COUPLED_LOSSES = ("aot", "aot_unpaired", "sft")
+
+
+@dataclass
+class PairBatchingArguments:
+    """How a DPO, ORPO or reward-model run batches its pairs: the flags SFT has, for pairs."""
+
+    batching: str = field(
+        default=AUTO,
+        metadata={"help": "auto (tokens; random for DPO's aot, aot_unpaired and sft losses), tokens (length-sorted "
+                          "batches of a token budget, chosen and rejected counted together), sorted (length-sorted "
+                          "batches of --per_device_train_batch_size pairs) or random (the trainer's own)."},
+    )
+    max_tokens_per_batch: int | None = field(
+        default=None,
+        metadata={"help": "Token budget of a length-sorted batch: padded positions of its chosen and rejected "
+                          "sequences. Default: the smallest giving no more batches than "
+                          "--per_device_train_batch_size pairs would."},
+    )
 
 
 def pair_lengths(dataset, max_length: int | None = None) -> tuple[list[int], list[int]]:
@@ -64,9 +83,10 @@ def padded_pair_lengths(chosen: list[int], rejected: list[int]) -> list[int]:
     return [2 * max(c, r) for c, r in zip(chosen, rejected)]
 
 
-def resolve_pair_batching(args, training_args, loss_types: tuple[str, ...] = ()) -> tuple[str, bool]:
+def resolve_pair_batching(args: PairBatchingArguments, training_args,
+                          loss_types: tuple[str, ...] = ()) -> tuple[str, bool]:
     """The batching mode of a pair trainer and whether it was chosen automatically, from
-    `--batching` and `--max_tokens_per_batch` (`args`) and `--train_sampling_strategy`."""
+    `--batching`, `--max_tokens_per_batch` and `--train_sampling_strategy`."""
     mode, automatic = resolve_batching(args, training_args)
     if mode == PACKING and automatic:  # auto packs on a GPU with flash-attention; pairs are not packed
         mode = TOKENS
@@ -82,7 +102,7 @@ def resolve_pair_batching(args, training_args, loss_types: tuple[str, ...] = ())
     return mode, automatic
 
 
-def pair_batch_sampler(mode: str, args, training_args, lengths: list[int]) -> LengthSortedBatchSampler | None:
+def pair_batch_sampler(mode: str, args: PairBatchingArguments, training_args, lengths: list[int]) -> LengthSortedBatchSampler | None:
     """Length-sorted batches of the pairs (`lengths`: `padded_pair_lengths`) for the tokens and
     sorted modes; None for random (the trainer's own sampler)."""
     pairs = training_args.per_device_train_batch_size
@@ -101,7 +121,7 @@ def pair_batch_sampler(mode: str, args, training_args, lengths: list[int]) -> Le
     return LengthSortedBatchSampler(lengths, max_tokens=budget, seed=seed, max_padding=max_padding)
 
 
-def describe_pair_batching(mode: str, automatic: bool, args, training_args,
+def describe_pair_batching(mode: str, automatic: bool, args: PairBatchingArguments, training_args,
                            batch_sampler: LengthSortedBatchSampler | None) -> str:
     pairs = training_args.per_device_train_batch_size
     if mode == TOKENS:
@@ -134,9 +154,9 @@ class PairBatches(BatchSamplerMixin):
     loss_is_scaled_for_ga = True  # compute_loss weighs each micro-batch itself
     _step_totals: torch.Tensor | None = None
 
-    def use_pair_batching(self, args, loss_types: tuple[str, ...] = ()) -> str:
-        """Batch the (tokenized) training pairs per `args.batching` / `args.max_tokens_per_batch`;
-        returns the line that says how, printed on the main process."""
+    def use_pair_batching(self, args: PairBatchingArguments, loss_types: tuple[str, ...] = ()) -> str:
+        """Batch the (tokenized) training pairs per `args`; returns the line that says how, printed
+        on the main process."""
         mode, automatic = resolve_pair_batching(args, self.args, loss_types)
         lengths = padded_pair_lengths(*pair_lengths(self.train_dataset, getattr(self.args, "max_length", None)))
         self.batch_sampler = pair_batch_sampler(mode, args, self.args, lengths)
@@ -202,9 +222,9 @@ def with_pair_batches(trainer_class: type) -> type:
     return type(trainer_class.__name__, (mixin, trainer_class), {"__doc__": trainer_class.__doc__})
 
 
-def pair_trainer(trainer_class: type, batching_args, **trainer_kwargs):
+def pair_trainer(trainer_class: type, batching_args: PairBatchingArguments, **trainer_kwargs):
     """A `trainer_class` trainer (`trainer_kwargs` as for it) whose training pairs are batched per
-    `batching_args.batching` / `.max_tokens_per_batch` (the `PreferenceArguments`)."""
+    `batching_args`."""
     trainer = with_pair_batches(trainer_class)(**trainer_kwargs)
     loss_types = getattr(trainer.args, "loss_type", ())
     trainer.use_pair_batching(batching_args, tuple([loss_types] if isinstance(loss_types, str) else loss_types))

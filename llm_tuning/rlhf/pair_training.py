@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..cli import UserError
 from ..templates import Template
-from .pair_batches import pair_trainer
+from .pair_batches import PairBatchingArguments, pair_trainer
 from .pairs import EncodedPair, encode_pair, encode_pairs, load_preference_pairs, render_pair
 
 
@@ -27,19 +27,6 @@ class PreferenceArguments:
     lora_alpha: float = field(default=32.0)
     lora_dropout: float = field(default=0.0)
     lora_target: str = field(default="all-linear", metadata={"help": "Comma-separated module names, or all-linear."})
-    # How the pairs are batched (llm_tuning/rlhf/pair_batches.py), as SFT's --batching.
-    batching: str = field(
-        default="auto",
-        metadata={"help": "auto (= tokens, or random for DPO's aot/aot_unpaired/sft losses), tokens (length-sorted "
-                          "batches of a token budget, chosen and rejected counted together), sorted (length-sorted "
-                          "batches of --per_device_train_batch_size pairs) or random (the trainer's own)."},
-    )
-    max_tokens_per_batch: int | None = field(
-        default=None,
-        metadata={"help": "Token budget of a length-sorted batch (padded positions of the chosen and rejected "
-                          "sequences). Default: the smallest giving no more batches than "
-                          "--per_device_train_batch_size pairs would."},
-    )
 
 
 def lora_config(model, args: PreferenceArguments, task_type: str):
@@ -96,10 +83,11 @@ def check_same_ids(got: list[int], expected: EncodedPair, tokenizer, trainer_nam
         )
 
 
-def train_on_pairs(trainer_class, args: PreferenceArguments, training_args, stage: str, trainer_ids,
-                   trainer_kwargs: dict | None = None, run_config: dict | None = None) -> dict | None:
+def train_on_pairs(trainer_class, args: PreferenceArguments, batching_args: PairBatchingArguments, training_args,
+                   stage: str, trainer_ids, trainer_kwargs: dict | None = None,
+                   run_config: dict | None = None) -> dict | None:
     """Train a LoRA adapter on the SFT model with a TRL trainer that learns from the text pairs
-    (DPOTrainer, ORPOTrainer), and measure the held-out margin log π(chosen) - log π(rejected)
+    (DPOTrainer, ORPOTrainer) on batches per `batching_args`, and measure the held-out margin log π(chosen) - log π(rejected)
     before (adapter off: the SFT model) and after.
 
     `trainer_ids(row)` gives the prompt + chosen ids of one row of the trainer's tokenized dataset;
@@ -126,7 +114,7 @@ def train_on_pairs(trainer_class, args: PreferenceArguments, training_args, stag
     # The SFT model; the trainer adds the LoRA adapter (for DPO the model without it is the reference).
     model = load_model(args.model_name_or_path, "float32", training_args.trust_remote_code)
     # Length-sorted batches of a token budget by default (pair_batches.py).
-    trainer = pair_trainer(trainer_class, args, model=model, args=training_args, train_dataset=dataset,
+    trainer = pair_trainer(trainer_class, batching_args, model=model, args=training_args, train_dataset=dataset,
                            processing_class=tokenizer, peft_config=lora_config(model, args, "CAUSAL_LM"),
                            callbacks=run_log_callbacks(), **(trainer_kwargs or {}))
     check_same_ids(trainer_ids(trainer.train_dataset[0]), encode_pair(tokenizer, template, pairs[0]), tokenizer,
