@@ -17,6 +17,11 @@ exactly the prompt format chat.py uses. At the end the script measures, on the h
         --output_dir weights/my-dpo --per_device_train_batch_size 2 --gradient_accumulation_steps 8 \
         --learning_rate 5e-6 --beta 0.1 --loss_type sigmoid --bf16 true --max_length 1024
 
+Pairs train in length-sorted batches of a token budget (chosen and rejected counted together; as
+many batches as --per_device_train_batch_size pairs would make), exact under gradient accumulation:
+--batching tokens|sorted|random and --max_tokens_per_batch N choose otherwise, as for SFT
+(llm_tuning/rlhf/pair_batches.py). The aot, aot_unpaired and sft losses, which are no mean over
+pairs, keep the trainer's own batches. --resume_from_checkpoint true continues on the same batches.
 Every DPOConfig (TrainingArguments) flag works. Tested with trl 1.16, peft 0.21.
 Writes to --output_dir: the adapter (safetensors), the tokenizer, llm_tuning.json (so chat.py
 --adapter works), trainer_log.jsonl and eval_metrics.json.

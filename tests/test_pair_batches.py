@@ -5,6 +5,7 @@ in one sentence."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -174,14 +175,31 @@ def test_pair_batching_mistakes_are_one_sentence(flags, config, message):
 
     args = DPOConfig(output_dir="unused", report_to="none", use_cpu=True, bf16=False, **config)
     with pytest.raises(UserError, match=message):
-        mode, _ = resolve_pair_batching(batching(**flags), args, tuple(args.loss_type))
+        mode, _ = resolve_pair_batching(batching(**flags), args)
         pair_batch_sampler(mode, batching(**flags), args, [14, 6])
 
 
 def test_auto_keeps_the_trainers_batches_for_losses_that_compare_pairs():
     from trl import DPOConfig
 
-    args = DPOConfig(output_dir="unused", report_to="none", use_cpu=True, bf16=False)
-    assert resolve_pair_batching(batching(), args, ("sigmoid",)) == ("tokens", True)
-    assert resolve_pair_batching(batching(), args, ("sigmoid", "sft")) == ("random", True)
-    assert resolve_pair_batching(batching(batching="sorted"), args, ("aot",)) == ("sorted", False)
+    def config(*losses):
+        return DPOConfig(output_dir="unused", report_to="none", use_cpu=True, bf16=False, loss_type=list(losses))
+
+    assert resolve_pair_batching(batching(), config("sigmoid")) == ("tokens", True)
+    assert resolve_pair_batching(batching(), config("sigmoid", "sft")) == ("random", True)
+    assert resolve_pair_batching(batching(batching="sorted"), config("aot")) == ("sorted", False)
+
+
+def test_the_scripts_print_their_batching_and_refuse_packed_pairs_in_one_sentence(run, tiny_qwen2, tmp_path):
+    common = ["--model_name_or_path", tiny_qwen2, "--template", "qwen", "--bf16", "false", "--report_to", "none",
+              "--train_file", REPO_ROOT / "RLHF" / "data" / "preference_train.jsonl", "--save_strategy", "no",
+              "--per_device_train_batch_size", "16"]
+    result = run("RLHF/reward_model.py", *common, "--output_dir", tmp_path / "rm", "--max_steps", "1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.search(r"batching: tokens, length-sorted batches of at most \d+ tokens \(chosen and rejected together\), "
+                     r"8 an epoch \(16-pair batches: 8\) \(auto\)", result.stdout)  # 120 pairs
+    result = run("RLHF/dpo.py", *common, "--output_dir", tmp_path / "dpo", "--batching", "packing")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: packing batching is not available for preference pairs (the trainer pads each pair's chosen and "
+        "rejected sequences into one batch); choose --batching auto|tokens|sorted|random")

@@ -83,10 +83,12 @@ def padded_pair_lengths(chosen: list[int], rejected: list[int]) -> list[int]:
     return [2 * max(c, r) for c, r in zip(chosen, rejected)]
 
 
-def resolve_pair_batching(args: PairBatchingArguments, training_args,
-                          loss_types: tuple[str, ...] = ()) -> tuple[str, bool]:
+def resolve_pair_batching(args: PairBatchingArguments, training_args) -> tuple[str, bool]:
     """The batching mode of a pair trainer and whether it was chosen automatically, from
-    `--batching`, `--max_tokens_per_batch` and `--train_sampling_strategy`."""
+    `--batching`, `--max_tokens_per_batch`, `--train_sampling_strategy` and DPO's `--loss_type`.
+    The scripts call it first, so a flag mistake stops them before anything loads."""
+    loss_types = getattr(training_args, "loss_type", None) or ()
+    loss_types = (loss_types,) if isinstance(loss_types, str) else tuple(loss_types)
     mode, automatic = resolve_batching(args, training_args)
     if mode == PACKING and automatic:  # auto packs on a GPU with flash-attention; pairs are not packed
         mode = TOKENS
@@ -154,10 +156,10 @@ class PairBatches(BatchSamplerMixin):
     loss_is_scaled_for_ga = True  # compute_loss weighs each micro-batch itself
     _step_totals: torch.Tensor | None = None
 
-    def use_pair_batching(self, args: PairBatchingArguments, loss_types: tuple[str, ...] = ()) -> str:
+    def use_pair_batching(self, args: PairBatchingArguments) -> str:
         """Batch the (tokenized) training pairs per `args`; returns the line that says how, printed
         on the main process."""
-        mode, automatic = resolve_pair_batching(args, self.args, loss_types)
+        mode, automatic = resolve_pair_batching(args, self.args)
         lengths = padded_pair_lengths(*pair_lengths(self.train_dataset, getattr(self.args, "max_length", None)))
         self.batch_sampler = pair_batch_sampler(mode, args, self.args, lengths)
         if self.batch_sampler is not None:
@@ -226,6 +228,5 @@ def pair_trainer(trainer_class: type, batching_args: PairBatchingArguments, **tr
     """A `trainer_class` trainer (`trainer_kwargs` as for it) whose training pairs are batched per
     `batching_args`."""
     trainer = with_pair_batches(trainer_class)(**trainer_kwargs)
-    loss_types = getattr(trainer.args, "loss_type", ())
-    trainer.use_pair_batching(batching_args, tuple([loss_types] if isinstance(loss_types, str) else loss_types))
+    trainer.use_pair_batching(batching_args)
     return trainer

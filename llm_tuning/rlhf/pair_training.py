@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..cli import UserError
 from ..templates import Template
-from .pair_batches import PairBatchingArguments, pair_trainer
+from .pair_batches import PairBatchingArguments, pair_trainer, resolve_pair_batching
 from .pairs import EncodedPair, encode_pair, encode_pairs, load_preference_pairs, render_pair
 
 
@@ -103,6 +103,7 @@ def train_on_pairs(trainer_class, args: PreferenceArguments, batching_args: Pair
     from ..training import require_output_dir, run_log_callbacks
 
     require_output_dir(training_args)
+    resolve_pair_batching(batching_args, training_args)  # a flag mistake stops the run before anything loads
     set_seed(training_args.seed)
     tokenizer = load_tokenizer(args.model_name_or_path, training_args.trust_remote_code)
     template = resolve_template(args.template, tokenizer, args.model_name_or_path, training_args.trust_remote_code)
