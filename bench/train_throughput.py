@@ -79,7 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num_layers", type=int, default=4)
     parser.add_argument("--table", choices=("sft", "dpo"), default="sft",
                         help="sft: the rows of long_tail.jsonl; dpo: the preference pairs of long_tail_pairs.jsonl")
-    parser.add_argument("--pairs", type=int, default=200, help="preference pairs to train on (--table dpo)")
+    parser.add_argument("--pairs", type=int, default=120, help="preference pairs to train on (--table dpo)")
     parser.add_argument("--modes", default=None, help="comma-separated subset of: " + ", ".join(MODES) +
                         " (--table sft; default all but pad-to-max) or " + ", ".join(DPO_MODES) +
                         " (--table dpo; default " + ", ".join(DPO_DEFAULT_MODES) + ")")
