@@ -5,6 +5,7 @@ in one sentence."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -102,6 +103,59 @@ def test_one_step_over_budget_micro_batches_is_one_padded_batch(kind, tiny_qwen2
     for key, move in runs["padded"]["moves"].items():
         torch.testing.assert_close(runs["budget"]["moves"][key], move, atol=1e-5, rtol=1e-4, msg=key)
     assert any(move.abs().max() > 1e-4 for move in runs["padded"]["moves"].values())  # it did learn
+
+
+def one_sgd_step(kind: str, model_path: Path, out: Path, flags: PairBatchingArguments, **config) -> dict:
+    """One SGD step (lr 1, no clipping) over the 8 short pairs covering every batch of them; each
+    trainable weight's move (minus its gradient) and the logged loss, on the main process."""
+    pairs = short_pairs(8)
+    trainer = make_trainer(kind, model_path, out, pairs, flags, per_device_train_batch_size=8, max_steps=1,
+                           optim="sgd", learning_rate=1.0, max_grad_norm=0.0, **config)
+    batches = len(trainer.batch_sampler) if trainer.batch_sampler is not None else 1
+    trainer.args.gradient_accumulation_steps = -(-batches // trainer.args.world_size)  # every batch in one step
+    pairs_seen, collate = [], trainer.data_collator
+    trainer.data_collator = lambda rows: pairs_seen.append(len(rows)) or collate(rows)
+    before = trainable(trainer)
+    trainer.train()
+    after = trainable(trainer)
+    return {"loss": trainer.state.log_history[0]["loss"], "pairs": sum(pairs_seen),
+            "moves": {key: after[key] - before[key] for key in before}}
+
+
+def test_two_processes_on_budget_micro_batches_take_the_padded_batchs_step(tiny_qwen2, tmp_path):
+    # torchrun deals the budget batches out to 2 ranks, so they hold different numbers of pairs:
+    # the pairs must still count alike across ranks (DDP averages the ranks' gradients).
+    import shutil
+    import subprocess
+    import sys
+
+    padded = one_sgd_step("dpo", tiny_qwen2, tmp_path / "padded", batching(batching="random"))
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    budget = largest_pair(tiny_qwen2, short_pairs(8)) + 8
+    command = [torchrun, "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000),
+               __file__, str(tiny_qwen2), str(tmp_path / "ddp"), str(budget)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")])}
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = torch.load(tmp_path / "ddp" / "moves.pt")
+    assert ranks["pairs_per_rank"][0] != ranks["pairs_per_rank"][1], ranks["pairs_per_rank"]
+    assert ranks["loss"] == pytest.approx(padded["loss"], abs=1e-5)
+    for key, move in padded["moves"].items():
+        torch.testing.assert_close(ranks["moves"][key], move, atol=1e-5, rtol=1e-4, msg=key)
+
+
+def ddp_worker(model_path: Path, out: Path, budget: int) -> None:
+    """A rank of the test above: one step over its share of the budget batches; rank 0 saves."""
+    import torch.distributed as dist
+
+    # --data_seed 1 orders the six budget batches so that one rank gets 3 pairs, the other 5
+    step = one_sgd_step("dpo", model_path, out, batching(max_tokens_per_batch=budget), ddp_backend="gloo",
+                        data_seed=1)
+    rank_pairs = [None] * dist.get_world_size()
+    dist.all_gather_object(rank_pairs, step["pairs"])
+    if dist.get_rank() == 0:
+        torch.save({**step, "pairs_per_rank": rank_pairs}, out / "moves.pt")
 
 
 def test_a_resumed_dpo_run_trains_on_the_same_batches(tiny_qwen2, tmp_path):
@@ -203,3 +257,9 @@ def test_the_scripts_print_their_batching_and_refuse_packed_pairs_in_one_sentenc
     assert result.stderr.strip().splitlines()[-1] == (
         "error: packing batching is not available for preference pairs (the trainer pads each pair's chosen and "
         "rejected sequences into one batch); choose --batching auto|tokens|sorted|random")
+
+
+if __name__ == "__main__":  # a torchrun rank of test_two_processes_on_budget_micro_batches_take_the_padded_batchs_step
+    import sys
+
+    ddp_worker(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))

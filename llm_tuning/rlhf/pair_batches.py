@@ -25,6 +25,7 @@ auto keeps the trainer's own batches.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass, field
 
@@ -186,14 +187,42 @@ class PairBatches(BatchSamplerMixin):
         return batches, num_items
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        result = super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                      num_items_in_batch=num_items_in_batch)
+        with gathers_of_unequal_length(self.accelerator):
+            result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                          num_items_in_batch=num_items_in_batch)
         if not self.model.training:  # evaluation: the plain mean of the batch
             return result
         loss, outputs = result if return_outputs else (result, None)
         shares = (self.step_counts(inputs) * self.args.world_size / self._step_totals).to(loss.device)
         loss = self.weigh(loss, shares)
         return (loss, outputs) if return_outputs else loss
+
+
+@contextlib.contextmanager
+def gathers_of_unequal_length(accelerator):
+    """Within the block, `accelerator.gather` (and `gather_for_metrics`, which calls it) also takes
+    tensors whose first dimension differs between processes. TRL's trainers gather their per-pair
+    metrics (rewards, margins, log-probs) so, and plain gather needs the same shape everywhere,
+    which budget batches dealt to several processes do not have: pad to the longest, gather, and
+    drop the padding again."""
+    if accelerator.num_processes == 1:
+        yield
+        return
+    plain = accelerator.gather
+
+    def gather(tensor):
+        if not torch.is_tensor(tensor) or tensor.dim() == 0:
+            return plain(tensor)
+        sizes = plain(torch.tensor([tensor.shape[0]], device=tensor.device)).tolist()
+        padded = accelerator.pad_across_processes(tensor, dim=0)
+        pieces = plain(padded).split(padded.shape[0])
+        return torch.cat([piece[:size] for piece, size in zip(pieces, sizes)])
+
+    accelerator.gather = gather
+    try:
+        yield
+    finally:
+        del accelerator.gather  # the class's own again
 
 
 class ORPOPairBatches(PairBatches):
