@@ -21,6 +21,12 @@ or curl:
       -H "Content-Type: application/json" \\
       -d '{"model": "simple_math_4op", "messages": [{"role": "user", "content": "What is 75 + 54?"}], "stream": true}'
 
+Tools and reasoning work as in OpenAI's API: `tools` and `tool_choice` in, `message.tool_calls`
+(finish_reason "tool_calls") and `message.reasoning_content` out, also streamed; the client sends
+calls back as assistant messages with `tool_calls` and results as `tool` messages. The tool-call
+syntax is the model's own chat template's (llm_tuning/serve/openai_api.py says what each
+tool_choice does). `"chat_template_kwargs": {"enable_thinking": true}` lets Qwen3 think per request.
+
 The model name is the adapter's (or model's) directory name unless --model_name says otherwise.
 Without the API key variable set, the server accepts every request (it says so at start-up);
 it binds 127.0.0.1 unless --host 0.0.0.0 is given.

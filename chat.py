@@ -15,19 +15,23 @@ The base model and chat template default to what the adapter was trained with (i
 llm_tuning.json); the prompt is built by the same function that built the training prompts (for the
 tokenizer's own template: apply_chat_template(..., add_generation_prompt=True)), and a reply ends
 on the template's end-of-turn token (<|im_end|>, <|eot_id|>, ...). Qwen3 answers without thinking
-unless --enable_thinking true.
+unless --enable_thinking true; a reply's reasoning (its <think>…</think> block) is printed after
+"Reasoning:", before the answer after "Assistant:", and only the answer goes into the history.
 """
 
 import argparse
+from collections.abc import Iterable
 
 from llm_tuning.cli import ArgumentParser, UserError, exits_on_user_error
-from llm_tuning.generation import GenerationSettings, context_length, fit_history, generate_reply, stream_reply
+from llm_tuning.generation import GenerationSettings, context_length, fit_history
 from llm_tuning.inference import add_model_arguments, load_chat_model
 from llm_tuning.modeling import AdapterMenu
+from llm_tuning.reply_parts import CONTENT, REASONING, ReplyPiece, stream_reply_parts
 
 EXIT_COMMANDS = {"exit", "quit", "stop"}
 CLEAR_COMMANDS = {"clear", "reset"}
 ADAPTER_COMMAND = "adapter"  # "adapter" lists the choices, "adapter NAME" switches to one
+LABELS = {REASONING: "Reasoning: ", CONTENT: "Assistant: "}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,6 +58,22 @@ def switch_adapter(menu: AdapterMenu, command: str) -> None:
             print(f"({err})")
             return
     print("(adapters: " + ", ".join(f"*{c}" if c == menu.current else c for c in menu.choices()) + ")")
+
+
+def print_reply(pieces: Iterable[ReplyPiece]) -> str:
+    """Print a reply as it streams, its reasoning (if any) on a labelled line before the answer;
+    returns the answer."""
+    answer, shown = "", None
+    for piece in pieces:
+        if piece.kind != shown:
+            print(("\n" if shown else "") + LABELS[piece.kind], end="", flush=True)
+            shown = piece.kind
+        print(piece.text, end="", flush=True)
+        answer += piece.text if piece.kind == CONTENT else ""
+    if shown != CONTENT:  # no answer (all reasoning, or nothing): still say so
+        print(("\n" if shown else "") + LABELS[CONTENT], end="")
+    print()
+    return answer
 
 
 def interactive(model, tokenizer, template, system, settings, max_context_tokens: int, menu: AdapterMenu) -> None:
@@ -87,14 +107,9 @@ def interactive(model, tokenizer, template, system, settings, max_context_tokens
         if len(kept) < len(history):
             print(f"(forgot the {len(history) - len(kept)} oldest turn(s) to fit the context)")
         history = kept
-        print("Assistant: ", end="", flush=True)
-        reply = ""
         with menu.active():
-            for piece in stream_reply(model, tokenizer, template, query, history, system, settings):
-                print(piece, end="", flush=True)
-                reply += piece
-        print()
-        history.append((query, reply))
+            answer = print_reply(stream_reply_parts(model, tokenizer, template, query, history, system, settings))
+        history.append((query, answer))
 
 
 @exits_on_user_error
@@ -104,7 +119,7 @@ def main(args: argparse.Namespace) -> None:
     if args.query:
         for query in args.query:
             print(f"User: {query}")
-            print(f"Assistant: {generate_reply(model, tokenizer, template, query, system=args.system, settings=settings)}")
+            print_reply(stream_reply_parts(model, tokenizer, template, query, system=args.system, settings=settings))
         return
     max_context_tokens = args.max_context_tokens or context_length(model)
     if settings.max_new_tokens >= max_context_tokens:

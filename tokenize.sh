@@ -12,7 +12,7 @@ SAVE_NAME=${SAVE_NAME:-simple_math_4op}
 MAX_SEQ_LENGTH=${MAX_SEQ_LENGTH:-512}
 SKIP_OVERLENGTH=${SKIP_OVERLENGTH:-false}         # false: truncate long rows; true: drop them
 TEMPLATE=${TEMPLATE:-auto}                        # auto: the tokenizer's own chat template, else the model type's
-NUM_PROC=${NUM_PROC:-1}
+NUM_PROC=${NUM_PROC:-}                            # tokenizer processes (empty: one per core for big files)
 
 if [ "$MODEL" = models/tiny-qwen2 ] && [ ! -d "$MODEL" ]; then
     echo "error: $MODEL does not exist; build the offline demo model first:" \
@@ -30,7 +30,7 @@ python tokenize_dataset_rows.py \
     --max_seq_length "$MAX_SEQ_LENGTH" \
     --skip_overlength "$SKIP_OVERLENGTH" \
     --template "$TEMPLATE" \
-    --num_proc "$NUM_PROC" \
+    ${NUM_PROC:+--num_proc "$NUM_PROC"} \
     ${HISTORY_KEY:+--history_key "$HISTORY_KEY"} \
     ${MAX_SAMPLES:+--max_samples "$MAX_SAMPLES"} \
     "$@"

@@ -13,12 +13,22 @@ system prompt (`--system_key`). Also `--format alpaca` (instruction/input/output
 `messages` (OpenAI chat messages, system prompt included), `sharegpt` (conversations of
 from/value), or `auto` (decided by the first record). Samples of each are in data/.
 
+Reasoning traces and tool calls (`messages` and `sharegpt` records): an assistant
+`reasoning_content` or a reply that begins with `<think>…</think>`, assistant `tool_calls`, `tool`
+messages and a record-level `tools` list (ShareGPT: `function_call` / `observation` turns). The
+model's own template renders them; a template that cannot is refused in one sentence. Each turn is
+trained in the context it has at inference: Qwen3 writes earlier turns otherwise (without their
+reasoning or no-think block), so such a turn gets a row of its own (the summary says how many;
+`--last_turn_only true` keeps one row per record).
+
 Which chat format (`--template auto`): the tokenizer's own chat_template when it has one
 (rendered with apply_chat_template; Llama-3, Qwen2.5/3, Mistral, Gemma, GLM-4, Phi, ...), else the
 registry template of the model type (ChatGLM, Baichuan, InternLM v1). `--template NAME` picks a
-registry template (`alpaca` for base models). Labels supervise every answer plus the end-of-turn
-token the template writes after it, and mask every prompt token (`--last_turn_only true`
-supervises the last answer alone). `python -m llm_tuning.info MODEL` shows the choice and a sample.
+registry template (`alpaca` for base models). Labels supervise every assistant turn (reasoning and
+tool calls included) plus the end-of-turn token the template writes after it, found by position,
+and mask everything else: system, tool definitions, user turns, tool results (`--last_turn_only
+true` supervises the last assistant message alone). `python -m llm_tuning.info MODEL` shows the
+choice and samples.
 
 Writes `data/tokenized_data/<save_name>/`: the dataset (`input_ids`, `labels`) and metadata.json
 (tokenizer fingerprint, template, counts). A training recipe refuses data made with another
@@ -56,7 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--last_turn_only", type=parse_bool, default=False,
                         help="true: supervise only the last answer of a multi-turn record")
     parser.add_argument("--max_samples", type=int, default=None, help="use only the first N records (quick tries)")
-    parser.add_argument("--num_proc", type=int, default=1, help="tokenizer processes")
+    parser.add_argument("--num_proc", type=int, default=None,
+                        help="tokenizer processes (default: one per core for files of 20,000+ records, else 1)")
     parser.add_argument("--trust_remote_code", type=parse_bool, default=False,
                         help="needed by remote-code tokenizers (ChatGLM, Baichuan, Qwen-7B v1)")
     return parser.parse_args(argv)
@@ -82,10 +93,22 @@ def main(args: argparse.Namespace) -> None:
     dataset, metadata = tokenize_file(args.input_file, tokenizer, config)
     print_data_example(dataset[0], tokenizer)
     out_dir = save_tokenized(dataset, metadata, Path(args.output_dir) / args.save_name)
-    rows = metadata["rows"]
-    print(f"template {template}: read {rows['read']} rows, kept {rows['kept']}, "
-          f"skipped {rows['skipped']} (over {args.max_seq_length} tokens), truncated {rows['truncated']}")
+    print(rows_summary(metadata["rows"], template, args.max_seq_length))
     print(f"saved to {out_dir}")
+
+
+def rows_summary(rows: dict, template: str, max_seq_length: int) -> str:
+    """What became of the records: rows kept, skipped, truncated, and the rows reasoning needed."""
+    summary = (f"template {template}: read {rows['read']} rows, kept {rows['kept']}, "
+               f"skipped {rows['skipped']} (over {max_seq_length} tokens), truncated {rows['truncated']}")
+    if rows["reasoning_cut"]:
+        summary += (f" ({rows['reasoning_cut']} of them cut into a turn's reasoning: raise --max_seq_length "
+                    "or pass --skip_overlength true to keep reasoning whole)")
+    if rows["turn_rows"]:
+        summary += (f"\n{rows['turn_rows']} of the rows kept are extra: the template writes an earlier turn otherwise "
+                    "once later messages follow (Qwen3: without its reasoning or no-think block), so each such turn "
+                    "is trained in a row that ends with it, as the model sees it at inference")
+    return summary
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@
 
 The page sends the whole conversation with each message; the oldest turns are dropped when it no
 longer fits the model's context (--max_context_tokens). "Clear" starts a new conversation.
-The prompt is built by the family template, exactly as in training.
+The prompt is built by the family template, exactly as in training. A reasoning model's thinking
+(its <think>…</think> block; Qwen3 with --enable_thinking true) streams into a "Reasoning" block of
+its own above the answer, folded once the answer begins; only the answer goes back into the history.
 """
 
 import argparse
@@ -16,11 +18,13 @@ import threading
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline machines: no phoning home
 
 from llm_tuning.cli import ArgumentParser, UserError, exits_on_user_error
-from llm_tuning.generation import GenerationSettings, context_length, fit_history, stream_reply
+from llm_tuning.generation import GenerationSettings, context_length, fit_history
 from llm_tuning.inference import add_model_arguments, load_chat_model
 from llm_tuning.modeling import AdapterMenu
+from llm_tuning.reply_parts import CONTENT, REASONING, stream_reply_parts
 
 BASE_CHOICE = AdapterMenu.BASE
+REASONING_TITLE = "Reasoning"  # gradio shows a message with a metadata title as a foldable block
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -49,17 +53,26 @@ class ChatBackend:
         return self.menu.choices() or [BASE_CHOICE]
 
     def reply(self, query: str, history: list[tuple[str, str]], adapter: str, settings: GenerationSettings):
-        """Yield the growing reply text."""
+        """Yield the growing reply as (reasoning, answer)."""
         history = fit_history(self.tokenizer, self.template, query, history, self.system,
                               self.max_context_tokens - settings.max_new_tokens)
         with self.lock, self.menu.active(adapter):
             yield from self._stream(query, history, settings)
 
     def _stream(self, query, history, settings):
-        text = ""
-        for piece in stream_reply(self.model, self.tokenizer, self.template, query, history, self.system, settings):
-            text += piece
-            yield text
+        parts = {REASONING: "", CONTENT: ""}
+        for piece in stream_reply_parts(self.model, self.tokenizer, self.template, query, history, self.system,
+                                        settings):
+            parts[piece.kind] += piece.text
+            yield parts[REASONING], parts[CONTENT]
+
+
+def reply_messages(reasoning: str, answer: str, done: bool = False) -> list[dict]:
+    """The chat messages of one reply: its reasoning in a titled block (open while it streams, folded
+    once the answer begins), then the answer."""
+    thought = {"role": "assistant", "content": reasoning,
+               "metadata": {"title": REASONING_TITLE, "status": "done" if answer or done else "pending"}}
+    return ([thought] if reasoning else []) + [{"role": "assistant", "content": answer}]
 
 
 def message_text(content) -> str:
@@ -72,9 +85,11 @@ def message_text(content) -> str:
 
 
 def to_pairs(messages: list[dict]) -> list[tuple[str, str]]:
-    """Chatbot messages -> (user, assistant) pairs for the template."""
+    """Chatbot messages -> (user, assistant) pairs for the template; reasoning blocks are left out."""
     pairs, pending = [], None
     for message in messages:
+        if (message.get("metadata") or {}).get("title"):
+            continue
         if message["role"] == "user":
             pending = message_text(message["content"])
         elif pending is not None:
@@ -92,15 +107,16 @@ def build_demo(backend: ChatBackend):
             yield "", messages
             return
         history = to_pairs(messages)
-        messages = [*messages, {"role": "user", "content": message}, {"role": "assistant", "content": ""}]
+        messages = [*messages, {"role": "user", "content": message}]
         settings = GenerationSettings(max_new_tokens=int(max_new_tokens), temperature=float(temperature),
                                       top_p=float(top_p))
+        reasoning, answer = "", ""
         try:
-            for text in backend.reply(message, history, adapter, settings):
-                messages[-1] = {"role": "assistant", "content": text}
-                yield "", messages
+            for reasoning, answer in backend.reply(message, history, adapter, settings):
+                yield "", messages + reply_messages(reasoning, answer)
         except UserError as err:
             raise gr.Error(str(err)) from None
+        yield "", messages + reply_messages(reasoning, answer, done=True)
 
     with gr.Blocks(title="LLM-Tuning chat") as demo:
         gr.Markdown("## LLM-Tuning chat")

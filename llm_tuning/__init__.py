@@ -5,9 +5,11 @@ import this package; it never imports a script (tests/test_dependencies.py check
 module has one job. What is where:
 
 Fine-tuning core (flat)
+    conversation   a sample as OpenAI-style messages (reasoning, tool calls, tools) and its supervised spans
     templates      chat formats: the tokenizer's own chat_template or the registry; `resolve_template`
                    is the one answer to "which template?" (flag, else the run's record, else auto)
-    records        read and validate json/jsonl records (q/a, alpaca, messages, ShareGPT)
+    native_template  the tokenizer's own template: what it can render, and each turn located by position
+    records        read and validate json/jsonl records (q/a, alpaca, messages, ShareGPT; reasoning, tools)
     data           tokenize with label masks (IGNORE_INDEX), save/load with metadata, fingerprints
     batching       collators, length-sorted and token-budget batches, length grouping, packing
     modeling       load tokenizers and models (dtype, 4/8-bit, RoPE scaling), LoRA targets, adapters
@@ -20,7 +22,9 @@ Fine-tuning core (flat)
 Using a trained run
     inference      load base + adapters + template + remote code, for chat, web demo, server, eval
     merging        merge an adapter into its base (merge_lora.py)
-    generation     batched, streaming decoding with stop strings and ids
+    generation     batched, streaming decoding with stop strings and ids; the order messages may come in
+    tool_calls     tool calls read out of a reply, in the syntax the model's own chat template writes
+    reply_parts    a streaming reply split into reasoning, answer and tool calls (chat, web UI, server)
     metrics, evaluation   rouge/BLEU/perplexity/choice metrics and batch evaluation (eval.py)
     experiment     small experiments (projects/, SDE/): tokenize, run a recipe as a command, answer
 

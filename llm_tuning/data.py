@@ -7,17 +7,23 @@ so a recipe can refuse data made for another model.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
+import os
+import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import pyarrow.compute
 
 from .atomic import atomic_directory
 from .cli import UserError
-from .records import Conversation, RecordKeys, load_conversations
-from .templates import NativeTemplate, Template, chat_template_hash, encode_turns, get_template, template_source
+from .conversation import Conversation, EncodedSample, Span
+from .records import RecordKeys, iter_located_conversations
+from .templates import AnyTemplate, chat_template_hash, encode_conversation, get_template, template_source
 
 IGNORE_INDEX = -100
 METADATA_FILE = "metadata.json"
@@ -29,71 +35,128 @@ class TokenizedRow:
     input_ids: list[int]
     labels: list[int]
     truncated: bool = False
-
-
-def _fit_prompt_and_answer(
-    prompt_ids: list[int], answer_ids: list[int], max_len: int, keep_head: int
-) -> tuple[list[int], list[int]]:
-    """Shrink the prompt first by cutting the question's middle: its first `keep_head` tokens (the
-    template's header) and its end (the question's end and the answer cue) stay. The prompt keeps at
-    least half the budget; then the answer's end is cut."""
-    overflow = len(prompt_ids) + len(answer_ids) - max_len
-    prompt_floor = min(len(prompt_ids), max_len // 2)
-    cut = min(overflow, len(prompt_ids) - prompt_floor)
-    if cut > 0:
-        head = min(keep_head, len(prompt_ids) - cut)
-        prompt_ids = prompt_ids[:head] + prompt_ids[head + cut:]
-    return prompt_ids, answer_ids[: max_len - len(prompt_ids)]
+    reasoning_cut: bool = False  # truncation cut into a turn that has reasoning
+    own_row: bool = False  # made for an earlier turn the template writes otherwise as history
 
 
 def tokenize_conversation(
     tokenizer,
-    template: Template | NativeTemplate,
+    template: AnyTemplate,
     conversation: Conversation,
     max_seq_length: int,
     skip_overlength: bool = False,
     last_turn_only: bool = False,
-) -> TokenizedRow | None:
-    """input_ids and labels for one conversation; None if it is too long and `skip_overlength`.
+) -> list[TokenizedRow]:
+    """Training rows (input_ids, labels) of one conversation; rows longer than `max_seq_length`
+    are dropped with `skip_overlength`, else truncated.
 
-    Labels are IGNORE_INDEX on every prompt token; each assistant answer (or only the last one,
-    with `last_turn_only`) is supervised together with the stop token that ends it. A conversation
-    that does not fit loses its oldest turns first, then its last prompt is shortened, then the
-    end of its answer.
+    Labels are IGNORE_INDEX everywhere but the assistant messages, each supervised with the
+    end-of-turn token that ends it (with `last_turn_only`, the last message alone). Usually one row;
+    an earlier turn the template writes otherwise once later messages follow (Qwen3: without its
+    reasoning or its no-think block) gets a row of its own that ends with it. A row that does not fit loses its oldest exchanges first, then the middle of its
+    prompt, then its end.
     """
-    turns = list(conversation.turns)
-    encoded = encode_turns(tokenizer, template, turns, conversation.system)
-    total = sum(len(p) + len(a) for p, a in encoded)
-    if total > max_seq_length and skip_overlength:
-        return None
-    truncated = total > max_seq_length
-    while len(turns) > 1 and sum(len(p) + len(a) for p, a in encoded) > max_seq_length:
-        turns = turns[1:]
-        encoded = encode_turns(tokenizer, template, turns, conversation.system)
-    if len(encoded) == 1 and len(encoded[0][0]) + len(encoded[0][1]) > max_seq_length:
-        keep_head = template.prompt_head_length(tokenizer, conversation.system)
-        encoded = [_fit_prompt_and_answer(*encoded[0], max_seq_length, keep_head)]
+    targets = conversation.assistant_indices()[-1:] if last_turn_only else None
+    samples = encode_conversation(tokenizer, template, conversation, targets)
+    rows = []
+    for number, sample in enumerate(samples):
+        own_row = number < len(samples) - 1
+        if len(sample.input_ids) <= max_seq_length:
+            rows.append(_labelled(sample.input_ids, sample.spans, own_row=own_row))
+        elif not skip_overlength:
+            rows.append(_fit(tokenizer, template, sample, max_seq_length, own_row))
+    return rows
 
-    input_ids: list[int] = []
-    labels: list[int] = []
-    for index, (prompt_ids, answer_ids) in enumerate(encoded):
-        supervised = not last_turn_only or index == len(encoded) - 1
-        input_ids += prompt_ids + answer_ids
-        labels += [IGNORE_INDEX] * len(prompt_ids) + (answer_ids if supervised else [IGNORE_INDEX] * len(answer_ids))
-    return TokenizedRow(input_ids=input_ids, labels=labels, truncated=truncated)
+
+def _labelled(input_ids: list[int], spans: list[Span], **flags) -> TokenizedRow:
+    labels = [IGNORE_INDEX] * len(input_ids)
+    for span in spans:
+        labels[span.start:span.stop] = input_ids[span.start:span.stop]
+    return TokenizedRow(input_ids=input_ids, labels=labels, **flags)
+
+
+def _fit(tokenizer, template: AnyTemplate, sample: EncodedSample, max_len: int, own_row: bool) -> TokenizedRow:
+    """`sample` cut to `max_len` tokens: whole oldest exchanges first (re-rendered without them), then
+    the middle of the prompt before the first answer (its first tokens, the template's header, stay;
+    the prompt keeps at least half the budget), then the end."""
+    while len(sample.input_ids) > max_len:
+        smaller = sample.conversation.without_oldest_exchange(sample.targets)
+        if smaller is None or not smaller[1]:
+            break
+        encoded = encode_conversation(tokenizer, template, *smaller)
+        if len(encoded) != 1:
+            break
+        sample = encoded[0]
+    ids, spans = list(sample.input_ids), [replace(span) for span in sample.spans]
+    overflow = len(ids) - max_len
+    prompt_length = spans[0].start
+    cut = min(overflow, prompt_length - min(prompt_length, max_len // 2))
+    if cut > 0:
+        head = min(template.prompt_head_length(tokenizer, sample.conversation.system), prompt_length - cut)
+        del ids[head:head + cut]
+        for span in spans:
+            span.start, span.stop = span.start - cut, span.stop - cut
+    ids = ids[:max_len]
+    reasoning_cut = any(span.reasoning and span.stop > max_len for span in spans)
+    spans = [replace(span, stop=min(span.stop, max_len)) for span in spans if span.start < max_len]
+    return _labelled(ids, spans, truncated=True, reasoning_cut=reasoning_cut, own_row=own_row)
+
+
+ROW_COLUMNS = ("input_ids", "labels", "truncated", "reasoning_cut", "own_row", "skipped")
 
 
 def _tokenize_batch(batch, *, tokenizer, template_name, max_seq_length, skip_overlength, last_turn_only):
+    """Rows of a batch of records (JSON conversations); an overlong one skipped leaves a `skipped` row."""
     template = get_template(template_name)
-    out = {"input_ids": [], "labels": [], "truncated": []}
-    for turns, system in zip(batch["turns"], batch["system"]):
-        conversation = Conversation(turns=[tuple(t) for t in turns], system=system)
-        row = tokenize_conversation(tokenizer, template, conversation, max_seq_length, skip_overlength, last_turn_only)
-        if row is not None:
-            out["input_ids"].append(row.input_ids)
-            out["labels"].append(row.labels)
-            out["truncated"].append(row.truncated)
+    out = {column: [] for column in ROW_COLUMNS}
+    for where, record in zip(batch["where"], batch["conversation"]):
+        try:
+            rows = tokenize_conversation(tokenizer, template, Conversation(**json.loads(record)), max_seq_length,
+                                         skip_overlength, last_turn_only)
+        except UserError as err:
+            raise UserError(f"{where}: {err}") from None
+        if not rows:
+            rows = [TokenizedRow([], [])]
+        for row in rows:
+            for column in ROW_COLUMNS[:-1]:
+                out[column].append(getattr(row, column))
+            out["skipped"].append(not row.input_ids)
     return out
+
+
+def _record_rows(path: str, keys: RecordKeys, limit: int | None):
+    for where, conversation in iter_located_conversations(path, keys, limit):
+        yield {"where": where, "conversation": json.dumps({"messages": conversation.messages, "tools": conversation.tools},
+                                                          ensure_ascii=False)}
+
+
+@contextlib.contextmanager
+def no_progress_bars():
+    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    already = are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not already:
+            enable_progress_bars()
+
+
+def default_num_proc(records: int) -> int:
+    """Processes for `records` records: one per core, but only when each gets enough work to repay
+    starting it (a process loads the tokenizer and imports the stack: seconds)."""
+    return max(1, min(len(os.sched_getaffinity(0)), records // RECORDS_PER_PROCESS))
+
+
+RECORDS_PER_PROCESS = 20_000
+_SCRATCH: list[tempfile.TemporaryDirectory] = []
+
+
+def scratch_dir() -> str:
+    """A folder for the Arrow files of one tokenize run, deleted when the process ends."""
+    _SCRATCH.append(tempfile.TemporaryDirectory(prefix="llm_tuning_tokenize_"))
+    return _SCRATCH[-1].name
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -106,7 +169,8 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    with Path(path).open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 @dataclass
@@ -117,30 +181,42 @@ class TokenizeConfig:
     skip_overlength: bool
     last_turn_only: bool
     keys: RecordKeys = field(default_factory=RecordKeys)
-    num_proc: int = 1
+    num_proc: int | None = None  # None: one per core for large files (default_num_proc)
     max_samples: int | None = None
 
 
 def tokenize_file(input_file: str | Path, tokenizer, config: TokenizeConfig):
-    """Read, validate and tokenize a json/jsonl file; returns (dataset, metadata)."""
-    from datasets import Dataset
+    """Read, validate and tokenize a json/jsonl file; returns (dataset, metadata).
 
-    conversations = load_conversations(input_file, config.keys)[: config.max_samples]
-    raw = Dataset.from_dict({
-        "turns": [[list(turn) for turn in c.turns] for c in conversations],
-        "system": [c.system for c in conversations],
-    })
+    Memory does not grow with the file: records are read one at a time into an Arrow file, then
+    tokenized in batches (in `config.num_proc` processes) into another; the dataset returned is
+    memory-mapped from a scratch folder that lives until the process ends."""
+    from datasets import Dataset
+    from datasets.exceptions import DatasetGenerationError
+
+    scratch = scratch_dir()
+    try:
+        with no_progress_bars():  # reading is quick; a bad record's message stays the one line printed
+            records = Dataset.from_generator(
+                _record_rows, gen_kwargs={"path": str(input_file), "keys": config.keys, "limit": config.max_samples},
+                cache_dir=scratch)
+    except DatasetGenerationError as err:  # a bad record: its own one-line message
+        cause = err.__cause__ or err.__context__
+        raise (cause if isinstance(cause, UserError) else err) from None
     tokenize = functools.partial(
         _tokenize_batch, tokenizer=tokenizer, template_name=config.template,
         max_seq_length=config.max_seq_length, skip_overlength=config.skip_overlength,
         last_turn_only=config.last_turn_only,
     )
-    dataset = raw.map(
-        tokenize, batched=True, batch_size=256, num_proc=config.num_proc if config.num_proc > 1 else None,
-        remove_columns=raw.column_names, desc="Tokenizing",
+    num_proc = config.num_proc or default_num_proc(len(records))
+    dataset = records.map(
+        tokenize, batched=True, batch_size=256, num_proc=num_proc if num_proc > 1 else None,
+        remove_columns=records.column_names, desc="Tokenizing",
     )
-    truncated = sum(dataset["truncated"])
-    dataset = dataset.remove_columns("truncated")
+    counts = {column: pyarrow.compute.sum(dataset.data.column(column)).as_py() or 0 for column in ROW_COLUMNS[2:]}
+    if counts["skipped"]:
+        dataset = dataset.filter(lambda skipped: not skipped, input_columns="skipped")
+    dataset = dataset.remove_columns(list(ROW_COLUMNS[2:]))
     if len(dataset) == 0:
         raise UserError(
             f"{input_file}: every row is longer than --max_seq_length {config.max_seq_length}; "
@@ -158,8 +234,9 @@ def tokenize_file(input_file: str | Path, tokenizer, config: TokenizeConfig):
         "keys": {"format": config.keys.format, "prompt": config.keys.prompt, "target": config.keys.target,
                  "history": config.keys.history, "system": config.keys.system},
         "max_samples": config.max_samples,
-        "rows": {"read": len(conversations), "kept": len(dataset),
-                 "skipped": len(conversations) - len(dataset), "truncated": truncated},
+        "rows": {"read": len(records), "kept": len(dataset), "skipped": counts["skipped"],
+                 "truncated": counts["truncated"], "turn_rows": counts["own_row"],
+                 "reasoning_cut": counts["reasoning_cut"]},
         "source": {"path": str(input_file), "sha256": file_sha256(input_file)},
     }
     return dataset, metadata

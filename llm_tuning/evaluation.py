@@ -4,7 +4,9 @@ eval.py and the eval-during-training callback both call these, so a number logge
 is the number eval.py prints afterwards. Each returns (metrics, per-sample rows).
 
 File formats (json list or jsonl):
-- generation / perplexity: q/a records, optionally with `history` and `system` (as for training)
+- generation / perplexity: q/a records, optionally with `history` and `system`, or any other record
+  format training reads (alpaca, messages with reasoning and tool calls, ShareGPT); the last
+  assistant message is the reference, scored without its reasoning
 - choice: `{"question": ..., "A": ..., "B": ..., "C": ..., "D": ..., "answer": "B"}` (C-Eval style;
   any number of option letters A, B, C, ...)
 - reward: preference pairs as RLHF/ reads them (prompt/chosen/rejected, ...)
@@ -20,12 +22,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .cli import UserError
-from .records import Conversation, RecordKeys, load_conversations, read_records
+from .conversation import Conversation, answer_of, split_reasoning
+from .records import RecordKeys, load_conversations, read_records
 from .generation import GenerationSettings, generate_batch
 from .metrics import choice_accuracy, continuation_log_probs, generation_scores, perplexity, best_option
-from .templates import Template, encode_prompt, encode_turns, stop_token_ids
+from .templates import Template, encode_chat, encode_conversation, encode_prompt, stop_token_ids
 
-EVAL_KEYS = RecordKeys(prompt="q", target="a", history="history", system="system")
+EVAL_KEYS = RecordKeys(prompt="q", target="a", history="history", system="system", format="auto")
 LETTERS = "ABCDEFGHIJ"
 
 
@@ -47,23 +50,30 @@ def evaluate_generation(model, tokenizer, template: Template, conversations: Seq
     stops = stop_token_ids(tokenizer, template)
     rows = []
     for chunk in _batches(list(conversations), batch_size, "generating", progress):
-        prompts = [encode_prompt(tokenizer, template, c.turns[-1][0], c.turns[:-1], c.system) for c in chunk]
+        prompts = [encode_chat(tokenizer, template, c.messages[:c.assistant_indices()[-1]], c.tools) for c in chunk]
         replies = generate_batch(model, tokenizer, prompts, [settings] * len(prompts), stops)
-        rows += [{"q": c.turns[-1][0], "reference": c.turns[-1][1], "prediction": reply}
-                 for c, reply in zip(chunk, replies)]
+        for conversation, reply in zip(chunk, replies):
+            reasoning, answer = split_reasoning(reply)
+            rows.append({"q": last_question(conversation), "reference": answer_of(conversation.messages[-1]),
+                         "prediction": answer, **({"reasoning": reasoning} if reasoning else {})})
     return generation_scores([r["prediction"] for r in rows], [r["reference"] for r in rows]), rows
+
+
+def last_question(conversation: Conversation) -> str:
+    return next(m["content"] for m in reversed(conversation.messages) if m["role"] == "user")
 
 
 def evaluate_perplexity(model, tokenizer, template: Template, conversations: Sequence[Conversation],
                         batch_size: int = 16) -> tuple[dict, list[dict]]:
-    """Perplexity of the answers (with their stop tokens) given their prompts, per token over the file."""
+    """Perplexity of the last answers (with their stop tokens) given their prompts, per token over the file."""
     prompts, answers = [], []
     for c in conversations:
-        encoded = encode_turns(tokenizer, template, c.turns, c.system)
-        prompts.append([t for p, a in encoded[:-1] for t in p + a] + encoded[-1][0])
-        answers.append(encoded[-1][1])
+        last = encode_conversation(tokenizer, template, c, c.assistant_indices()[-1:])[-1]
+        span = last.spans[-1]
+        prompts.append(last.input_ids[:span.start])
+        answers.append(last.input_ids[span.start:span.stop])
     scored = continuation_log_probs(model, prompts, answers, tokenizer.pad_token_id, batch_size)
-    rows = [{"q": c.turns[-1][0], "log_prob": lp, "tokens": n} for c, (lp, n) in zip(conversations, scored)]
+    rows = [{"q": last_question(c), "log_prob": lp, "tokens": n} for c, (lp, n) in zip(conversations, scored)]
     return {"perplexity": perplexity(scored), "tokens": sum(n for _, n in scored)}, rows
 
 

@@ -336,34 +336,41 @@ def fit_history(
     return history
 
 
-def split_messages(messages: Sequence[dict]) -> tuple[str | None, list[tuple[str, str]], str]:
-    """OpenAI-style messages -> (system, [(user, assistant), ...], last user message).
+_ROLE_NAMES = {"system": "a system message", "user": "a user message", "assistant": "an assistant answer",
+               "calls": "an assistant's tool calls", "tool": "a tool result"}
 
-    System messages may only lead; then user and assistant alternate, and the last is the user's."""
-    system_parts: list[str] = []
-    rest = list(messages)
-    while rest and rest[0].get("role") == "system":
-        system_parts.append(rest.pop(0).get("content") or "")
-    if not rest:
-        raise UserError("messages must contain at least one user message")
-    history: list[tuple[str, str]] = []
-    for index, message in enumerate(rest):
-        expected = "user" if index % 2 == 0 else "assistant"
+
+def check_messages(messages: Sequence[dict]) -> None:
+    """A UserError unless OpenAI-style messages are in an order a chat template can render.
+
+    System messages may only lead; then a user message. An assistant message answers a user message
+    or tool results; one with `tool_calls` is followed by a `tool` message per call (each naming
+    one of the calls' ids, when they have ids); a plain one by the next user message. The last
+    message is the user's, or a tool result the assistant is to read."""
+    follows = {None: ("system", "user"), "system": ("system", "user"), "user": ("assistant",),
+               "calls": ("tool",), "assistant": ("user",), "tool": ("tool", "assistant", "user")}
+    previous, call_ids = None, set()
+    for index, message in enumerate(messages):
         role = message.get("role")
-        if role != expected:
-            raise UserError(
-                f"messages[{index + len(system_parts)}] has role {role!r}, expected {expected!r}: after "
-                "the system message(s), user and assistant messages must alternate, starting with user"
-            )
-    if len(rest) % 2 == 0:
-        raise UserError("the last message must be a user message")
-    for index in range(0, len(rest) - 1, 2):
-        history.append((rest[index]["content"], rest[index + 1]["content"]))
-    system = "\n".join(system_parts) if system_parts else None
-    return system, history, rest[-1]["content"]
+        if role not in follows[previous]:
+            where = f"after {_ROLE_NAMES[previous]}" if previous else "first"
+            raise UserError(f"messages[{index}] has role {role!r}, but {where} comes "
+                            f"{' or '.join(map(repr, follows[previous]))}: system messages lead, then user and "
+                            "assistant messages alternate, with tool results after an assistant's tool calls")
+        if role == "tool" and call_ids and message.get("tool_call_id") not in call_ids:
+            raise UserError(f"messages[{index}] answers tool call {message.get('tool_call_id')!r}, but the "
+                            f"assistant's calls before it have the ids {', '.join(sorted(call_ids))}")
+        if role == "assistant" and message.get("tool_calls"):
+            previous = "calls"
+            call_ids = {call["id"] for call in message["tool_calls"] if call.get("id")}
+        else:
+            previous = role
+    if previous not in ("user", "tool"):
+        raise UserError("messages must contain a user message" if previous in (None, "system")
+                        else "the last message must be a user message or a tool result")
 
 
 __all__ = [
     "BatchDecoder", "Delta", "GenerationSettings", "ReplyText", "adjust_logits", "context_length",
-    "fit_history", "generate_batch", "generate_reply", "sample_token", "split_messages", "stream_reply",
+    "check_messages", "fit_history", "generate_batch", "generate_reply", "sample_token", "stream_reply",
 ]

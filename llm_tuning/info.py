@@ -30,10 +30,23 @@ import torch
 
 from .cli import ArgumentParser, UserError, exits_on_user_error, parse_bool
 from .modeling import first_line, linear_module_names, load_tokenizer
-from .templates import describe_template, encode_turns, resolve_template
+from .conversation import Conversation
+from .native_template import traits_of
+from .templates import NativeTemplate, describe_template, encode_conversation, resolve_template
 
 # Rendered by `template_report`: two turns, Chinese and English, so both supervised spans show.
 SAMPLE_TURNS = (("你好，你是谁？", "我是小助手。"), ("What is 3 + 4?", "3 + 4 = 7"))
+# Shown when the template renders tools: a call, its result, and the answer after it.
+SAMPLE_TOOLS = [{"type": "function", "function": {
+    "name": "calculator", "description": "Evaluate an arithmetic expression.",
+    "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}, "required": ["expression"]}}}]
+SAMPLE_TOOL_CALL = Conversation([
+    {"role": "user", "content": "What is 12 * 7?"},
+    {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "calculator", "arguments": {"expression": "12 * 7"}}}]},
+    {"role": "tool", "content": "84"},
+    {"role": "assistant", "content": "12 * 7 = 84"},
+], SAMPLE_TOOLS)
 
 GIB = 1024**3
 
@@ -134,12 +147,27 @@ def template_report(model_path: str, template_name: str = "auto", trust_remote_c
     try:
         tokenizer = load_tokenizer(model_path, trust_remote_code)
         template = resolve_template(template_name, tokenizer, model_path, trust_remote_code)
-        pieces = encode_turns(tokenizer, template, SAMPLE_TURNS)
+        lines = [describe_template(tokenizer, template),
+                 "sample as trained (supervised part in [[ ]], everything else masked):",
+                 marked_sample(tokenizer, template, Conversation.from_turns(SAMPLE_TURNS))]
+        if isinstance(template, NativeTemplate) and traits_of(tokenizer).renders_tool_calls:
+            lines += ["a tool call as trained:", marked_sample(tokenizer, template, SAMPLE_TOOL_CALL)]
     except UserError as err:
         return [f"chat template: {err}"]
-    sample = "".join(tokenizer.decode(prompt) + "[[" + tokenizer.decode(answer) + "]]" for prompt, answer in pieces)
-    return [describe_template(tokenizer, template),
-            "sample as trained (supervised part in [[ ]], everything else masked):", sample]
+    return lines
+
+
+def marked_sample(tokenizer, template, conversation: Conversation) -> str:
+    """The rows of a conversation as text, each supervised span in [[ ]]."""
+    rows = []
+    for sample in encode_conversation(tokenizer, template, conversation):
+        text, cursor = "", 0
+        for span in sample.spans:
+            text += tokenizer.decode(sample.input_ids[cursor:span.start])
+            text += "[[" + tokenizer.decode(sample.input_ids[span.start:span.stop]) + "]]"
+            cursor = span.stop
+        rows.append(text)
+    return "\n--- next row ---\n".join(rows)
 
 
 def report(args: argparse.Namespace) -> str:

@@ -1,15 +1,16 @@
 """Chat templates: the tokenizer's own `chat_template` where the model ships one, else the registry.
 
-One function, `encode_turns`, turns a dialogue into token ids for training AND inference, so the
-prompt a model sees when chatting is token-for-token the prompt it was trained on. Two kinds of
-template share that interface:
-- `NativeTemplate` ("native"): the tokenizer's own Jinja `chat_template`, rendered with
-  `apply_chat_template`. The whole conversation is rendered once and tokenized once; each
-  assistant answer is then located in the rendering, and the answer plus the end-of-turn token the
-  template writes after it (`<|eot_id|>`, `<|im_end|>`, ...) becomes the supervised span.
+One interface turns a conversation into token ids for training AND inference, so the prompt a
+model sees when chatting is token-for-token the prompt it was trained on:
+`encode_conversation` gives training rows with their supervised spans, `encode_chat` the prompt
+for the next assistant message. Two kinds of template share it:
+- `NativeTemplate` ("native", in `native_template.py`): the tokenizer's own Jinja `chat_template`,
+  rendered with `apply_chat_template`; each assistant turn is located by position (reasoning and
+  tool calls included), see that module.
 - `Template`: the hand-written registry below, for models without a chat template (ChatGLM,
   Baichuan, InternLM v1, `alpaca` for base models) and as an explicit choice. Each turn is encoded
-  on its own (prompt text, then answer text), which gives the label boundaries.
+  on its own (prompt text, then answer text), which gives the label boundaries. Registry formats
+  know no tools; `qwen3` has a reasoning form, the others refuse reasoning.
 
 Texts may contain the tokenizer's special tokens as strings (`<|im_start|>`); `{eos}` in an answer
 suffix and `{bos}` in a turn separator stand for the tokenizer's own EOS / BOS tokens.
@@ -17,21 +18,25 @@ suffix and `{bos}` in a turn separator stand for the tokenizer's own EOS / BOS t
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from .cli import UserError
+from .conversation import Conversation, EncodedSample, Span, answer_of, reasoning_of
 from .modeling import read_model_type
+from .native_template import NATIVE, SENTINEL, NativeTemplate, chat_template_hash, refuse_special_texts, traits_of
 from .run_config import read_run_config
 
 EOS_PLACEHOLDER = "{eos}"
 BOS_PLACEHOLDER = "{bos}"
-NATIVE = "native"  # the template name that means "the tokenizer's own chat_template"
-# Stands for the question where a rendering is cut at it; no real text contains it.
-SENTINEL = "\ue000\ue001"
+
+
+@dataclass(frozen=True)
+class RegistryTurn:
+    query: str
+    answer: str | None  # None: the question the model is to answer
+    reasoning: str | None = None
+    message: int | None = None  # index of the answer in the conversation's messages
 
 
 @dataclass(frozen=True)
@@ -55,38 +60,77 @@ class Template:
     round_offset: int = 0
     # Strings whose token ends a reply at inference, besides the tokenizer's EOS.
     stop_words: tuple[str, ...] = ()
-    # Put after the last turn's prompt only (Qwen3's empty think block: its own template writes it
-    # for the answer after the last user message, never in the history).
+    # Put after the last turn's prompt when the model answers without thinking (Qwen3's empty think
+    # block: its own template writes it for the answer after the last user message, never in the history).
     last_prompt_suffix: str = ""
+    # How a reasoning trace opens the answer of the last turn (`{reasoning}`); None: no reasoning form.
+    # Earlier turns are written without their reasoning, as Qwen3's template writes its history.
+    reasoning_format: str | None = None
     notes: str = field(default="", compare=False)
+    # Inference only: let a reasoning model think (no last_prompt_suffix). Training decides per turn.
+    enable_thinking: bool = field(default=False, compare=False)
 
-    def render_turns(
-        self, turns: Sequence[tuple[str, str | None]], system: str | None = None
-    ) -> list[tuple[str, str]]:
-        """Render (query, answer) turns to (prompt_text, answer_text) pairs; a None answer renders as ""."""
+    def with_thinking(self, enable_thinking: bool) -> Template:
+        return replace(self, enable_thinking=enable_thinking)
+
+    # --- From messages to registry turns -----------------------------------------------------------
+
+    def turns_of(self, conversation: Conversation) -> tuple[str | None, list[RegistryTurn]]:
+        """(system, turns) of a conversation of system?, user, assistant, user, ... messages; the last
+        turn has no answer when the conversation ends with a user message."""
+        if conversation.tools or conversation.has_tool_messages():
+            raise UserError(f"template {self.name} cannot render tools or tool calls; use a model whose own "
+                            "chat template supports tools (--template native)")
+        system, turns, query = None, [], None
+        for index, message in enumerate(conversation.messages):
+            role = message["role"]
+            if role == "system" and index == 0:
+                system = message["content"]
+            elif role == "user" and query is None:
+                query = message["content"]
+            elif role == "assistant" and query is not None:
+                reasoning = reasoning_of(message)
+                if reasoning is not None and self.reasoning_format is None:
+                    raise UserError(f"template {self.name} has no reasoning form, so the reasoning would be lost; "
+                                    "use --template qwen3 or the tokenizer's own template (native), or drop it")
+                turns.append(RegistryTurn(query, answer_of(message), reasoning, index))
+                query = None
+            else:
+                raise UserError(f"template {self.name}: message {index} has role {role!r} out of order; after an "
+                                "optional system message, user and assistant messages alternate")
+        if query is not None:
+            turns.append(RegistryTurn(query, None))
+        return system, turns
+
+    # --- Rendering and encoding ----------------------------------------------------------------------
+
+    def render_turns(self, turns: Sequence[RegistryTurn], system: str | None = None) -> list[tuple[str, str]]:
+        """(prompt_text, answer_text) per turn; an unanswered last turn renders its answer as ""."""
         system = self.default_system if system is None else system
         rendered = []
         system_block = self.system_format.format(system=system) if system else ""
         inline_system = "{system}" in self.user_format
-        for index, (query, answer) in enumerate(turns):
-            prompt = ""
-            if index == 0:
-                prompt += self.prefix + ("" if inline_system else system_block)
-            else:
-                prompt += self.turn_separator
-            prompt += self.user_format.format(query=query, round=index + self.round_offset,
+        for index, turn in enumerate(turns):
+            last = index == len(turns) - 1
+            prompt = (self.prefix + ("" if inline_system else system_block)) if index == 0 else self.turn_separator
+            prompt += self.user_format.format(query=turn.query, round=index + self.round_offset,
                                               system=system_block if index == 0 else "")
-            if index == len(turns) - 1:
+            thinking = self.enable_thinking if turn.answer is None else turn.reasoning is not None
+            if last and not thinking:
                 prompt += self.last_prompt_suffix
-            answer_text = "" if answer is None else self.answer_prefix + answer + self.answer_suffix
+            answer_text = ""
+            if turn.answer is not None:
+                answer = turn.answer
+                if last and turn.reasoning is not None:
+                    answer = self.reasoning_format.format(reasoning=turn.reasoning.strip("\n")) + answer.lstrip("\n")
+                answer_text = self.answer_prefix + answer + self.answer_suffix
             rendered.append((prompt, answer_text))
         return rendered
 
-    def encode_turns(self, tokenizer, turns: Sequence[tuple[str, str | None]],
-                     system: str | None = None) -> list[tuple[list[int], list[int]]]:
-        """Each turn's prompt and answer encoded on its own (see the module function)."""
+    def encode_rendered(self, tokenizer, rendered: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+        """Each turn's prompt and answer text encoded on its own."""
         encoded = []
-        for index, (prompt, answer) in enumerate(self.render_turns(turns, system)):
+        for index, (prompt, answer) in enumerate(rendered):
             prompt = prompt.replace(BOS_PLACEHOLDER, tokenizer.bos_token or "")
             prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
             if index == 0 and self.add_bos and tokenizer.bos_token_id is not None:
@@ -95,6 +139,56 @@ class Template:
             answer_ids = tokenizer.encode(answer, add_special_tokens=False) if answer else []
             encoded.append((prompt_ids, answer_ids))
         return encoded
+
+    def encode_conversation(self, tokenizer, conversation: Conversation,
+                            targets: list[int] | None = None) -> list[EncodedSample]:
+        """Rows whose spans supervise the assistant messages `targets` (default: all). A turn the format
+        writes otherwise as history (without its reasoning, or without the `last_prompt_suffix` its
+        prompt ends with at inference) gets a row of its own that ends with it."""
+        refuse_special_texts(tokenizer, conversation)
+        system, turns = self.turns_of(conversation)
+        targets = conversation.assistant_indices() if targets is None else targets
+        chosen = [n for n, turn in enumerate(turns) if turn.message in targets]
+        own_rows = [n for n in chosen if n < len(turns) - 1 and (turns[n].reasoning is not None or self.last_prompt_suffix)]
+        samples = [self._row(tokenizer, turns[:n + 1], system, [n], conversation) for n in own_rows]
+        rest = [n for n in chosen if n not in own_rows]
+        if rest:
+            samples.append(self._row(tokenizer, turns, system, rest, conversation))
+        return samples
+
+    def _row(self, tokenizer, turns: list[RegistryTurn], system: str | None, supervised: list[int],
+             conversation: Conversation) -> EncodedSample:
+        ids, spans = [], []
+        for number, (prompt_ids, answer_ids) in enumerate(self.encode_rendered(tokenizer, self.render_turns(turns, system))):
+            ids += prompt_ids
+            if number in supervised:
+                turn = turns[number]
+                spans.append(Span(len(ids), len(ids) + len(answer_ids), turn.message, turn.reasoning is not None))
+            ids += answer_ids
+        last = turns[-1].message
+        return EncodedSample(ids, spans, Conversation(conversation.messages[:last + 1], conversation.tools))
+
+    def encode_chat(self, tokenizer, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+        """The ids a model is given to write the next assistant message."""
+        conversation = Conversation(messages, tools)
+        refuse_special_texts(tokenizer, conversation)
+        system, turns = self.turns_of(conversation)
+        return [t for prompt, answer in self.encode_rendered(tokenizer, self.render_turns(turns, system))
+                for t in prompt + answer]
+
+    def prompt_text(self, tokenizer, messages: list[dict], tools: list[dict] | None = None) -> str:
+        """`encode_chat`'s prompt as text, for trainers that tokenize themselves (TRL)."""
+        system, turns = self.turns_of(Conversation(messages, tools))
+        rendered = self.render_turns(turns, system)
+        text = "".join(p + a for p, a in rendered).replace(EOS_PLACEHOLDER, tokenizer.eos_token or "")
+        text = text.replace(BOS_PLACEHOLDER, tokenizer.bos_token or "")
+        if self.add_bos and tokenizer.bos_token and not getattr(tokenizer, "add_bos_token", False):
+            text = tokenizer.bos_token + text
+        return text
+
+    def end_of_turn(self, tokenizer) -> str:
+        """The text that ends an answer (the answer suffix with the tokenizer's EOS filled in)."""
+        return self.answer_suffix.replace(EOS_PLACEHOLDER, tokenizer.eos_token or "")
 
     def stop_token_ids(self, tokenizer) -> list[int]:
         """The stop words that are single tokens, then EOS."""
@@ -109,7 +203,7 @@ class Template:
 
     def prompt_head_length(self, tokenizer, system: str | None) -> int:
         """Tokens before the question in a first-turn prompt (BOS, prefix, system block, user header)."""
-        head_text = self.render_turns([(SENTINEL, None)], system)[0][0].split(SENTINEL)[0]
+        head_text = self.render_turns([RegistryTurn(SENTINEL, None)], system)[0][0].split(SENTINEL)[0]
         head_text = head_text.replace(BOS_PLACEHOLDER, tokenizer.bos_token or "")
         bos = int(self.add_bos and tokenizer.bos_token_id is not None)
         return bos + len(tokenizer.encode(head_text, add_special_tokens=False))
@@ -119,158 +213,7 @@ class Template:
         return {"kind": "registry", "name": self.name}
 
 
-# --- The tokenizer's own chat template ---------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class NativeTemplate:
-    """The tokenizer's own `chat_template`, with label spans derived from its rendering.
-
-    Rendering the whole conversation at once keeps templates that are not prefix-preserving exact
-    (Qwen3 writes its empty think block only after the last user message). Each answer is found
-    verbatim in the rendering, after the messages before it; the end-of-turn text is whatever the
-    template writes right after the answer up to and including the first special token (optionally
-    after whitespace: LLaMA-2 writes ` </s>`). Token spans come from the tokenizer's character
-    offsets, and a row whose tokens straddle an answer's edge is refused."""
-
-    name: str = NATIVE
-    # Qwen3 and other hybrid reasoners: at inference, let the model think first. Training renders
-    # full conversations, where the template decides (Qwen3: an empty think block on the last answer).
-    enable_thinking: bool = False
-
-    def render(self, tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
-        if not getattr(tokenizer, "chat_template", None):
-            raise UserError("--template native needs a tokenizer with a chat_template, and this one has "
-                            f"none; pass --template with one of: {', '.join(sorted(TEMPLATES))}")
-        if not getattr(tokenizer, "is_fast", False):
-            raise unsplittable("a slow tokenizer gives no character offsets to locate the answers")
-        from jinja2 import TemplateError
-
-        try:
-            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
-                                                 enable_thinking=self.enable_thinking)
-        except TemplateError as err:  # e.g. raise_exception('...roles must alternate...'), no system role
-            raise unsplittable(f"it refuses the conversation: {err}") from None
-
-    def encode_turns(self, tokenizer, turns: Sequence[tuple[str, str | None]],
-                     system: str | None = None) -> list[tuple[list[int], list[int]]]:
-        """(prompt_ids, answer_ids) per turn, cut out of the one tokenized rendering. What the
-        template writes after the last end-of-turn (a newline; an unasked generation prompt) is left out."""
-        messages = conversation_messages(turns, system)
-        open_ended = turns[-1][1] is None
-        text = self.render(tokenizer, messages, add_generation_prompt=open_ended)
-        spans = answer_spans(text, messages, end_of_turn_pattern(tokenizer))
-        encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids, offsets = encoding["input_ids"], encoding["offset_mapping"]
-        pieces, cursor = [], 0
-        for start, end in spans:
-            first, stop = token_span(text, offsets, start, end)
-            pieces.append((ids[cursor:first], ids[first:stop]))
-            cursor = stop
-        if open_ended:
-            pieces.append((ids[cursor:], []))
-        return pieces
-
-    def end_of_turn(self, tokenizer) -> str:
-        """The text the template writes after an answer (e.g. `<|im_end|>`), from a probe rendering."""
-        messages = conversation_messages([("Hi", SENTINEL)], None)
-        text = self.render(tokenizer, messages, add_generation_prompt=False)
-        start, end = answer_spans(text, messages, end_of_turn_pattern(tokenizer))[0]
-        return text[start + len(SENTINEL):end]
-
-    def stop_token_ids(self, tokenizer) -> list[int]:
-        """The end-of-turn special token, then EOS (a model may still end on either)."""
-        end_of_turn = self.end_of_turn(tokenizer).strip()
-        ids = [tokenizer.convert_tokens_to_ids(end_of_turn)]
-        if tokenizer.eos_token_id is not None:
-            ids.append(tokenizer.eos_token_id)
-        return list(dict.fromkeys(ids))
-
-    def prompt_head_length(self, tokenizer, system: str | None) -> int:
-        """Tokens before the question in a first-turn prompt."""
-        text = self.render(tokenizer, conversation_messages([(SENTINEL, None)], system), add_generation_prompt=True)
-        cut = text.index(SENTINEL)
-        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-        return sum(1 for _, end in offsets if end <= cut)
-
-    def source(self, tokenizer) -> dict:
-        return {"kind": "native", "chat_template_sha256": chat_template_hash(tokenizer)}
-
-
-def chat_template_hash(tokenizer) -> str | None:
-    """A short hash of the tokenizer's chat_template text (None without one)."""
-    template = getattr(tokenizer, "chat_template", None)
-    if not template:
-        return None
-    text = template if isinstance(template, str) else json.dumps(template, sort_keys=True)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def conversation_messages(turns: Sequence[tuple[str, str | None]], system: str | None) -> list[dict]:
-    """(query, answer) turns as chat messages; a None answer is left out."""
-    messages = [{"role": "system", "content": system}] if system else []
-    for query, answer in turns:
-        messages.append({"role": "user", "content": query})
-        if answer is not None:
-            messages.append({"role": "assistant", "content": answer})
-    return messages
-
-
-_END_OF_TURN_PATTERNS: dict[int, tuple[object, re.Pattern]] = {}  # id(tokenizer) -> (tokenizer, pattern)
-
-
-def end_of_turn_pattern(tokenizer) -> re.Pattern:
-    """Whitespace, then one of the tokenizer's special or added tokens: what ends an answer.
-    Built once per tokenizer (it is needed for every row)."""
-    cached = _END_OF_TURN_PATTERNS.get(id(tokenizer))
-    if cached is not None and cached[0] is tokenizer:
-        return cached[1]
-    specials = set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab())
-    alternatives = "|".join(re.escape(token) for token in sorted(specials, key=len, reverse=True) if token)
-    pattern = re.compile(rf"\s*(?:{alternatives})")
-    _END_OF_TURN_PATTERNS[id(tokenizer)] = (tokenizer, pattern)
-    return pattern
-
-
-def unsplittable(reason: str) -> UserError:
-    return UserError(f"the tokenizer's chat template cannot be split into prompts and answers ({reason}); "
-                     f"pass --template with a registry template, one of: {', '.join(sorted(TEMPLATES))}")
-
-
-def answer_spans(text: str, messages: list[dict], end_of_turn: re.Pattern) -> list[tuple[int, int]]:
-    """Character spans (start, end) of each assistant answer plus its end-of-turn text in `text`."""
-    spans, cursor = [], 0
-    for message in messages:
-        content = message["content"]
-        position = text.find(content, cursor)
-        if position < 0 and content.strip():  # templates often strip messages
-            content = content.strip()
-            position = text.find(content, cursor)
-        if message["role"] != "assistant":
-            cursor = position + len(content) if position >= 0 else cursor
-            continue
-        if position < 0:
-            raise unsplittable(f"it does not write the answer {short(message['content'])} as given")
-        match = end_of_turn.match(text, position + len(content))
-        if match is None:
-            raise unsplittable(f"no end-of-turn token follows the answer {short(content)}")
-        spans.append((position, match.end()))
-        cursor = match.end()
-    return spans
-
-
-def token_span(text: str, offsets: Sequence[tuple[int, int]], start: int, end: int) -> tuple[int, int]:
-    """[first, stop) token indices covering characters [start, end); refused when a token straddles
-    an edge with text other than whitespace outside the span."""
-    first = next(i for i, (_, token_end) in enumerate(offsets) if token_end > start)
-    stop = next((i for i, (token_start, _) in enumerate(offsets) if token_start >= end), len(offsets))
-    if text[offsets[first][0]:start].strip() or offsets[stop - 1][1] != end:
-        raise unsplittable(f"a token crosses the edge of the answer {short(text[start:end])}")
-    return first, stop
-
-
-def short(text: str, limit: int = 40) -> str:
-    return repr(text if len(text) <= limit else text[:limit] + "...")
+AnyTemplate = Template | NativeTemplate
 
 TEMPLATES: dict[str, Template] = {}
 
@@ -280,7 +223,7 @@ def register(template: Template) -> Template:
     return template
 
 
-def get_template(name: str) -> Template | NativeTemplate:
+def get_template(name: str) -> AnyTemplate:
     """A registry template by name, or the tokenizer's own for "native"."""
     if name == NATIVE:
         return NativeTemplate()
@@ -293,33 +236,56 @@ def get_template(name: str) -> Template | NativeTemplate:
         ) from None
 
 
-def encode_turns(
-    tokenizer,
-    template: Template | NativeTemplate,
-    turns: Sequence[tuple[str, str | None]],
-    system: str | None = None,
-) -> list[tuple[list[int], list[int]]]:
-    """Token ids of each turn as (prompt_ids, answer_ids); the answer ids end with the end-of-turn
-    token(s). A last turn whose answer is None ends with the prompt the model answers."""
-    return template.encode_turns(tokenizer, turns, system)
+# --- The one interface ---------------------------------------------------------------------------
 
 
-def encode_prompt(
-    tokenizer,
-    template: Template | NativeTemplate,
-    query: str,
-    history: Sequence[tuple[str, str]] = (),
-    system: str | None = None,
-) -> list[int]:
+def encode_conversation(tokenizer, template: AnyTemplate, conversation: Conversation,
+                        targets: list[int] | None = None) -> list[EncodedSample]:
+    """Training rows of a conversation: ids, and the token spans of the assistant messages
+    `targets` (default: all), each with its end-of-turn token. Usually one row; more when an
+    earlier turn's reasoning is written only where that turn ends the conversation."""
+    return template.encode_conversation(tokenizer, conversation, targets)
+
+
+def encode_chat(tokenizer, template: AnyTemplate, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+    """The ids a model is given to write the next assistant message after `messages`."""
+    return template.encode_chat(tokenizer, messages, tools)
+
+
+def encode_turns(tokenizer, template: AnyTemplate, turns: Sequence[tuple[str, str | None]],
+                 system: str | None = None) -> list[tuple[list[int], list[int]]]:
+    """(prompt_ids, answer_ids) per (question, answer) turn of one row; the answer ids end with the
+    end-of-turn token(s). A last turn whose answer is None ends with the prompt the model answers."""
+    answered = [t for t in turns if t[1] is not None]
+    pieces, cursor, ids = [], 0, []
+    if answered:
+        samples = encode_conversation(tokenizer, template, Conversation.from_turns(answered, system))
+        if len(samples) != 1:
+            raise UserError("these turns need several rows (an earlier turn has reasoning); use encode_conversation")
+        ids = samples[0].input_ids
+        for span in samples[0].spans:
+            pieces.append((ids[cursor:span.start], ids[span.start:span.stop]))
+            cursor = span.stop
+    if len(answered) < len(turns):
+        prompt = encode_chat(tokenizer, template, Conversation.from_turns(turns, system).messages)
+        if prompt[:cursor] != ids[:cursor]:
+            raise UserError(f"template {template.name}: the prompt does not extend the rendering of its history")
+        pieces.append((prompt[cursor:], []))
+    return pieces
+
+
+def encode_prompt(tokenizer, template: AnyTemplate, query: str, history: Sequence[tuple[str, str]] = (),
+                  system: str | None = None) -> list[int]:
     """The ids a model is given to answer `query` after `history`: exactly the training prompt."""
-    turns = [*history, (query, None)]
-    ids: list[int] = []
-    for prompt_ids, answer_ids in encode_turns(tokenizer, template, turns, system):
-        ids += prompt_ids + answer_ids
-    return ids
+    return encode_chat(tokenizer, template, Conversation.from_turns([*history, (query, None)], system).messages)
 
 
-def stop_token_ids(tokenizer, template: Template | NativeTemplate) -> list[int]:
+def prompt_text(tokenizer, template: AnyTemplate, messages: list[dict], tools: list[dict] | None = None) -> str:
+    """The prompt of `encode_chat` as text (for trainers that tokenize themselves)."""
+    return template.prompt_text(tokenizer, messages, tools)
+
+
+def stop_token_ids(tokenizer, template: AnyTemplate) -> list[int]:
     """Token ids that end a reply: the template's end-of-turn token(s), then EOS."""
     return template.stop_token_ids(tokenizer)
 
@@ -349,6 +315,7 @@ register(replace(
     "opens the answer after the last user message (history answers are bare, as Qwen3's template writes them).",
     default_system=None,
     last_prompt_suffix="<think>\n\n</think>\n\n",
+    reasoning_format="<think>\n{reasoning}\n</think>\n\n",
 ))
 register(Template(
     name="chatglm",
@@ -493,26 +460,29 @@ def auto_template(tokenizer, model_type: str | None, model_path: str) -> str:
 
 
 def resolve_template(requested: str | None, tokenizer, model_path: str, trust_remote_code: bool = False,
-                     run_dir: str | None = None, enable_thinking: bool = False) -> Template | NativeTemplate:
+                     run_dir: str | None = None, enable_thinking: bool = False) -> AnyTemplate:
     """The one answer to "which chat template?", for training, inference and RLHF alike.
 
     `requested` (a --template value) wins unless it is None or "auto"; then the template recorded
     in the run config of `run_dir` (default `model_path`: an adapter or a model trained here),
-    else `auto_template`. An unknown name fails here, before any work. `enable_thinking` applies
-    to the tokenizer's own template (Qwen3)."""
+    else `auto_template`. An unknown name fails here, before any work. `enable_thinking` lets a
+    reasoning model (Qwen3, native or registry) think before it answers at inference."""
     name = requested if requested not in (None, "auto") else read_run_config(run_dir or model_path).get("template")
     if not name:  # the model type is read only when the tokenizer has no usable template of its own
         name = NATIVE if has_usable_chat_template(tokenizer) else guess_template(
             read_model_type(model_path, trust_remote_code), model_path)
-    template = get_template(name)
-    return NativeTemplate(enable_thinking=enable_thinking) if isinstance(template, NativeTemplate) else template
+    return get_template(name).with_thinking(enable_thinking)
 
 
-def describe_template(tokenizer, template: Template | NativeTemplate) -> str:
-    """One line: which template, and where it comes from."""
+def describe_template(tokenizer, template: AnyTemplate) -> str:
+    """One line: which template, where it comes from, and what it can render."""
     if isinstance(template, NativeTemplate):
+        traits = traits_of(tokenizer)
+        can = ", ".join(f"{what} {'yes' if able else 'no'}" for what, able in (
+            ("reasoning", traits.renders_reasoning), ("tool calls", traits.renders_tool_calls),
+            ("tool definitions", traits.renders_tools)))
         return (f"template native: the tokenizer's own chat_template (sha256 {chat_template_hash(tokenizer)}), "
-                f"end of turn {template.end_of_turn(tokenizer)!r}")
+                f"end of turn {template.end_of_turn(tokenizer)!r}; renders {can}")
     return f"template {template.name}: registry ({template.notes})"
 
 

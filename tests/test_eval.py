@@ -9,7 +9,7 @@ import pytest
 
 import eval as eval_script
 from llm_tuning.evaluation import choice_query, load_choice_questions, load_eval_conversations
-from tests.inference_fixtures import REPO_ROOT, train_tiny_adapter, training_pairs
+from tests.inference_fixtures import REASONING_EXCHANGES, REPO_ROOT, train_tiny_adapter, train_tool_adapter, training_pairs
 
 PAIRS = training_pairs()
 CHOICE_FILE = REPO_ROOT / "data/eval/choice_eval.jsonl"
@@ -136,3 +136,19 @@ def test_bad_eval_files_say_where_and_exit_2(tmp_path, adapter, capsys):
         evaluate("reward", "--data", REPO_ROOT / "RLHF/data/preference_eval.jsonl")
     assert exit_info.value.code == 2
     assert "--reward_model" in capsys.readouterr().err
+
+
+def test_generate_scores_the_answer_without_its_reasoning(tiny_model, tmp_path_factory, tmp_path):
+    adapter = train_tool_adapter(tiny_model("qwen3"), tmp_path_factory.mktemp("tools"))
+    data = tmp_path / "reasoning.jsonl"
+    data.write_text("".join(json.dumps({"messages": [
+        {"role": "user", "content": q}, {"role": "assistant", "content": a, "reasoning_content": r}]}) + "\n"
+        for q, r, a in REASONING_EXCHANGES), encoding="utf-8")
+    output = tmp_path / "predictions.jsonl"
+    metrics = evaluate("generate", "--adapter", adapter, "--enable_thinking", "true", "--data", data,
+                       "--output", output, "--max_new_tokens", 40)
+    assert metrics["exact_match"] == 1.0 and metrics["samples"] == len(REASONING_EXCHANGES)
+    rows = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
+    # the model thought before answering; the reasoning is kept apart and the bare answer is scored
+    assert [(r["reference"], r["prediction"], r["reasoning"]) for r in rows] == [
+        (a, a, r) for _, r, a in REASONING_EXCHANGES]

@@ -13,7 +13,8 @@ from llm_tuning.data import (
     tokenize_conversation, tokenize_file,
 )
 from llm_tuning.modeling import load_tokenizer
-from llm_tuning.records import Conversation, RecordKeys, load_conversations
+from llm_tuning.conversation import Conversation
+from llm_tuning.records import RecordKeys, load_conversations
 from llm_tuning.templates import chat_template_hash, encode_prompt, get_template
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,8 +60,8 @@ def test_last_turn_only_supervises_the_last_answer_alone(tiny_qwen2, tokenizer):
 
 
 def test_masked_positions_are_the_prompt_and_the_rest_is_the_answer(tokenizer):
-    conversation = Conversation(turns=[("计算 3 + 9 等于多少？", "3 + 9 = 12")])
-    row = tokenize_conversation(tokenizer, QWEN, conversation, max_seq_length=512)
+    conversation = Conversation.from_turns([("计算 3 + 9 等于多少？", "3 + 9 = 12")])
+    [row] = tokenize_conversation(tokenizer, QWEN, conversation, max_seq_length=512)
     prompt = encode_prompt(tokenizer, QWEN, "计算 3 + 9 等于多少？")
     assert row.labels[: len(prompt)] == [IGNORE_INDEX] * len(prompt)
     assert row.input_ids[: len(prompt)] == prompt
@@ -92,7 +93,7 @@ def test_qwen_template_matches_the_tokenizers_own_chat_template(tokenizer):
 def test_truncation_shortens_the_prompt_first_and_keeps_the_answer_start(tokenizer):
     question = "请把下面的数字加起来：" + " + ".join(str(i) for i in range(60)) + "，结果是多少？"
     answer = "结果是 1770。"
-    row = tokenize_conversation(tokenizer, QWEN, Conversation([(question, answer)]), max_seq_length=64)
+    [row] = tokenize_conversation(tokenizer, QWEN, Conversation.from_turns([(question, answer)]), max_seq_length=64)
     assert row.truncated and len(row.input_ids) == 64
     supervised = tokenizer.decode(supervised_ids(row.labels))
     assert supervised == answer + "<|im_end|>"  # the answer fits whole once the prompt is cut
@@ -105,14 +106,14 @@ def test_truncation_shortens_the_prompt_first_and_keeps_the_answer_start(tokeniz
 
 def test_a_long_answer_keeps_its_start(tokenizer):
     answer = "".join(f"第{i}步。" for i in range(80))
-    row = tokenize_conversation(tokenizer, QWEN, Conversation([("讲一讲步骤。", answer)]), max_seq_length=48)
+    [row] = tokenize_conversation(tokenizer, QWEN, Conversation.from_turns([("讲一讲步骤。", answer)]), max_seq_length=48)
     assert len(row.input_ids) == 48
     assert answer.startswith(tokenizer.decode(supervised_ids(row.labels)))
 
 
 def test_multi_turn_rows_lose_their_oldest_turns_first(tokenizer):
     turns = [(f"问题{i}：" + "很长的背景。" * 6, f"回答{i}") for i in range(5)]
-    row = tokenize_conversation(tokenizer, QWEN, Conversation(turns), max_seq_length=80)
+    [row] = tokenize_conversation(tokenizer, QWEN, Conversation.from_turns(turns), max_seq_length=80)
     text = tokenizer.decode(row.input_ids)
     assert len(row.input_ids) <= 80 and "回答4<|im_end|>" in text and "问题0" not in text
 
@@ -129,7 +130,8 @@ def test_skip_overlength_drops_rows_and_counts_them(tiny_qwen2, math_lengths, tm
     tokenize_cli(tiny_qwen2, MATH, tmp_path, "--max_seq_length", str(limit), "--skip_overlength", "true")
     dataset, metadata = load_tokenized(tmp_path / "data")
     assert too_long > 0
-    assert metadata["rows"] == {"read": 1000, "kept": 1000 - too_long, "skipped": too_long, "truncated": 0}
+    assert metadata["rows"] == {"read": 1000, "kept": 1000 - too_long, "skipped": too_long, "truncated": 0,
+                                "turn_rows": 0, "reasoning_cut": 0}
     assert len(dataset) == 1000 - too_long and max(len(ids) for ids in dataset["input_ids"]) <= limit
 
 
@@ -140,7 +142,8 @@ def test_skip_overlength_false_is_false(tiny_qwen2, math_lengths, tmp_path):
     tokenize_cli(tiny_qwen2, MATH, tmp_path, "--max_seq_length", str(limit), "--skip_overlength", "False")
     dataset, metadata = load_tokenized(tmp_path / "data")
     assert metadata["skip_overlength"] is False
-    assert metadata["rows"] == {"read": 1000, "kept": 1000, "skipped": 0, "truncated": too_long}
+    assert metadata["rows"] == {"read": 1000, "kept": 1000, "skipped": 0, "truncated": too_long,
+                                "turn_rows": 0, "reasoning_cut": 0}
     assert max(len(ids) for ids in dataset["input_ids"]) == limit
 
 
@@ -155,7 +158,8 @@ def test_metadata_records_tokenizer_template_and_source(tiny_qwen2, tokenizer, t
     assert metadata["template_source"] == {"kind": "native", "chat_template_sha256": chat_template_hash(tokenizer)}
     assert metadata["tokenizer"] == str(tiny_qwen2) and len(metadata["tokenizer_fingerprint"]) == 16
     assert metadata["source"]["path"] == str(MULTI_TURN) and len(metadata["source"]["sha256"]) == 64
-    assert metadata["rows"] == {"read": 10, "kept": 10, "skipped": 0, "truncated": 0}
+    assert metadata["rows"] == {"read": 10, "kept": 10, "skipped": 0, "truncated": 0, "turn_rows": 0,
+                                "reasoning_cut": 0}
 
 
 def test_a_failed_save_leaves_nothing_half_written(tiny_qwen2, tokenizer, tmp_path):

@@ -7,8 +7,8 @@ import torch
 
 from llm_tuning.cli import UserError
 from llm_tuning.generation import (
-    BatchDecoder, GenerationSettings, ReplyText, adjust_logits, fit_history, generate_batch, sample_token,
-    split_messages,
+    BatchDecoder, GenerationSettings, ReplyText, adjust_logits, check_messages, fit_history, generate_batch,
+    sample_token,
 )
 from llm_tuning.modeling import load_model, load_tokenizer
 from llm_tuning.templates import encode_prompt, get_template, stop_token_ids
@@ -102,14 +102,27 @@ def test_fit_history_forgets_oldest_turns_first(qwen):
         fit_history(tokenizer, template, "now", history, None, 3)
 
 
-def test_split_messages_and_its_errors():
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-                {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "你好"}]
-    assert split_messages(messages) == ("Be brief.", [("Hi", "Hello")], "你好")
-    with pytest.raises(UserError, match="last message must be a user message"):
-        split_messages(messages[:3])
-    with pytest.raises(UserError, match=r"messages\[2\] has role 'user', expected 'assistant'"):
-        split_messages([messages[0], messages[1], messages[1]])
+def test_check_messages_accepts_tool_exchanges_and_says_what_is_out_of_order():
+    system, user = {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}
+    answer = {"role": "assistant", "content": "Hello"}
+    calls = {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "function": {"name": "f", "arguments": {}}},
+                                                                 {"id": "c2", "function": {"name": "g", "arguments": {}}}]}
+    result = {"role": "tool", "tool_call_id": "c1", "content": "1"}
+    for messages in ([system, user], [system, user, answer, user], [user, calls, result, dict(result, tool_call_id="c2")],
+                     [user, calls, result, answer, user], [user, calls, result, calls, result]):
+        check_messages(messages)
+    for messages, says in [
+        ([system, user, answer], "the last message must be a user message or a tool result"),
+        ([system], "messages must contain a user message"),
+        ([system, user, user], r"messages\[2\] has role 'user', but after a user message comes 'assistant'"),
+        ([user, answer, system, user], r"messages\[2\] has role 'system'"),
+        ([user, calls, user], r"messages\[2\] has role 'user', but after an assistant's tool calls comes 'tool'"),
+        ([user, result], r"messages\[1\] has role 'tool'"),
+        ([user, calls, dict(result, tool_call_id="c9")], "answers tool call 'c9', but the assistant's calls before it "
+                                                         "have the ids c1, c2"),
+    ]:
+        with pytest.raises(UserError, match=says):
+            check_messages(messages)
 
 
 @pytest.mark.parametrize("bad, message", [

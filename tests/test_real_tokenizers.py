@@ -21,8 +21,8 @@ import tokenize_dataset_rows
 from llm_tuning.cli import UserError
 from llm_tuning.data import IGNORE_INDEX, load_tokenized, tokenize_conversation
 from llm_tuning.modeling import load_tokenizer
-from llm_tuning.records import Conversation
-from llm_tuning.templates import NativeTemplate, encode_prompt, get_template, stop_token_ids
+from llm_tuning.conversation import Conversation
+from llm_tuning.templates import NativeTemplate, encode_prompt, encode_turns, get_template, stop_token_ids
 from llm_tuning.testing import save_model_for_tokenizer
 from tests.test_recipes import run_recipe
 
@@ -129,13 +129,21 @@ def test_rows_match_the_real_template(template, name, case, real_tokenizer):
     _, registry, end_of_turn = REAL[name]
     chosen = NativeTemplate() if template == "native" else get_template(registry)
     system, turns = CASES[case]
-    row = tokenize_conversation(tokenizer, chosen, Conversation(turns=turns, system=system), max_seq_length=4096)
+    conversation = Conversation.from_turns(turns, system)
+    rows = tokenize_conversation(tokenizer, chosen, conversation, max_seq_length=4096)
 
-    expected = template_ids(tokenizer, messages_of(system, turns))
-    assert row.input_ids == expected[:len(row.input_ids)]
-    assert tokenizer.decode(expected[len(row.input_ids):]) in {"", TAILS[name]}
-    assert [tokenizer.decode(run) for run in supervised_runs(row.labels)] == [a + end_of_turn for _, a in turns]
-    assert row.labels[-1] == tokenizer.convert_tokens_to_ids(end_of_turn.strip())
+    # One row, or (Qwen3, which writes earlier answers without the no-think block their prompt ends
+    # with) one row per answer, each ending with it: every row is the template's rendering of it.
+    samples = [conversation.messages[:end + 1] for end in conversation.assistant_indices()]
+    assert len(rows) in (1, len(samples))
+    for row, sample in zip(rows, samples[-len(rows):]):
+        expected = template_ids(tokenizer, sample if len(rows) > 1 else conversation.messages)
+        assert row.input_ids == expected[:len(row.input_ids)]
+        assert tokenizer.decode(expected[len(row.input_ids):]) in {"", TAILS[name]}
+        assert row.labels[-1] == tokenizer.convert_tokens_to_ids(end_of_turn.strip())
+    supervised = [tokenizer.decode(run) for row in rows for run in supervised_runs(row.labels)]
+    assert supervised == [a + end_of_turn for _, a in turns]
+    assert (len(rows) > 1) == (name == "qwen3" and len(turns) > 1)
 
     prompt = encode_prompt(tokenizer, chosen, turns[-1][0], turns[:-1], system)
     assert prompt == template_ids(tokenizer, messages_of(system, turns)[:-1], add_generation_prompt=True)
@@ -159,18 +167,11 @@ def test_qwen3_thinking_is_off_unless_asked(real_tokenizer):
     assert tokenizer.decode(on).endswith("<|im_start|>assistant\n")
 
 
-def test_an_answer_the_template_rewrites_is_refused_naming_template(real_tokenizer):
-    # Qwen3's template moves a <think> block out of the answer: the answer is not in the rendering.
-    conversation = Conversation(turns=[("2+2?", "<think>add</think>4")], system=None)
-    with pytest.raises(UserError, match="cannot be split.*pass --template"):
-        tokenize_conversation(real_tokenizer("qwen3"), NativeTemplate(), conversation, max_seq_length=512)
-
-
 def test_a_template_without_an_end_of_turn_is_refused(tiny_model):
     # GLM-4's template writes nothing after the last answer: there is no stop token to learn.
     tokenizer = load_tokenizer(str(tiny_model("glm4")))
-    with pytest.raises(UserError, match="no end-of-turn token follows the answer '4'.*--template"):
-        tokenize_conversation(tokenizer, NativeTemplate(), Conversation(turns=[("2+2?", "4")], system=None), 512)
+    with pytest.raises(UserError, match="no special token ends an answer.*--template"):
+        tokenize_conversation(tokenizer, NativeTemplate(), Conversation.from_turns([("2+2?", "4")], None), 512)
 
 
 # --- End to end: tokenize -> train -> chat -> merge, one per real tokenizer ----------------------
@@ -220,12 +221,15 @@ def test_info_shows_the_template_its_source_and_the_supervised_part(real_tokeniz
 
     lines = info.template_report(str(real_tokenizer_dir("qwen3")))
     assert lines[0].startswith("template native: the tokenizer's own chat_template (sha256 ")
-    assert lines[0].endswith("end of turn '<|im_end|>'")
+    assert lines[0].endswith("end of turn '<|im_end|>'; renders reasoning yes, tool calls yes, tool definitions yes")
     sample = "\n".join(lines[2:])
-    # Every answer + <|im_end|> marked; the think block Qwen3 writes on the last turn is not.
-    assert sample.count("[[") == 2
-    assert "assistant\n[[我是小助手。<|im_end|>]]" in sample
+    # Every answer + <|im_end|> marked, each after the no-think prompt it is asked with (Qwen3: one
+    # row per answer); then a tool call, its result and the answer after it.
+    assert "<think>\n\n</think>\n\n[[我是小助手。<|im_end|>]]" in sample
     assert "<think>\n\n</think>\n\n[[3 + 4 = 7<|im_end|>]]" in sample
+    call = '[[<tool_call>\n{"name": "calculator", "arguments": {"expression": "12 * 7"}}\n</tool_call><|im_end|>]]'
+    assert "a tool call as trained:" in sample and call in sample
+    assert "<tool_response>\n84\n</tool_response>" in sample and "[[12 * 7 = 84<|im_end|>]]" in sample
 
 
 def test_a_conversation_the_template_rejects_is_one_sentence(real_tokenizer):
@@ -234,7 +238,7 @@ def test_a_conversation_the_template_rejects_is_one_sentence(real_tokenizer):
     tokenizer.chat_template = "{{ raise_exception('System role not supported') }}"
     try:
         with pytest.raises(UserError, match="it refuses the conversation: System role not supported.*--template"):
-            NativeTemplate().encode_turns(tokenizer, [("q", "a")], "be brief")
+            encode_turns(tokenizer, NativeTemplate(), [("q", "a")], "be brief")
     finally:
         tokenizer.chat_template = saved
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from ..cli import UserError
 from ..records import read_records
-from ..templates import Template, encode_turns
+from ..conversation import Conversation
+from ..templates import Template, encode_turns, prompt_text
 
 FORMATS_HELP = ("prompt/chosen/rejected, prompt/selected/rejected, "
                 "or instruction/input/output with output = [chosen, rejected]")
@@ -120,25 +121,12 @@ def render_prompt(tokenizer, template: Template, history: Sequence[tuple[str, st
                   system: str | None = None) -> str:
     """The prompt (history, then the query, up to where the reply starts) as text, for trainers
     that tokenize themselves (DPOTrainer, GRPOTrainer): the text of `encode_prompt`'s ids."""
-    from ..templates import EOS_PLACEHOLDER, NativeTemplate, conversation_messages
-
-    if isinstance(template, NativeTemplate):
-        messages = conversation_messages([*history, (query, None)], system)
-        return template.render(tokenizer, messages, add_generation_prompt=True)
-    rendered = template.render_turns([*history, (query, None)], system)
-    prompt = "".join(p + a for p, a in rendered[:-1]).replace(EOS_PLACEHOLDER, tokenizer.eos_token or "")
-    prompt += rendered[-1][0]
-    if template.add_bos and tokenizer.bos_token and not getattr(tokenizer, "add_bos_token", False):
-        prompt = tokenizer.bos_token + prompt
-    return prompt
+    return prompt_text(tokenizer, template, Conversation.from_turns([*history, (query, None)], system).messages)
 
 
 def render_pair(tokenizer, template: Template, pair: PreferencePair) -> dict[str, str]:
     """The pair as text for trainers that tokenize themselves (TRL's DPOTrainer): the prompt with
     its history, and each reply with the template's stop token, as `encode_pair` encodes them."""
-    from ..templates import EOS_PLACEHOLDER, NativeTemplate
-
     prompt = render_prompt(tokenizer, template, pair.history, pair.prompt, pair.system)
-    reply = (template.end_of_turn(tokenizer) if isinstance(template, NativeTemplate)
-             else template.answer_suffix.replace(EOS_PLACEHOLDER, tokenizer.eos_token or ""))
+    reply = template.end_of_turn(tokenizer)
     return {"prompt": prompt, "chosen": pair.chosen + reply, "rejected": pair.rejected + reply}

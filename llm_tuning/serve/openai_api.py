@@ -2,14 +2,36 @@
 
     GET  /v1/models              the one model served
     POST /v1/chat/completions    messages, stream (SSE), n, temperature, top_p, max_tokens, stop,
-                                 stop_token_ids, frequency_penalty, presence_penalty, seed, usage
+                                 stop_token_ids, frequency_penalty, presence_penalty, seed, usage,
+                                 tools, tool_choice, chat_template_kwargs.enable_thinking
     GET  /health                 200 when the server is up (no key needed)
 
 Errors have OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`: 400 for a bad
 request, 401 for a missing or wrong `Authorization: Bearer <key>`, 404 for an unknown model,
 413 for a body over `max_request_bytes`, 429 (with `Retry-After`) when `max_queued_requests` are
 already admitted, 503 while the server drains for shutdown.
-The prompt is built by the family template (`templates.encode_prompt`), exactly as in training.
+The prompt is built by the chat template (`templates.encode_chat`), exactly as in training.
+
+Reasoning and tools (`reply_parts.py`, `tool_calls.py`):
+- A reply that begins with `<think>…</think>` (or whose prompt opened the block) comes back with
+  the reasoning in `message.reasoning_content` and the answer in `content`; streamed, as
+  `delta.reasoning_content` then `delta.content`. Assistant messages sent back may carry
+  `reasoning_content`; the template decides whether it shows them (Qwen3 drops earlier turns'
+  reasoning), and for a template that renders no reasoning at all the server drops it.
+  `chat_template_kwargs: {"enable_thinking": bool}` (as in vLLM) overrides --enable_thinking per request.
+- `tools` are rendered by the model's own chat template; a template that cannot render them is a
+  400 saying so. Calls in the reply, in the syntax the template writes them, come back as
+  `message.tool_calls` (arguments as JSON text) with `finish_reason: "tool_calls"`; streamed, each
+  call whole in two `delta.tool_calls` chunks (id and name, then arguments) once the reply ends.
+  A call that does not parse, or names a function not in `tools`, leaves the reply plain content.
+- `tool_choice`: "auto" (the default with tools) lets the model choose; "none" renders the prompt
+  without the tool definitions and reads no calls; "required" starts the reply with the template's
+  call opening, so the model must call one of the tools; `{"type": "function", "function":
+  {"name": N}}` starts it with a call to N, so the model writes only the arguments. Both openings
+  come from the template's own rendering of a call, and a forced call comes without reasoning
+  before it, as the template writes a call turn.
+- The client sends calls back as assistant messages with `tool_calls`, and each result as a
+  `tool` message with its `tool_call_id`.
 
 One slow request must not stall the others: the event loop only parses and routes. Building and
 tokenizing the prompt runs in a worker thread, and a conversation that cannot fit the context is
@@ -28,8 +50,8 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -38,8 +60,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..cli import UserError
-from ..generation import GenerationSettings, split_messages
-from ..templates import Template, encode_prompt, stop_token_ids
+from ..conversation import message_texts
+from ..generation import GenerationSettings, check_messages
+from ..native_template import NativeTemplate, model_name, traits_of
+from ..reply_parts import CONTENT, REASONING, ReplyParser, prompt_opens_reasoning
+from ..templates import AnyTemplate, encode_chat, prompt_text, stop_token_ids
+from ..tool_calls import ToolCallFormat, call_opening, tool_call_format
 
 
 # --- Request schema (unknown fields are ignored, as OpenAI clients send extras) -----------------
@@ -50,12 +76,48 @@ class TextPart(BaseModel):
     text: str
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str | dict  # OpenAI sends a JSON object as text; an object is accepted too
+
+
+class ToolCallIn(BaseModel):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    reasoning_content: str | None = None  # an assistant's reasoning, sent back (DeepSeek / vLLM)
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = None
 
     def text(self) -> str:
-        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
+        return "".join(p.text for p in self.content)
+
+
+class FunctionDefinition(BaseModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")  # OpenAI's rule for function names
+    description: str | None = None
+    parameters: dict | None = None
+
+
+class ToolDefinition(BaseModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: FunctionName
 
 
 class StreamOptions(BaseModel):
@@ -81,6 +143,9 @@ class ChatCompletionRequest(BaseModel):
     presence_penalty: float = Field(default=0.0, ge=-2, le=2)
     repetition_penalty: float = Field(default=1.0, gt=0)  # extension (as in vLLM)
     seed: int | None = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    chat_template_kwargs: dict[str, Any] | None = None  # extension (as in vLLM): enable_thinking only
 
 
 # --- Errors in OpenAI's shape ---------------------------------------------------------------------
@@ -196,6 +261,11 @@ def _validation_error(exc: RequestValidationError | ValidationError) -> APIError
     return APIError(400, f"{param}: {message}" if param else message, param=param)
 
 
+# A tool every template that renders tools can render: to ask a template whether it can.
+PROBE_TOOL = {"type": "function", "function": {"name": "probe", "description": "a probe",
+                                               "parameters": {"type": "object", "properties": {}}}}
+
+
 # --- The app ----------------------------------------------------------------------------------
 
 
@@ -205,11 +275,12 @@ class ServedModel:
 
     name: str
     tokenizer: object
-    template: Template
+    template: AnyTemplate
     context_length: int
     default_max_tokens: int = 512
     system: str | None = None  # default system prompt (None: the template's)
     max_token_chars: int | None = None  # most characters one token covers (None: measured from the vocab)
+    _tools_refusal: str | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
         if self.max_token_chars is None:
@@ -226,6 +297,30 @@ class ServedModel:
         fields besides the messages' text get a generous allowance."""
         if size > JSON_BYTES_PER_CHAR * self.max_prompt_chars + NON_MESSAGE_BYTES:
             raise context_length_error(self.context_length, self.context_length + 1, 1, at_least=True)
+
+    def tool_call_format(self) -> ToolCallFormat | None:
+        """The syntax the model writes tool calls in (None: none this server reads)."""
+        return tool_call_format(self.tokenizer) if isinstance(self.template, NativeTemplate) else None
+
+    def tools_refusal(self) -> str | None:
+        """Why this model cannot be offered tools, in one sentence; None when it can. The template
+        says it when it cannot render them (as in training), else the calls must be readable."""
+        if self._tools_refusal is None:
+            try:
+                encode_chat(self.tokenizer, self.template, [{"role": "user", "content": "Hi"}], [PROBE_TOOL])
+                refusal = "" if self.tool_call_format() is not None else (
+                    f"the chat template of {model_name(self.tokenizer)} writes tool calls in a syntax this server "
+                    "cannot read back (it reads <tool_call> blocks and Llama-3.1 JSON calls)")
+            except UserError as err:
+                refusal = str(err)
+            self._tools_refusal = refusal
+        return self._tools_refusal or None
+
+    def renders_reasoning(self) -> bool:
+        """Whether the template writes an assistant message's reasoning (else it is dropped from the history)."""
+        if isinstance(self.template, NativeTemplate):
+            return traits_of(self.tokenizer).renders_reasoning
+        return self.template.reasoning_format is not None
 
 
 def longest_token_chars(tokenizer) -> int:
@@ -289,18 +384,18 @@ def create_app(engine, served: ServedModel, api_key: str | None = None, *,
             served.check_body_can_fit(int(request.headers.get("content-length") or 0))
             raw = await request.body()
             served.check_body_can_fit(len(raw))
-            body, prompt_ids, settings = await asyncio.to_thread(_read_request, raw, served)
+            body, prompt_ids, settings, reading = await asyncio.to_thread(_read_request, raw, served)
             completion_id = f"chatcmpl-{uuid.uuid4().hex}"
             deltas = engine.generate(prompt_ids, settings, body.n)
             if body.stream:
                 include_usage = bool(body.stream_options and body.stream_options.include_usage)
-                events = _sse(deltas, completion_id, served.name, body.n, len(prompt_ids), include_usage)
+                events = _sse(deltas, completion_id, served.name, body.n, len(prompt_ids), include_usage, reading)
                 return StreamingResponse(_released_after(events, release), media_type="text/event-stream")
         except BaseException:
             release()
             raise
         try:
-            return await _complete(deltas, completion_id, served.name, body.n, len(prompt_ids))
+            return await _complete(deltas, completion_id, served.name, body.n, len(prompt_ids), reading)
         finally:
             release()
 
@@ -336,8 +431,25 @@ class DrainingServer:
         self.server.run()
 
 
-def _read_request(raw: bytes, served: ServedModel) -> tuple[ChatCompletionRequest, list[int], GenerationSettings]:
-    """(request, prompt ids, sampling settings) from a raw body, or an APIError saying what is wrong."""
+@dataclass(frozen=True)
+class ReplyReading:
+    """How the replies to one request are read: the tool-call syntax looked for (None: no calls),
+    the functions offered, and what the prompt already holds of the reply."""
+
+    tool_format: ToolCallFormat | None = None
+    tool_names: tuple[str, ...] = ()
+    prefill: str = ""  # the start of the reply written into the prompt (a forced call's opening)
+    in_reasoning: bool = False  # the prompt opened a think block
+
+    def start(self) -> tuple[ReplyParser, list]:
+        """A parser for one choice, and the pieces the prefill already makes final."""
+        parser = ReplyParser(self.tool_format, self.tool_names, self.in_reasoning)
+        return parser, parser.feed(self.prefill)
+
+
+def _read_request(raw: bytes, served: ServedModel) -> tuple[ChatCompletionRequest, list[int], GenerationSettings,
+                                                            ReplyReading]:
+    """(request, prompt ids, sampling settings, reply reading) from a raw body, or an APIError."""
     try:
         body = ChatCompletionRequest.model_validate_json(raw)
     except ValidationError as err:
@@ -348,20 +460,104 @@ def _read_request(raw: bytes, served: ServedModel) -> tuple[ChatCompletionReques
     return body, *_prepare(body, served)
 
 
-def _prepare(body: ChatCompletionRequest, served: ServedModel) -> tuple[list[int], GenerationSettings]:
-    """Prompt ids and sampling settings of a request, or an APIError saying what is wrong with it."""
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
+def _template(body: ChatCompletionRequest, served: ServedModel) -> AnyTemplate:
+    """The served template, thinking or not as `chat_template_kwargs.enable_thinking` asks."""
+    kwargs = body.chat_template_kwargs or {}
+    if set(kwargs) - {"enable_thinking"}:
+        raise APIError(400, "chat_template_kwargs: this server passes only enable_thinking to the template, not "
+                            f"{', '.join(sorted(set(kwargs) - {'enable_thinking'}))}", param="chat_template_kwargs")
+    thinking = kwargs.get("enable_thinking")
+    if thinking is None:
+        return served.template
+    if not isinstance(thinking, bool):
+        raise APIError(400, "chat_template_kwargs.enable_thinking: must be true or false",
+                       param="chat_template_kwargs.enable_thinking")
+    return served.template.with_thinking(thinking)
+
+
+def _call_message(call: ToolCallIn, where: str) -> dict:
+    arguments = call.function.arguments
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except ValueError:
+            arguments = None
+    if not isinstance(arguments, dict):
+        raise APIError(400, f"{where}.function.arguments: must be a JSON object", param=f"{where}.function.arguments")
+    message = {"type": "function", "function": {"name": call.function.name, "arguments": arguments}}
+    return {"id": call.id, **message} if call.id else message
+
+
+def _messages(body: ChatCompletionRequest, served: ServedModel) -> list[dict]:
+    """The request's messages as the templates take them (`conversation.Conversation`'s form):
+    developer is system, leading system messages are one, tool-call arguments are objects."""
+    messages, keep_reasoning = [], served.renders_reasoning()
+    for index, given in enumerate(body.messages):
+        role = "system" if given.role == "developer" else given.role
+        message = {"role": role, "content": given.text()}
+        if given.content is None and not (role == "assistant" and given.tool_calls):
+            raise APIError(400, f"messages[{index}].content: a {given.role} message needs content",
+                           param=f"messages.{index}.content")
+        if role == "assistant":
+            if given.reasoning_content and keep_reasoning:  # else dropped, as a model without a reasoning form never sees it
+                message["reasoning_content"] = given.reasoning_content
+            if given.tool_calls:
+                message["tool_calls"] = [_call_message(call, f"messages.{index}.tool_calls.{k}")
+                                         for k, call in enumerate(given.tool_calls)]
+        if role == "tool":
+            if not given.tool_call_id:
+                raise APIError(400, f"messages[{index}].tool_call_id: a tool message needs the id of the call "
+                                    "it answers", param=f"messages.{index}.tool_call_id")
+            message["tool_call_id"] = given.tool_call_id
+        messages.append(message)
+    leading = next((i for i, m in enumerate(messages) if m["role"] != "system"), len(messages))
+    system = "\n".join(m["content"] for m in messages[:leading]) if leading else served.system
+    messages = ([{"role": "system", "content": system}] if system else []) + messages[leading:]
     try:
-        system, history, query = split_messages(messages)
+        check_messages(messages)
     except UserError as err:
         raise APIError(400, str(err), param="messages") from None
+    return messages
+
+
+def _tool_choice(body: ChatCompletionRequest, served: ServedModel) -> tuple[list[dict] | None, str | None, bool]:
+    """(the tools to render, the function a reply must call, whether it must call one), checked."""
+    tools = [tool.model_dump(exclude_none=True) for tool in body.tools] if body.tools else None
+    choice = body.tool_choice or ("auto" if tools else "none")
+    if choice != "none" and not tools:
+        raise APIError(400, "tool_choice: a tool can be chosen only when the request gives `tools`", param="tool_choice")
+    named = choice.function.name if isinstance(choice, NamedToolChoice) else None
+    if named is not None and named not in {tool["function"]["name"] for tool in tools}:
+        raise APIError(400, f"tool_choice: the function {named!r} is not among the `tools`", param="tool_choice")
+    if choice == "none":
+        return None, None, False
+    if (refusal := served.tools_refusal()) is not None:
+        raise APIError(400, refusal, param="tools")
+    return tools, named, choice != "auto"
+
+
+def _prepare(body: ChatCompletionRequest, served: ServedModel) -> tuple[list[int], GenerationSettings, ReplyReading]:
+    """Prompt ids, sampling settings and how to read the replies, or an APIError saying what is wrong."""
+    template = _template(body, served)
+    messages = _messages(body, served)
+    tools, named, forced = _tool_choice(body, served)
     requested = body.max_completion_tokens or body.max_tokens
-    characters = sum(len(m["content"]) for m in messages)
+    characters = sum(len(text) for m in messages for text in message_texts(m)) + len(json.dumps(tools or []))
     if characters > served.max_prompt_chars:  # cannot fit: refuse before tokenizing
         raise context_length_error(served.context_length, math.ceil(characters / served.max_token_chars),
                                    requested or 1, at_least=True)
-    prompt_ids = encode_prompt(served.tokenizer, served.template, query, history,
-                               system if system is not None else served.system)
+    try:
+        prompt_ids = encode_chat(served.tokenizer, template, messages, tools)
+    except UserError as err:
+        raise APIError(400, str(err), param="messages") from None
+    reading = ReplyReading(in_reasoning=prompt_opens_reasoning(served.tokenizer, prompt_ids))
+    if tools:
+        prefill = call_opening(served.tokenizer, template.enable_thinking, named) if forced else ""
+        if prefill:  # tokenized with the prompt, as in training: the reply goes on from the call's opening
+            prompt_ids = served.tokenizer(prompt_text(served.tokenizer, template, messages, tools) + prefill,
+                                          add_special_tokens=False)["input_ids"]
+        reading = ReplyReading(served.tool_call_format(), tuple(t["function"]["name"] for t in tools), prefill,
+                               reading.in_reasoning)
     room = served.context_length - len(prompt_ids)
     if room < 1 or (requested is not None and requested > room):
         raise context_length_error(served.context_length, len(prompt_ids), requested or 1)
@@ -376,10 +572,10 @@ def _prepare(body: ChatCompletionRequest, served: ServedModel) -> tuple[list[int
         temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
         repetition_penalty=body.repetition_penalty, frequency_penalty=body.frequency_penalty,
         presence_penalty=body.presence_penalty, stop=tuple(stop),
-        stop_token_ids=tuple(stop_token_ids(served.tokenizer, served.template)) + tuple(body.stop_token_ids),
+        stop_token_ids=tuple(stop_token_ids(served.tokenizer, template)) + tuple(body.stop_token_ids),
         seed=body.seed,
     )
-    return prompt_ids, settings
+    return prompt_ids, settings, reading
 
 
 async def _released_after(events: AsyncIterator[str], release: Callable[[], None]) -> AsyncIterator[str]:
@@ -395,24 +591,41 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-async def _complete(deltas: AsyncIterator, completion_id: str, model: str, n: int, prompt_tokens: int) -> dict:
-    texts, reasons, tokens = [""] * n, [None] * n, [0] * n
+def _tool_call_items(calls: list) -> list[dict]:
+    return [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+             "function": {"name": call.name, "arguments": call.arguments}} for call in calls]
+
+
+def _finish_reason(engine_reason: str | None, calls: list) -> str | None:
+    return "tool_calls" if calls else engine_reason
+
+
+async def _complete(deltas: AsyncIterator, completion_id: str, model: str, n: int, prompt_tokens: int,
+                    reading: ReplyReading) -> dict:
+    parsers, reasons, tokens = [reading.start()[0] for _ in range(n)], [None] * n, [0] * n
     async for delta in deltas:
-        texts[delta.row] += delta.text
+        parsers[delta.row].feed(delta.text)
         tokens[delta.row] = delta.completion_tokens
         reasons[delta.row] = delta.finish_reason or reasons[delta.row]
-    return {
-        "id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": i, "message": {"role": "assistant", "content": texts[i]},
-                     "logprobs": None, "finish_reason": reasons[i]} for i in range(n)],
-        "usage": _usage(prompt_tokens, sum(tokens)),
-    }
+    choices = []
+    for i, parser in enumerate(parsers):
+        _, calls = parser.finish()  # what it released, all of it now, is in parser.released
+        content, reasoning = parser.released[CONTENT], parser.released[REASONING]
+        message = {"role": "assistant", "content": content or (None if calls else ""),
+                   "reasoning_content": reasoning or None}
+        if calls:
+            message["tool_calls"] = _tool_call_items(calls)
+        choices.append({"index": i, "message": message, "logprobs": None,
+                        "finish_reason": _finish_reason(reasons[i], calls)})
+    return {"id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": choices, "usage": _usage(prompt_tokens, sum(tokens))}
 
 
 async def _sse(deltas: AsyncIterator, completion_id: str, model: str, n: int, prompt_tokens: int,
-               include_usage: bool) -> AsyncIterator[str]:
-    """Server-sent events as OpenAI sends them: a role chunk per choice, content chunks, the finish
-    chunks, an optional usage chunk, then `data: [DONE]`."""
+               include_usage: bool, reading: ReplyReading) -> AsyncIterator[str]:
+    """Server-sent events as OpenAI sends them: a role chunk per choice, reasoning and content
+    chunks, each tool call in two chunks (id and name, then arguments), the finish chunks, an
+    optional usage chunk, then `data: [DONE]`."""
     created = int(time.time())
 
     def event(choices: list[dict], usage: dict | None = None) -> str:
@@ -422,19 +635,36 @@ async def _sse(deltas: AsyncIterator, completion_id: str, model: str, n: int, pr
             chunk["usage"] = usage
         return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
 
+    def delta_event(row: int, delta: dict, finish_reason: str | None = None) -> str:
+        return event([{"index": row, "delta": delta, "logprobs": None, "finish_reason": finish_reason}])
+
+    def piece_events(row: int, pieces: list) -> list[str]:
+        return [delta_event(row, {"reasoning_content" if p.kind == REASONING else "content": p.text}) for p in pieces]
+
+    parsers = []
     for i in range(n):
-        yield event([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                      "finish_reason": None}])
+        yield delta_event(i, {"role": "assistant", "content": ""})
+        parser, pieces = reading.start()
+        parsers.append(parser)
+        for chunk in piece_events(i, pieces):
+            yield chunk
     tokens = [0] * n
     try:
         async for delta in deltas:
             tokens[delta.row] = delta.completion_tokens
-            if delta.text:
-                yield event([{"index": delta.row, "delta": {"content": delta.text}, "logprobs": None,
-                              "finish_reason": None}])
+            for chunk in piece_events(delta.row, parsers[delta.row].feed(delta.text)):
+                yield chunk
             if delta.finish_reason:
-                yield event([{"index": delta.row, "delta": {}, "logprobs": None,
-                              "finish_reason": delta.finish_reason}])
+                pieces, calls = parsers[delta.row].finish()
+                for chunk in piece_events(delta.row, pieces):
+                    yield chunk
+                for k, call in enumerate(_tool_call_items(calls)):
+                    yield delta_event(delta.row, {"tool_calls": [{"index": k, "id": call["id"], "type": "function",
+                                                                  "function": {"name": call["function"]["name"],
+                                                                               "arguments": ""}}]})
+                    yield delta_event(delta.row, {"tool_calls": [{"index": k, "function": {
+                        "arguments": call["function"]["arguments"]}}]})
+                yield delta_event(delta.row, {}, _finish_reason(delta.finish_reason, calls))
     except Exception as err:  # headers are sent: report in the stream, as OpenAI does
         yield f"data: {json.dumps({'error': {'message': str(err), 'type': 'server_error'}})}\n\n"
         return
