@@ -34,14 +34,11 @@ from trl import RewardConfig, RewardTrainer
 from llm_tuning.cli import UserError, exits_on_user_error
 from llm_tuning.modeling import first_line, load_tokenizer
 from llm_tuning.rlhf.pair_batches import PairBatchingArguments, pair_trainer, resolve_pair_batching
-from llm_tuning.rlhf.pair_training import (
-    PreferenceArguments, lora_config, save_eval_metrics, train_and_save,
-)
+from llm_tuning.rlhf.pair_training import PreferenceArguments, lora_config, save_eval_metrics, train_and_save
 from llm_tuning.rlhf.pairs import encode_pairs, load_preference_pairs
 from llm_tuning.rlhf.reward_model import pairwise_accuracy, reward_scores
 from llm_tuning.templates import resolve_template
 from llm_tuning.training import parse_args, require_output_dir, run_log_callbacks
-
 
 
 def held_out_accuracy(model, tokenizer, encoded) -> dict:

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,8 @@ from transformers import TrainingArguments
 
 from llm_tuning.cli import UserError
 from llm_tuning.rlhf.pair_batches import (
-    PairBatchingArguments, pair_batch_sampler, pair_lengths, pair_trainer, padded_pair_lengths, resolve_pair_batching,
+    PairBatchingArguments, padded_pair_lengths, pair_batch_sampler, pair_lengths, pair_trainer,
+    resolve_pair_batching,
 )
 from llm_tuning.rlhf.pair_training import PreferenceArguments, lora_config
 from llm_tuning.rlhf.pairs import encode_pair, encode_pairs, load_preference_pairs, render_pair
@@ -32,8 +36,7 @@ def short_pairs(count: int, max_chars: int = 500):
     return pairs[:count]
 
 
-def batching(**flags) -> PairBatchingArguments:
-    return PairBatchingArguments(**flags)
+batching = PairBatchingArguments  # the pair runs' --batching and --max_tokens_per_batch
 
 
 def make_trainer(kind: str, model_path: Path, out: Path, pairs, flags: PairBatchingArguments, **config):
@@ -79,35 +82,10 @@ def trainable(trainer) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("kind", ["dpo", "orpo", "reward"])
-def test_one_step_over_budget_micro_batches_is_one_padded_batch(kind, tiny_qwen2, tmp_path):
-    # One optimizer step over the same 8 pairs: one padded batch of all of them, or length-sorted
-    # micro-batches of a token budget (of unlike sizes) accumulated. SGD with lr 1 and no clipping
-    # moves every weight by minus its gradient: equal moves are equal gradients.
-    pairs = short_pairs(8)
-    budget = largest_pair(tiny_qwen2, pairs) + 8  # room for a token the trainer may add (ORPO: EOS)
-    runs = {}
-    for name, flags in [("padded", batching(batching="random")), ("budget", batching(max_tokens_per_batch=budget))]:
-        trainer = make_trainer(kind, tiny_qwen2, tmp_path / name, pairs, flags, per_device_train_batch_size=8,
-                               max_steps=1, optim="sgd", learning_rate=1.0, max_grad_norm=0.0)
-        batches = [len(batch) for batch in trainer.get_train_dataloader().batch_sampler] if name == "budget" else [8]
-        trainer.args.gradient_accumulation_steps = len(batches)
-        before = trainable(trainer)
-        trainer.train()
-        after = trainable(trainer)
-        runs[name] = {"loss": trainer.state.log_history[0]["loss"], "batches": batches,
-                      "moves": {key: after[key] - before[key] for key in before}}
-    assert len(runs["budget"]["batches"]) >= 3 and len(set(runs["budget"]["batches"])) > 1, runs["budget"]["batches"]
-    assert sum(runs["budget"]["batches"]) == 8
-    assert runs["budget"]["loss"] == pytest.approx(runs["padded"]["loss"], abs=1e-5)
-    for key, move in runs["padded"]["moves"].items():
-        torch.testing.assert_close(runs["budget"]["moves"][key], move, atol=1e-5, rtol=1e-4, msg=key)
-    assert any(move.abs().max() > 1e-4 for move in runs["padded"]["moves"].values())  # it did learn
-
-
 def one_sgd_step(kind: str, model_path: Path, out: Path, flags: PairBatchingArguments, **config) -> dict:
-    """One SGD step (lr 1, no clipping) over the 8 short pairs covering every batch of them; each
-    trainable weight's move (minus its gradient) and the logged loss, on the main process."""
+    """One optimizer step over every batch of the 8 short pairs: the logged loss, the pairs of each
+    micro-batch this process trained on, and each trainable weight's move. With SGD, lr 1 and no
+    clipping, a weight moves by minus its gradient: equal moves are equal gradients."""
     pairs = short_pairs(8)
     trainer = make_trainer(kind, model_path, out, pairs, flags, per_device_train_batch_size=8, max_steps=1,
                            optim="sgd", learning_rate=1.0, max_grad_norm=0.0, **config)
@@ -118,17 +96,28 @@ def one_sgd_step(kind: str, model_path: Path, out: Path, flags: PairBatchingArgu
     before = trainable(trainer)
     trainer.train()
     after = trainable(trainer)
-    return {"loss": trainer.state.log_history[0]["loss"], "pairs": sum(pairs_seen),
+    return {"loss": trainer.state.log_history[0]["loss"], "batches": pairs_seen, "pairs": sum(pairs_seen),
             "moves": {key: after[key] - before[key] for key in before}}
+
+
+@pytest.mark.parametrize("kind", ["dpo", "orpo", "reward"])
+def test_one_step_over_budget_micro_batches_is_one_padded_batch(kind, tiny_qwen2, tmp_path):
+    # One optimizer step over the same 8 pairs: one padded batch of all of them, or length-sorted
+    # micro-batches of a token budget (of unlike sizes) accumulated.
+    budget = largest_pair(tiny_qwen2, short_pairs(8)) + 8  # room for a token the trainer may add (ORPO: EOS)
+    padded = one_sgd_step(kind, tiny_qwen2, tmp_path / "padded", batching(batching="random"))
+    budgeted = one_sgd_step(kind, tiny_qwen2, tmp_path / "budget", batching(max_tokens_per_batch=budget))
+    assert padded["batches"] == [8]
+    assert len(budgeted["batches"]) >= 3 and len(set(budgeted["batches"])) > 1, budgeted["batches"]
+    assert budgeted["loss"] == pytest.approx(padded["loss"], abs=1e-5)
+    for key, move in padded["moves"].items():
+        torch.testing.assert_close(budgeted["moves"][key], move, atol=1e-5, rtol=1e-4, msg=key)
+    assert any(move.abs().max() > 1e-4 for move in padded["moves"].values())  # it did learn
 
 
 def test_two_processes_on_budget_micro_batches_take_the_padded_batchs_step(tiny_qwen2, tmp_path):
     # torchrun deals the budget batches out to 2 ranks, so they hold different numbers of pairs:
     # the pairs must still count alike across ranks (DDP averages the ranks' gradients).
-    import shutil
-    import subprocess
-    import sys
-
     padded = one_sgd_step("dpo", tiny_qwen2, tmp_path / "padded", batching(batching="random"))
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
     budget = largest_pair(tiny_qwen2, short_pairs(8)) + 8
@@ -221,8 +210,8 @@ def test_pair_lengths_read_each_trainers_columns():
     (dict(), dict(train_sampling_strategy="group_by_length"), "group_by_length batching is not available"),
     (dict(max_tokens_per_batch=512), dict(loss_type=["sigmoid", "aot"]),
      "--loss_type aot is not a mean over pairs, .*; pass --batching sorted or random"),
-    (dict(max_tokens_per_batch=10), {}, r"a pair takes 14 tokens \(chosen and rejected, each padded to the "
-                                        r"longer\), more than --max_tokens_per_batch 10; raise"),
+    (dict(max_tokens_per_batch=10), {}, (r"a pair takes 14 tokens \(chosen and rejected, each padded to the "
+                                         r"longer\), more than --max_tokens_per_batch 10; raise")),
 ])
 def test_pair_batching_mistakes_are_one_sentence(flags, config, message):
     from trl import DPOConfig
@@ -260,6 +249,4 @@ def test_the_scripts_print_their_batching_and_refuse_packed_pairs_in_one_sentenc
 
 
 if __name__ == "__main__":  # a torchrun rank of test_two_processes_on_budget_micro_batches_take_the_padded_batchs_step
-    import sys
-
     ddp_worker(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))

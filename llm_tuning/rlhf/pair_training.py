@@ -98,9 +98,9 @@ def train_on_pairs(trainer_class, args: PreferenceArguments, batching_args: Pair
     from transformers import set_seed
 
     from ..modeling import load_model, load_tokenizer
-    from .margins import preference_margin
     from ..templates import resolve_template
     from ..training import require_output_dir, run_log_callbacks
+    from .margins import preference_margin
 
     require_output_dir(training_args)
     resolve_pair_batching(batching_args, training_args)  # a flag mistake stops the run before anything loads
