@@ -2,7 +2,7 @@
 
     python bench/train_throughput.py                      # ~5 min on 2 CPU cores (--repeats 3: ~12 min)
     python bench/train_throughput.py --rows 1200 --hidden_size 512 --num_layers 8   # on a GPU
-    python bench/train_throughput.py --table dpo          # DPO on preference pairs (--repeats 3: ~40 min)
+    python bench/train_throughput.py --table dpo          # DPO on preference pairs (--repeats 3: 15-40 min, 2 busy cores)
 
 A tiny-but-not-trivial random Qwen2 (hidden 256, 4 layers by default) with a LoRA adapter trains
 one epoch over bench/data/long_tail.jsonl (make_long_tail.py) in each of these ways:
