@@ -17,6 +17,11 @@ exactly the prompt format chat.py uses. At the end the script measures, on the h
         --output_dir weights/my-dpo --per_device_train_batch_size 2 --gradient_accumulation_steps 8 \
         --learning_rate 5e-6 --beta 0.1 --loss_type sigmoid --bf16 true --max_length 1024
 
+Pairs train in length-sorted batches of a token budget (chosen and rejected counted together; as
+many batches as --per_device_train_batch_size pairs would make), exact under gradient accumulation:
+--batching tokens|sorted|random and --max_tokens_per_batch N choose otherwise, as for SFT
+(llm_tuning/rlhf/pair_batches.py). The aot, aot_unpaired and sft losses, which are no mean over
+pairs, keep the trainer's own batches. --resume_from_checkpoint true continues on the same batches.
 Every DPOConfig (TrainingArguments) flag works. Tested with trl 1.16, peft 0.21.
 Writes to --output_dir: the adapter (safetensors), the tokenizer, llm_tuning.json (so chat.py
 --adapter works), trainer_log.jsonl and eval_metrics.json.
@@ -25,14 +30,15 @@ Writes to --output_dir: the adapter (safetensors), the tokenizer, llm_tuning.jso
 from trl import DPOConfig, DPOTrainer
 
 from llm_tuning.cli import exits_on_user_error
+from llm_tuning.rlhf.pair_batches import PairBatchingArguments
 from llm_tuning.rlhf.pair_training import PreferenceArguments, train_on_pairs
 from llm_tuning.training import parse_args
 
 
 @exits_on_user_error
-def main(args: PreferenceArguments, training_args: DPOConfig) -> dict | None:
+def main(args: PreferenceArguments, batching_args: PairBatchingArguments, training_args: DPOConfig) -> dict | None:
     # DPOTrainer with ref_model=None and a peft_config uses the SFT model with the adapter off as the reference.
-    return train_on_pairs(DPOTrainer, args, training_args, "dpo",
+    return train_on_pairs(DPOTrainer, args, batching_args, training_args, "dpo",
                           trainer_ids=lambda row: row["prompt_ids"] + row["chosen_ids"],
                           trainer_kwargs={"ref_model": None},
                           run_config={"loss_type": list(training_args.loss_type), "beta": training_args.beta})
@@ -40,7 +46,7 @@ def main(args: PreferenceArguments, training_args: DPOConfig) -> dict | None:
 
 @exits_on_user_error
 def cli(argv: list[str] | None = None) -> dict | None:
-    return main(*parse_args(PreferenceArguments, DPOConfig, argv=argv))
+    return main(*parse_args(PreferenceArguments, PairBatchingArguments, DPOConfig, argv=argv))
 
 
 if __name__ == "__main__":

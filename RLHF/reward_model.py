@@ -16,6 +16,10 @@ reports pairwise accuracy on the held-out pairs (--eval_file) and writes it to e
         --per_device_train_batch_size 4 --gradient_accumulation_steps 4 --num_train_epochs 1 \
         --learning_rate 2e-5 --bf16 true --max_length 1024
 
+Pairs train in length-sorted batches of a token budget (chosen and rejected counted together; as
+many batches as --per_device_train_batch_size pairs would make), exact under gradient accumulation:
+--batching tokens|sorted|random and --max_tokens_per_batch N choose otherwise, as for SFT
+(llm_tuning/rlhf/pair_batches.py). --resume_from_checkpoint true continues on the same batches.
 Data: prompt/chosen/rejected, prompt/selected/rejected or instruction/input/output with
 output = [chosen, rejected] (optional history and system keys); a bad record stops the run with
 file:line. Every RewardConfig (TrainingArguments) flag works. Tested with trl 1.16, peft 0.21.
@@ -29,17 +33,14 @@ from trl import RewardConfig, RewardTrainer
 
 from llm_tuning.cli import UserError, exits_on_user_error
 from llm_tuning.modeling import first_line, load_tokenizer
-from llm_tuning.rlhf.reward_model import reward_scores
-from llm_tuning.rlhf.pair_training import (
-    PreferenceArguments, lora_config, save_eval_metrics, train_and_save,
-)
+from llm_tuning.rlhf.pair_batches import PairBatchingArguments, pair_trainer, resolve_pair_batching
+from llm_tuning.rlhf.pair_training import PreferenceArguments, lora_config, save_eval_metrics, train_and_save
 from llm_tuning.rlhf.pairs import encode_pairs, load_preference_pairs
-from llm_tuning.rlhf.reward_model import pairwise_accuracy
+from llm_tuning.rlhf.reward_model import pairwise_accuracy, reward_scores
 from llm_tuning.templates import resolve_template
 from llm_tuning.checkpoints import require_output_dir
 from llm_tuning.run_logs import run_log_callbacks
 from llm_tuning.training import parse_args
-
 
 
 def held_out_accuracy(model, tokenizer, encoded) -> dict:
@@ -52,8 +53,9 @@ def held_out_accuracy(model, tokenizer, encoded) -> dict:
 
 
 @exits_on_user_error
-def main(args: PreferenceArguments, training_args: RewardConfig) -> dict | None:
+def main(args: PreferenceArguments, batching_args: PairBatchingArguments, training_args: RewardConfig) -> dict | None:
     require_output_dir(training_args)
+    resolve_pair_batching(batching_args, training_args)  # a flag mistake stops the run before anything loads
     set_seed(training_args.seed)
 
     # Tokenizer and template: those of the SFT run, so the reward model reads what the policy writes.
@@ -75,8 +77,10 @@ def main(args: PreferenceArguments, training_args: RewardConfig) -> dict | None:
     model.config.pad_token_id = tokenizer.pad_token_id  # the head reads the last non-pad token
 
     training_args.max_length = None  # already filtered by encode_pairs
-    trainer = RewardTrainer(model=model, args=training_args, train_dataset=dataset, processing_class=tokenizer,
-                            peft_config=lora_config(model, args, "SEQ_CLS"), callbacks=run_log_callbacks())
+    # Pairs in length-sorted batches of a token budget unless --batching says otherwise.
+    trainer = pair_trainer(RewardTrainer, batching_args, model=model, args=training_args, train_dataset=dataset,
+                           processing_class=tokenizer, peft_config=lora_config(model, args, "SEQ_CLS"),
+                           callbacks=run_log_callbacks())
     if not train_and_save(trainer, tokenizer, args, template, "reward_model") or held_out is None:
         return None
     metrics = held_out_accuracy(trainer.model, tokenizer, held_out)
@@ -88,7 +92,7 @@ def main(args: PreferenceArguments, training_args: RewardConfig) -> dict | None:
 
 @exits_on_user_error
 def cli(argv: list[str] | None = None) -> dict | None:
-    return main(*parse_args(PreferenceArguments, RewardConfig, argv=argv))
+    return main(*parse_args(PreferenceArguments, PairBatchingArguments, RewardConfig, argv=argv))
 
 
 if __name__ == "__main__":

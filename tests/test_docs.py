@@ -65,8 +65,10 @@ NOT_RUN = {
     "bash test.sh": "runs the whole test suite, this test included",
     "pytest tests/": "runs tests of this suite, which CI runs anyway",
     "my_pairs.jsonl": "a pattern for the user's own preference data",
-    "bench/train_throughput.py": "a 5-12 min benchmark that prints figures, not a check "
-                                 "(its batching modes are tested in tests/test_batching.py)",
+    "bench/train_throughput.py": "a 5-40 min benchmark that prints figures, not a check (its batching "
+                                 "modes are tested in tests/test_batching.py and tests/test_pair_batches.py)",
+    "--scale 10000,100000,1000000": "a 15 min benchmark of the tokenize step on up to a million generated rows "
+                                    "(streaming is tested in tests/test_tokenize_streaming.py)",
 }
 MAX_STEPS = "2"
 # With README.md, the folder READMEs run beside it in these two background streams of about equal

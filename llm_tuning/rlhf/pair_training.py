@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..cli import UserError
 from ..templates import Template
+from .pair_batches import PairBatchingArguments, pair_trainer, resolve_pair_batching
 from .pairs import EncodedPair, encode_pair, encode_pairs, load_preference_pairs, render_pair
 
 
@@ -52,13 +53,15 @@ def save_eval_metrics(output_dir: str | Path, metrics: dict) -> dict:
 
 def train_and_save(trainer, tokenizer, args: PreferenceArguments, template: Template, stage: str,
                    **run_config) -> bool:
-    """Train, then save the adapter, the tokenizer and llm_tuning.json (what chat.py --adapter and
-    the later stages read) to the trainer's output_dir. False on the processes that are not the main one."""
-    from ..run_config import save_run_config
+    """Train (or resume, with --resume_from_checkpoint), then save the adapter, the tokenizer and
+    llm_tuning.json (what chat.py --adapter and the later stages read) to the trainer's output_dir.
+    False on the processes that are not the main one."""
     from ..atomic import atomic_files
+    from ..run_config import save_run_config
+    from ..checkpoints import resume_argument
 
     output_dir = trainer.args.output_dir
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_argument(trainer.args))
     # Written aside, then renamed in: a full disk or a kill leaves the previous adapter as it was.
     with atomic_files(output_dir, writer=trainer.is_world_process_zero()) as saving_dir:
         trainer.save_model(str(saving_dir))
@@ -80,10 +83,11 @@ def check_same_ids(got: list[int], expected: EncodedPair, tokenizer, trainer_nam
         )
 
 
-def train_on_pairs(trainer_class, args: PreferenceArguments, training_args, stage: str, trainer_ids,
-                   trainer_kwargs: dict | None = None, run_config: dict | None = None) -> dict | None:
+def train_on_pairs(trainer_class, args: PreferenceArguments, batching_args: PairBatchingArguments, training_args,
+                   stage: str, trainer_ids, trainer_kwargs: dict | None = None,
+                   run_config: dict | None = None) -> dict | None:
     """Train a LoRA adapter on the SFT model with a TRL trainer that learns from the text pairs
-    (DPOTrainer, ORPOTrainer), and measure the held-out margin log π(chosen) - log π(rejected)
+    (DPOTrainer, ORPOTrainer) on batches per `batching_args`, and measure the held-out margin log π(chosen) - log π(rejected)
     before (adapter off: the SFT model) and after.
 
     `trainer_ids(row)` gives the prompt + chosen ids of one row of the trainer's tokenized dataset;
@@ -94,12 +98,13 @@ def train_on_pairs(trainer_class, args: PreferenceArguments, training_args, stag
     from transformers import set_seed
 
     from ..modeling import load_model, load_tokenizer
-    from .margins import preference_margin
     from ..templates import resolve_template
     from ..checkpoints import require_output_dir
     from ..run_logs import run_log_callbacks
+    from .margins import preference_margin
 
     require_output_dir(training_args)
+    resolve_pair_batching(batching_args, training_args)  # a flag mistake stops the run before anything loads
     set_seed(training_args.seed)
     tokenizer = load_tokenizer(args.model_name_or_path, training_args.trust_remote_code)
     template = resolve_template(args.template, tokenizer, args.model_name_or_path, training_args.trust_remote_code)
@@ -110,9 +115,10 @@ def train_on_pairs(trainer_class, args: PreferenceArguments, training_args, stag
 
     # The SFT model; the trainer adds the LoRA adapter (for DPO the model without it is the reference).
     model = load_model(args.model_name_or_path, "float32", training_args.trust_remote_code)
-    trainer = trainer_class(model=model, args=training_args, train_dataset=dataset, processing_class=tokenizer,
-                            peft_config=lora_config(model, args, "CAUSAL_LM"), callbacks=run_log_callbacks(),
-                            **(trainer_kwargs or {}))
+    # Length-sorted batches of a token budget by default (pair_batches.py).
+    trainer = pair_trainer(trainer_class, batching_args, model=model, args=training_args, train_dataset=dataset,
+                           processing_class=tokenizer, peft_config=lora_config(model, args, "CAUSAL_LM"),
+                           callbacks=run_log_callbacks(), **(trainer_kwargs or {}))
     check_same_ids(trainer_ids(trainer.train_dataset[0]), encode_pair(tokenizer, template, pairs[0]), tokenizer,
                    trainer_class.__name__)
     print(f"{len(dataset)} pairs; first prompt: {dataset[0]['prompt']!r}")
