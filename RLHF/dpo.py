@@ -31,14 +31,17 @@ from trl import DPOConfig, DPOTrainer
 
 from llm_tuning.cli import exits_on_user_error
 from llm_tuning.rlhf.pair_batches import PairBatchingArguments
-from llm_tuning.rlhf.pair_training import PreferenceArguments, train_on_pairs
+from llm_tuning.rlhf.pair_training import train_on_pairs
+from llm_tuning.rlhf.pairs import PreferenceDataArguments
+from llm_tuning.rlhf.stage import ModelArguments
 from llm_tuning.training import parse_args
 
 
 @exits_on_user_error
-def main(args: PreferenceArguments, batching_args: PairBatchingArguments, training_args: DPOConfig) -> dict | None:
+def main(args: ModelArguments, data_args: PreferenceDataArguments, batching_args: PairBatchingArguments,
+         training_args: DPOConfig) -> dict | None:
     # DPOTrainer with ref_model=None and a peft_config uses the SFT model with the adapter off as the reference.
-    return train_on_pairs(DPOTrainer, args, batching_args, training_args, "dpo",
+    return train_on_pairs(DPOTrainer, args, data_args, batching_args, training_args, "dpo",
                           trainer_ids=lambda row: row["prompt_ids"] + row["chosen_ids"],
                           trainer_kwargs={"ref_model": None},
                           run_config={"loss_type": list(training_args.loss_type), "beta": training_args.beta})
@@ -46,7 +49,8 @@ def main(args: PreferenceArguments, batching_args: PairBatchingArguments, traini
 
 @exits_on_user_error
 def cli(argv: list[str] | None = None) -> dict | None:
-    return main(*parse_args(PreferenceArguments, PairBatchingArguments, DPOConfig, argv=argv))
+    return main(*parse_args(ModelArguments, PreferenceDataArguments, PairBatchingArguments, DPOConfig,
+                            argv=argv))
 
 
 if __name__ == "__main__":

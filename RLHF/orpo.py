@@ -35,21 +35,25 @@ from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
 from llm_tuning.cli import exits_on_user_error
 from llm_tuning.rlhf.pair_batches import PairBatchingArguments
-from llm_tuning.rlhf.pair_training import PreferenceArguments, train_on_pairs
+from llm_tuning.rlhf.pair_training import train_on_pairs
+from llm_tuning.rlhf.pairs import PreferenceDataArguments
+from llm_tuning.rlhf.stage import ModelArguments
 from llm_tuning.training import parse_args
 
 
 @exits_on_user_error
-def main(args: PreferenceArguments, batching_args: PairBatchingArguments, training_args: ORPOConfig) -> dict | None:
+def main(args: ModelArguments, data_args: PreferenceDataArguments, batching_args: PairBatchingArguments,
+         training_args: ORPOConfig) -> dict | None:
     # ORPOTrainer's rows hold the whole prompt + chosen sequence under chosen_input_ids.
-    return train_on_pairs(ORPOTrainer, args, batching_args, training_args, "orpo",
+    return train_on_pairs(ORPOTrainer, args, data_args, batching_args, training_args, "orpo",
                           trainer_ids=lambda row: row["chosen_input_ids"],
                           run_config={"beta": training_args.beta})
 
 
 @exits_on_user_error
 def cli(argv: list[str] | None = None) -> dict | None:
-    return main(*parse_args(PreferenceArguments, PairBatchingArguments, ORPOConfig, argv=argv))
+    return main(*parse_args(ModelArguments, PreferenceDataArguments, PairBatchingArguments, ORPOConfig,
+                            argv=argv))
 
 
 if __name__ == "__main__":
