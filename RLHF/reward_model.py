@@ -14,7 +14,7 @@ reports pairwise accuracy on the held-out pairs (--eval_file) and writes it to e
     python RLHF/reward_model.py --model_name_or_path weights/my-sft-merged \
         --train_file my_pairs.jsonl --eval_file my_pairs_eval.jsonl --output_dir weights/my-rm \
         --per_device_train_batch_size 4 --gradient_accumulation_steps 4 --num_train_epochs 1 \
-        --learning_rate 2e-5 --bf16 true --max_length 1024
+        --learning_rate 2e-5 --bf16 true --dtype bfloat16 --max_length 1024
 
 Pairs train in length-sorted batches of a token budget (chosen and rejected counted together; as
 many batches as --per_device_train_batch_size pairs would make), exact under gradient accumulation:
@@ -22,9 +22,12 @@ many batches as --per_device_train_batch_size pairs would make), exact under gra
 (llm_tuning/rlhf/pair_batches.py). --resume_from_checkpoint true continues on the same batches.
 Data: prompt/chosen/rejected, prompt/selected/rejected or instruction/input/output with
 output = [chosen, rejected] (optional history and system keys); a bad record stops the run with
-file:line. Every RewardConfig (TrainingArguments) flag works. Tested with trl 1.16, peft 0.21.
-Writes to --output_dir: the adapter with its score head (safetensors), the tokenizer,
-llm_tuning.json (base model, template) and eval_metrics.json. ppo.py loads it with --reward_model.
+file:line. The SFT model loads in --dtype (auto, as for SFT, by default; bfloat16 takes half the
+memory of float32). The held-out figure is the pairwise accuracy `eval.py reward` gives on the same
+file (`score_pairs` in llm_tuning/rlhf/reward_model.py). Every RewardConfig (TrainingArguments) flag
+works. Tested with trl 1.16, peft 0.21. Writes to --output_dir: the adapter with its score head
+(safetensors), the tokenizer, llm_tuning.json (base model, template, trust_remote_code) and
+eval_metrics.json. ppo.py loads it with --reward_model.
 """
 
 from datasets import Dataset
