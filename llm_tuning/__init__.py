@@ -31,8 +31,8 @@ Using a trained run
     experiment     small experiments (projects/, SDE/): tokenize, run a recipe as a command, answer
 
 Subpackages
-    rlhf           preference pairs and their token-budget batches, reward models, the PPO core, margins,
-                   DPO/ORPO, GRPO (RLHF/)
+    rlhf           what every stage shares (stage), preference pairs and their token-budget batches,
+                   reward models, rollouts (PPO and GRPO), PPO, margins, DPO/ORPO, GRPO (RLHF/)
     pretrain       shards, mixtures, the resumable block stream, vocabulary extension (pretrain/)
     serve          request-batching engines and the OpenAI-compatible API (api_server.py)
 

@@ -22,8 +22,8 @@ from llm_tuning.rlhf.pair_batches import (
     PairBatchingArguments, padded_pair_lengths, pair_batch_sampler, pair_lengths, pair_trainer,
     resolve_pair_batching,
 )
-from llm_tuning.rlhf.pair_training import PreferenceArguments, lora_config
 from llm_tuning.rlhf.pairs import encode_pair, encode_pairs, load_preference_pairs, render_pair
+from llm_tuning.rlhf.stage import ModelArguments, lora_config
 from llm_tuning.templates import get_template
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -65,7 +65,7 @@ def make_trainer(kind: str, model_path: Path, out: Path, pairs, flags: PairBatch
         trainer_class, args, extra = ((DPOTrainer, DPOConfig(**config), {"ref_model": None}) if kind == "dpo"
                                       else (ORPOTrainer, ORPOConfig(**config, beta=0.5), {}))
         task = "CAUSAL_LM"
-    lora = lora_config(model, PreferenceArguments("unused", "unused", lora_dropout=0.0), task)
+    lora = lora_config(model, ModelArguments("unused", lora_dropout=0.0), task)
     return pair_trainer(trainer_class, flags, model=model, args=args, train_dataset=dataset,
                         processing_class=tokenizer, peft_config=lora, **extra)
 
