@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from transformers import HfArgumentParser, TrainerCallback, TrainingArguments
 
 from .cli import ChecksFlags, UserError, checked_flags, exit_with_usage_error, parse_bool
@@ -23,7 +24,7 @@ class ModelArguments:
         default=None, metadata={"help": "Base model (hub id or path). Default: the one the dataset was tokenized with."}
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Run the model's own code (ChatGLM, Baichuan, Qwen v1)."})
-    dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16 or float16 for the base weights."})
+    dtype: str = field(default="auto", metadata={"help": "auto (the checkpoint's dtype on a GPU, float32 on a CPU), float32, bfloat16 or float16 for the base weights."})
     quantization_bit: int | None = field(default=None, metadata={"help": "4 or 8: QLoRA over a bitsandbytes-quantized base."})
     rope_scaling: str | None = field(
         default=None, metadata={"help": "linear, dynamic or yarn: stretch RoPE to contexts longer than the model's."}
@@ -283,9 +284,21 @@ class TrainerLogCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
+            if "train_runtime" in logs:  # the run's summary: what it cost, beside how long it took
+                logs = {**logs, "peak_memory_mib": round(peak_memory_mib())}
             Path(args.output_dir).mkdir(parents=True, exist_ok=True)
             with open(Path(args.output_dir) / TRAINER_LOG_FILE, "a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+
+def peak_memory_mib() -> float:
+    """Peak memory of this process so far: CUDA's peak allocation on a GPU, else the peak resident set."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
 
 class LossPlotCallback(TrainerCallback):
