@@ -87,7 +87,8 @@ def load_model(
 def auto_dtype() -> str | torch.dtype:
     """`--dtype auto`: the checkpoint's own dtype on a GPU, float32 on a CPU. Most checkpoints say
     bfloat16 (SmolLM2, Qwen2.5, Llama-3), and a CPU without bf16 instructions runs bf16 matmuls
-    emulated: SmolLM2-135M took minutes per LoRA step in bf16 here, against ~20 s in float32.
+    emulated: one forward + backward of SmolLM2-135M on 8 rows took 111 CPU-seconds in bf16 here,
+    6.6 in float32.
     `--bf16 true --use_cpu true` still trains in bf16 (autocast over the float32 weights)."""
     return "auto" if torch.cuda.is_available() else torch.float32
 

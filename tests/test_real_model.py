@@ -134,11 +134,15 @@ def merged(sandbox, demo) -> tuple[Path, str]:
 
 @pytest.mark.real
 def test_the_demo_shows_held_out_answers_before_and_after_training(demo, sandbox):
-    before = demo.split("==> 3/5", 1)[1].split("==> 4/5", 1)[0]
+    def replies(part: str) -> list[str]:
+        return [line.removeprefix("Assistant: ") for line in part.splitlines() if line.startswith("Assistant: ")]
+
+    before = replies(demo.split("==> 3/5", 1)[1].split("==> 4/5", 1)[0])
     after = demo.split("==> 5/5", 1)[1]
-    replies = [line.removeprefix("Assistant: ") for line in after.splitlines() if line.startswith("Assistant: ")]
-    assert len(replies) == 2 and all(TRAINED_FORMAT.match(reply) for reply in replies), after
-    assert before.count("Assistant: ") == 2 and not TRAINED_FORMAT.search(before), before
+    in_format = sum(bool(TRAINED_FORMAT.match(reply)) for reply in replies(after))
+    assert len(before) == 2 and not any(TRAINED_FORMAT.match(reply) for reply in before), before
+    assert len(replies(after)) == 2 and in_format >= 1, after
+    assert f"==> {in_format} of 2 replies in the trained format" in after
     assert re.search(r"==> training took \d+ s, the whole demo \d+ s", demo)
     summary = json.loads((sandbox.root / ADAPTER_DIR / TRAINER_LOG_FILE).read_text().splitlines()[-1])
     assert summary["step"] == 12 and summary["peak_memory_mib"] > 500
