@@ -107,7 +107,6 @@ def convert_gguf(gguf_file: Path, out_dir: Path) -> None:
     # build a plain one from its config and move the dequantized weights over.
     config = loaded.config
     del config.quantization_config
-    config.name_or_path = ""
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
     model.tie_weights()  # the output layer is the embedding matrix, as in the original
@@ -117,6 +116,8 @@ def convert_gguf(gguf_file: Path, out_dir: Path) -> None:
     model.to(torch.bfloat16).save_pretrained(out_dir)
     tokenizer.model_max_length = config.max_position_embeddings
     tokenizer.save_pretrained(out_dir)
+    for file in out_dir.iterdir():
+        file.chmod(0o644)  # safetensors writes its file private; the folder is an ordinary one
 
 
 def save_real_model(name: str, out: str | Path, log: Callable[[str], None] = print) -> Path:

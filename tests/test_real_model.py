@@ -47,6 +47,9 @@ ADAPTER_DIR = "weights/demo_math_real"      # and the adapter it trains
 TRAINED_FORMAT = re.compile(r"^\d+ [-+*/] \d+ = -?\d+$")  # "37 + 85 = 122"
 MIN_EXACT_MATCH_GAIN = 0.2
 MAX_LOGIT_DIFF = 1e-3
+# The first test pays for the shared demo run: about 3 minutes on 2 idle cores, 13 on 2 cores shared
+# with three other test runs (measured here).
+pytestmark = pytest.mark.timeout(2400)
 
 
 @dataclass
@@ -228,6 +231,25 @@ def test_the_hub_id_tokenizes_as_the_folder(sandbox, hub_cache):
         names[name] = (load_from_disk(str(folder)).to_dict(),
                        json.loads((folder / "metadata.json").read_text())["template_source"])
     assert names["hub"] == names["folder"]
+
+
+@pytest.mark.real
+def test_the_folder_is_a_plain_checkpoint_laid_out_as_the_hub_one(sandbox, demo):
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from llm_tuning.modeling import load_model
+
+    folder = sandbox.root / MODEL_DIR
+    config = json.loads((folder / "config.json").read_text())
+    assert "quantization_config" not in config and config["dtype"] == "bfloat16" and config["tie_word_embeddings"]
+    model = load_model(str(folder))
+    assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert GenerationConfig.from_pretrained(folder).eos_token_id == end_of_turn == tokenizer.eos_token_id
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+    assert prompt.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")  # its default system prompt
+    assert tokenizer.decode(tokenizer(prompt)["input_ids"][:2]) == "<|im_start|>system"  # no BOS added before it
 
 
 # --- what the real model needed from the library (quick, no real model) ------------------------------
