@@ -38,6 +38,7 @@ from .inference import load_for_inference
 from .modeling import load_tokenizer
 from .records import read_records
 from .templates import Template, resolve_template
+from .tiny_models import save_tiny_model
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -103,12 +104,5 @@ def build_tiny_stand_in(out: str | Path, corpus_dir: str | Path, arch: str = "qw
                         num_layers: int = 2, vocab_size: int = 2000, seed: int = 0) -> Path:
     """A tiny random model whose tokenizer was trained on `corpus_dir` (json/jsonl): the offline
     stand-in for a real checkpoint when the data is not the shipped data/ sample."""
-    from .testing import build_model, build_tokenizer
-
-    out = Path(out)
-    tokenizer = build_tokenizer(arch, vocab_size=vocab_size, corpus_dir=Path(corpus_dir))
-    model = build_model(arch, tokenizer, hidden_size=hidden_size, num_layers=num_layers, seed=seed)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return save_tiny_model(arch, out, hidden_size=hidden_size, num_layers=num_layers, seed=seed,
+                           vocab_size=vocab_size, corpus_dir=Path(corpus_dir))

@@ -7,7 +7,7 @@ import pytest
 from llm_tuning import inference
 from llm_tuning.cli import UserError
 from llm_tuning.run_config import save_run_config
-from llm_tuning.testing import CHECKOUT_DIR, SHIPPED_CORPUS, corpus_files
+from llm_tuning.tiny_models import CHECKOUT_DIR, SHIPPED_CORPUS, corpus_files
 
 
 def fake_adapter(tmp_path, **run_config):
@@ -86,6 +86,6 @@ def test_nothing_to_load_is_one_sentence():
 
 def test_the_tiny_tokenizer_corpus_is_the_fixed_shipped_list(tmp_path, monkeypatch):
     assert corpus_files() == [CHECKOUT_DIR / name for name in SHIPPED_CORPUS]
-    monkeypatch.setattr("llm_tuning.testing.CHECKOUT_DIR", tmp_path)  # an installed package: no data/ beside it
+    monkeypatch.setattr("llm_tuning.tiny_models.CHECKOUT_DIR", tmp_path)  # an installed package: no data/ beside it
     with pytest.raises(FileNotFoundError, match="pass corpus_dir"):
         corpus_files()
