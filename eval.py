@@ -28,7 +28,7 @@ from llm_tuning.evaluation import (
     evaluate_choices, evaluate_generation, evaluate_perplexity, load_choice_questions, load_eval_conversations,
 )
 from llm_tuning.generation import GenerationSettings
-from llm_tuning.inference import add_model_arguments, load_chat_model
+from llm_tuning.inference import add_model_arguments, load_chat_model, settings_for
 
 TASKS = ("generate", "perplexity", "choice", "reward")
 
@@ -66,18 +66,14 @@ def evaluate_reward(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     from llm_tuning.modeling import load_tokenizer
     from llm_tuning.rlhf.pairs import load_preference_pairs
     from llm_tuning.rlhf.reward_model import load_reward_model, score_pairs
-    from llm_tuning.run_config import read_run_config
     from llm_tuning.templates import resolve_template
 
     source, base = reward_model_source(args)
     pairs = load_preference_pairs(args.data)
-    run_config = read_run_config(source)
-    trust = run_config.get("trust_remote_code", False) if args.trust_remote_code is None else args.trust_remote_code
-    tokenizer = load_tokenizer(source, trust)
-    template = resolve_template(args.template, tokenizer, base or source, trust, run_dir=source)
-    rope_scaling = args.rope_scaling or run_config.get("rope_scaling")
-    rope_factor = args.rope_factor or run_config.get("rope_factor", 2.0)
-    model = load_reward_model(source, args.dtype, trust, base=base, rope_scaling=rope_scaling, rope_factor=rope_factor)
+    settings = settings_for(args, source)
+    tokenizer = load_tokenizer(source, settings.trust_remote_code)
+    template = resolve_template(args.template, tokenizer, base or source, settings.trust_remote_code, run_dir=source)
+    model = load_reward_model(source, args.dtype, settings.trust_remote_code, base=base, **settings.rope)
     scores = score_pairs(model, tokenizer, template, pairs, args.batch_size)
     rows = [{"prompt": p.prompt, "chosen_score": c, "rejected_score": r}
             for p, c, r in zip(pairs, scores.chosen, scores.rejected)]

@@ -30,7 +30,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from llm_tuning.atomic import write_jsonl
-from llm_tuning.cli import ArgumentParser, exits_on_user_error
+from llm_tuning.cli import ArgumentParser, exits_on_user_error, parse_bool
 from llm_tuning.experiment import (
     answer_all, build_tiny_stand_in, load_adapted, tokenize_records, train_adapter,
 )
@@ -56,7 +56,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--model", default=TINY, help=f"hub id or path; {TINY!r} builds an offline stand-in")
     parser.add_argument("--recipe", default=str(REPO_ROOT / "qwen_lora_tuning.py"), help="the training recipe")
     parser.add_argument("--template", default="auto")
-    parser.add_argument("--trust_remote_code", action="store_true")
+    parser.add_argument("--trust_remote_code", type=parse_bool, default=False,
+                        help="true/false: run the model's own code (Baichuan, ChatGLM, ...)")
     parser.add_argument("--train_file", default=str(SDE_DIR / "data" / "d1_train.jsonl"))
     parser.add_argument("--id_test_file", default=str(SDE_DIR / "data" / "d1_test.jsonl"))
     parser.add_argument("--ood_test_file", default=str(SDE_DIR / "data" / "d2_test.jsonl"))

@@ -15,7 +15,7 @@ import torch
 from llm_tuning.generation import BatchDecoder, GenerationSettings
 from llm_tuning.modeling import load_model, load_tokenizer
 from llm_tuning.templates import encode_prompt, get_template, guess_template
-from llm_tuning.testing import save_tiny_model
+from llm_tuning.tiny_models import save_tiny_model
 
 QUESTIONS = ["计算 3 + 94 等于多少？", "What is 75 + 54?", "请介绍一下长城。", "Say hello in Chinese."]
 

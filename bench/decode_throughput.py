@@ -45,7 +45,7 @@ import transformers  # noqa: E402
 from llm_tuning.generation import BatchDecoder, GenerationSettings, length_sorted_batches  # noqa: E402
 from llm_tuning.modeling import load_model, load_tokenizer  # noqa: E402
 from llm_tuning.templates import encode_prompt, resolve_template, stop_token_ids  # noqa: E402
-from llm_tuning.testing import save_tiny_model  # noqa: E402
+from llm_tuning.tiny_models import save_tiny_model  # noqa: E402
 
 LONG_TAIL = REPO_ROOT / "bench" / "data" / "long_tail.jsonl"
 REAL_MODEL = "models/smollm2-135m-instruct"

@@ -65,7 +65,7 @@ def main() -> None:
     from llm_tuning.data import TokenizeConfig, tokenize_file
     from llm_tuning.modeling import load_tokenizer
     from llm_tuning.records import RecordKeys
-    from llm_tuning.testing import save_tiny_model
+    from llm_tuning.tiny_models import save_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or str(save_tiny_model("qwen2", Path(tmp) / "model"))
@@ -105,7 +105,7 @@ def scale(args, counts: list[int]) -> None:
     import subprocess
 
     from llm_tuning.modeling import load_tokenizer
-    from llm_tuning.testing import save_tiny_model
+    from llm_tuning.tiny_models import save_tiny_model
 
     rows = [json.loads(line) for line in LONG_TAIL.read_text(encoding="utf-8").splitlines()]
     results = []

@@ -97,7 +97,7 @@ def prepare(args: argparse.Namespace, work_dir: Path) -> tuple[Path, Path]:
     from transformers import AutoTokenizer
 
     from llm_tuning.data import TokenizeConfig, save_tokenized, tokenize_file
-    from llm_tuning.testing import save_tiny_model
+    from llm_tuning.tiny_models import save_tiny_model
 
     model_dir = save_tiny_model("qwen2", work_dir / "model", hidden_size=args.hidden_size, num_layers=args.num_layers)
     if args.table == "dpo":

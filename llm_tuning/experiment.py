@@ -5,15 +5,21 @@ do, for each run:
 
     tokenize_records(...)   # what tokenize_dataset_rows.py does: tokenize_file + save_tokenized
     train_adapter(...)      # runs `python <recipe>.py ...`, the recipe exactly as a user runs it
-    merge_adapter(...)      # what merge_lora.py does (llm_tuning.merging)
     load_adapted(...)       # base model + adapter, as chat.py loads them (llm_tuning.inference)
     answer_all(...)         # greedy replies, batched, with the training prompt format
     answer_nll(...)         # per-token loss of given answers (how far a model moved)
 
-Nothing here is specific to a project; a real checkpoint and a tiny stand-in go through the
-same calls. The library never imports a script: a recipe's `Family` stays in its recipe, which
-is run as its own process (`sys.executable`), so a project compares recipes exactly as a user
-would run them.
+(merging an adapter, as merge_lora.py does, is `llm_tuning.merging.merge_adapter`.) Replies and
+answer losses come from the loops eval.py runs (`llm_tuning.evaluation`), so an experiment's
+figures are eval.py's. Nothing here is specific to a project; a real checkpoint and a tiny
+stand-in go through the same calls. The library never imports a script: a recipe's `Family`
+stays in its recipe, which is run as its own process (`sys.executable`), so a project compares
+recipes exactly as a user would run them.
+
+`tokenize_records(supervise_prompt=True)` (labels = input_ids: the prompt is trained too) has
+one caller, SDE's "MI" (input modeling) design, and stays here on purpose: it changes the rows
+before they are saved and is recorded in the dataset's metadata.json, so it belongs to the step
+that writes the dataset; doing it in SDE/ would mean copying this step or rewriting a saved dataset.
 """
 
 from __future__ import annotations
@@ -24,14 +30,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .cli import UserError
+from .conversation import Conversation
 from .data import RecordKeys, TokenizeConfig, save_tokenized, tokenize_file
-from .generation import GenerationSettings, generate_in_batches
+from .evaluation import generate_replies, last_answer_log_probs
+from .generation import GenerationSettings
 from .inference import load_for_inference
-from .merging import merge_adapter as merge_into_base
-from .metrics import continuation_log_probs
 from .modeling import load_tokenizer
 from .records import read_records
-from .templates import Template, encode_prompt, encode_turns, resolve_template, stop_token_ids
+from .templates import Template, resolve_template
+from .tiny_models import save_tiny_model
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -71,12 +78,6 @@ def train_adapter(recipe: str | Path, dataset_dir: str | Path, output_dir: str |
     return Path(output_dir)
 
 
-def merge_adapter(adapter: str | Path, output: str | Path, trust_remote_code: bool | None = None) -> Path:
-    """Merge an adapter into its base and save it, as `python merge_lora.py` does."""
-    merge_into_base(adapter, output, trust_remote_code=trust_remote_code)
-    return Path(output)
-
-
 def load_adapted(base: str | None = None, adapter: str | Path | None = None, trust_remote_code: bool | None = None):
     """(model, tokenizer, template) in eval mode: a base model, or a base + adapter, loaded as chat.py loads them."""
     return load_for_inference(base, [adapter] if adapter else [], trust_remote_code=trust_remote_code)
@@ -87,30 +88,21 @@ def answer_all(
     batch_size: int = 16, desc: str = "Answering",
 ) -> list[str]:
     """Greedy replies to each query (no history), decoded in batches; the order is kept."""
-    prompts = [encode_prompt(tokenizer, template, q) for q in queries]
-    settings = [GenerationSettings(max_new_tokens=max_new_tokens)] * len(prompts)
-    replies = generate_in_batches(model, tokenizer, prompts, settings, stop_token_ids(tokenizer, template),
-                                  batch_size, desc=desc)
+    prompts = [Conversation.from_turns([(query, None)]) for query in queries]
+    replies = generate_replies(model, tokenizer, template, prompts, GenerationSettings(max_new_tokens=max_new_tokens),
+                               batch_size, desc=desc)
     return [reply.strip() for reply in replies]
 
 
 def answer_nll(model, tokenizer, template: Template, pairs: Sequence[tuple[str, str]]) -> list[float]:
     """Mean per-token negative log-likelihood of each answer (with its stop token) after its prompt."""
-    encoded = [encode_turns(tokenizer, template, [(query, answer)])[0] for query, answer in pairs]
-    log_probs = continuation_log_probs(model, [p for p, _ in encoded], [a for _, a in encoded], tokenizer.pad_token_id)
-    return [-total / count for total, count in log_probs]
+    conversations = [Conversation.from_turns([(query, answer)]) for query, answer in pairs]
+    return [-total / count for total, count in last_answer_log_probs(model, tokenizer, template, conversations)]
 
 
 def build_tiny_stand_in(out: str | Path, corpus_dir: str | Path, arch: str = "qwen2", hidden_size: int = 64,
                         num_layers: int = 2, vocab_size: int = 2000, seed: int = 0) -> Path:
     """A tiny random model whose tokenizer was trained on `corpus_dir` (json/jsonl): the offline
     stand-in for a real checkpoint when the data is not the shipped data/ sample."""
-    from .testing import build_model, build_tokenizer
-
-    out = Path(out)
-    tokenizer = build_tokenizer(arch, vocab_size=vocab_size, corpus_dir=Path(corpus_dir))
-    model = build_model(arch, tokenizer, hidden_size=hidden_size, num_layers=num_layers, seed=seed)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return save_tiny_model(arch, out, hidden_size=hidden_size, num_layers=num_layers, seed=seed,
+                           vocab_size=vocab_size, corpus_dir=Path(corpus_dir))

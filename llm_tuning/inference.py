@@ -2,8 +2,9 @@
 
 chat.py, web_demo.py, api_server.py, eval.py, RLHF/evaluate.py and llm_tuning.experiment all
 load through here, so they agree on what an adapter directory means: its `llm_tuning.json` names
-the base model, the chat template, trust_remote_code and the RoPE scaling it was trained with;
-a flag given on the command line wins over the record.
+the base model, the chat template, trust_remote_code and the RoPE scaling it was trained with
+(read by `llm_tuning.run_config.run_settings`, as merging does); a flag given on the command line
+wins over the record.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import argparse
 
 from .cli import UserError, parse_bool
 from .modeling import adapter_base_model, load_adapters, load_model, load_tokenizer
-from .run_config import read_run_config
+from .run_config import RunSettings, run_settings
 from .templates import NativeTemplate, Template, resolve_template
 
 
@@ -33,30 +34,30 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rope_factor", type=float, default=None, help="context extension factor for --rope_scaling")
 
 
-def model_source(args: argparse.Namespace) -> tuple[str, str, dict]:
-    """(base model, directory holding the run config and tokenizer, its run config)."""
+def model_source(args: argparse.Namespace) -> tuple[str, str]:
+    """(base model, directory holding the run config and tokenizer)."""
     base = args.base or (adapter_base_model(args.adapter[0]) if args.adapter else None)
     if base is None:
         raise UserError("pass --base (a model) or --adapter (a trained adapter)")
-    run_dir = args.adapter[0] if args.adapter else base
-    return base, run_dir, read_run_config(run_dir)
+    return base, args.adapter[0] if args.adapter else base
 
 
-def remote_code(args: argparse.Namespace, run_config: dict) -> bool:
-    """--trust_remote_code if given, else what the run was trained with."""
-    flag = getattr(args, "trust_remote_code", None)
-    return bool(run_config.get("trust_remote_code", False)) if flag is None else flag
+def settings_for(args: argparse.Namespace, run_dir: str) -> RunSettings:
+    """The run settings of `run_dir`, the --trust_remote_code/--rope_scaling/--rope_factor flags winning."""
+    return run_settings(run_dir, trust_remote_code=getattr(args, "trust_remote_code", None),
+                        rope_scaling=getattr(args, "rope_scaling", None),
+                        rope_factor=getattr(args, "rope_factor", None))
 
 
 def trust_remote_code_for(args: argparse.Namespace) -> bool:
     """Whether the model of these arguments runs its own code (for engines that load it themselves)."""
-    return remote_code(args, model_source(args)[2])
+    return settings_for(args, model_source(args)[1]).trust_remote_code
 
 
 def load_chat_tokenizer(args: argparse.Namespace) -> tuple[str, object, Template | NativeTemplate]:
     """(base model path, tokenizer, template) for the given base/adapters, without the weights."""
-    base, run_dir, run_config = model_source(args)
-    trust = remote_code(args, run_config)
+    base, run_dir = model_source(args)
+    trust = settings_for(args, run_dir).trust_remote_code
     tokenizer = load_tokenizer(run_dir, trust)  # an adapter directory holds the tokenizer it was trained with
     template = resolve_template(getattr(args, "template", None), tokenizer, base, trust, run_dir=run_dir,
                                 enable_thinking=getattr(args, "enable_thinking", False))
@@ -66,12 +67,9 @@ def load_chat_tokenizer(args: argparse.Namespace) -> tuple[str, object, Template
 def load_chat_model(args: argparse.Namespace):
     """(model, tokenizer, template) in eval mode for the given base/adapters (see add_model_arguments)."""
     base, tokenizer, template = load_chat_tokenizer(args)
-    _, _, run_config = model_source(args)
+    settings = settings_for(args, model_source(args)[1])
     weights = [float(w) for w in args.adapter_weights.split(",")] if getattr(args, "adapter_weights", None) else None
-    rope_scaling = getattr(args, "rope_scaling", None) or run_config.get("rope_scaling")
-    rope_factor = getattr(args, "rope_factor", None) or run_config.get("rope_factor", 2.0)
-    model = load_model(base, getattr(args, "dtype", "auto"), remote_code(args, run_config),
-                       rope_scaling=rope_scaling, rope_factor=rope_factor)
+    model = load_model(base, getattr(args, "dtype", "auto"), settings.trust_remote_code, **settings.rope)
     model = load_adapters(model, list(args.adapter), weights)
     model.eval()
     return model, tokenizer, template

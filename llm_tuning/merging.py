@@ -12,7 +12,7 @@ from .atomic import atomic_directory
 from .cli import UserError
 from .methods import MERGEABLE_PEFT_TYPES
 from .modeling import adapter_base_model, load_adapters, load_model, load_tokenizer
-from .run_config import read_run_config, save_run_config
+from .run_config import run_settings, save_run_config
 from .templates import encode_prompt, get_template, stop_token_ids
 
 PROBE_QUERY = "你好！Please introduce yourself."
@@ -45,13 +45,11 @@ def merge_adapter(adapter: str | Path, output: str | Path, base: str | None = No
         raise UserError(f"{output} exists and is not empty; choose a new --output or remove it")
     check_mergeable(adapter)
     base = base or adapter_base_model(adapter)
-    run_config = read_run_config(adapter)
-    remote_code = run_config.get("trust_remote_code", False) if trust_remote_code is None else trust_remote_code
-    tokenizer = load_tokenizer(adapter, remote_code)
-    base_model = load_model(base, dtype, remote_code, rope_scaling=run_config.get("rope_scaling"),
-                            rope_factor=run_config.get("rope_factor", 2.0))
+    settings = run_settings(adapter, trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(adapter, settings.trust_remote_code)
+    base_model = load_model(base, dtype, settings.trust_remote_code, **settings.rope)
     model = load_adapters(base_model, [adapter])
-    template_name = run_config.get("template")
+    template_name = settings.template
     probe = encode_prompt(tokenizer, get_template(template_name), PROBE_QUERY) if template_name else tokenizer.encode(PROBE_QUERY)
     input_ids = torch.tensor([probe], device=model.device)
     adapter_logits = probe_logits(model, input_ids)
@@ -66,11 +64,12 @@ def merge_adapter(adapter: str | Path, output: str | Path, base: str | None = No
         if save_quantized:  # bitsandbytes quantizes while loading: reload the merge through it
             float_dir = tmp_dir / "unquantized"
             merged.save_pretrained(float_dir)
-            load_model(str(float_dir), "float32", remote_code, quantization_bit=save_quantized).save_pretrained(tmp_dir)
+            load_model(str(float_dir), "float32", settings.trust_remote_code,
+                       quantization_bit=save_quantized).save_pretrained(tmp_dir)
             shutil.rmtree(float_dir)
         else:
             merged.save_pretrained(tmp_dir)
         tokenizer.save_pretrained(tmp_dir)
-        if run_config:
-            save_run_config(tmp_dir, **{**run_config, "merged_from": {"base": base, "adapter": adapter}})
+        if settings.recorded:
+            save_run_config(tmp_dir, **{**settings.recorded, "merged_from": {"base": base, "adapter": adapter}})
     return max_diff

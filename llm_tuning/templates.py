@@ -25,7 +25,7 @@ from .cli import UserError
 from .conversation import Conversation, EncodedSample, Span, answer_of, reasoning_of
 from .modeling import read_model_type
 from .native_template import NATIVE, SENTINEL, NativeTemplate, chat_template_hash, refuse_special_texts, traits_of
-from .run_config import read_run_config
+from .run_config import run_settings
 
 EOS_PLACEHOLDER = "{eos}"
 BOS_PLACEHOLDER = "{bos}"
@@ -467,7 +467,7 @@ def resolve_template(requested: str | None, tokenizer, model_path: str, trust_re
     in the run config of `run_dir` (default `model_path`: an adapter or a model trained here),
     else `auto_template`. An unknown name fails here, before any work. `enable_thinking` lets a
     reasoning model (Qwen3, native or registry) think before it answers at inference."""
-    name = requested if requested not in (None, "auto") else read_run_config(run_dir or model_path).get("template")
+    name = requested if requested not in (None, "auto") else run_settings(run_dir or model_path).template
     if not name:  # the model type is read only when the tokenizer has no usable template of its own
         name = NATIVE if has_usable_chat_template(tokenizer) else guess_template(
             read_model_type(model_path, trust_remote_code), model_path)

@@ -20,7 +20,7 @@ import argparse
 import json
 
 from llm_tuning.atomic import atomic_directory
-from llm_tuning.cli import ArgumentParser, exits_on_user_error
+from llm_tuning.cli import ArgumentParser, exits_on_user_error, parse_bool
 from llm_tuning.modeling import load_model, load_tokenizer
 from llm_tuning.pretrain.vocab import VOCAB_EXTENSION_FILE, mean_init_new_embeddings
 
@@ -31,7 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tokenizer", required=True, help="the merged tokenizer from merge_tokenizer.py")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
-    parser.add_argument("--trust_remote_code", action="store_true")
+    parser.add_argument("--trust_remote_code", type=parse_bool, default=False,
+                        help="true/false: run the model's own code (Baichuan, ChatGLM, ...)")
     return parser.parse_args(argv)
 
 

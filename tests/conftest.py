@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_tuning.testing import save_tiny_model
+from llm_tuning.tiny_models import save_tiny_model
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,7 +61,7 @@ def real_tokenizer_dir():
     check that our chat formats match the real models'."""
 
     def fetch(name: str) -> Path:
-        from llm_tuning.testing import fetch_real_tokenizer
+        from tests.real_tokenizers import fetch_real_tokenizer
 
         try:
             return fetch_real_tokenizer(name)
@@ -94,5 +94,5 @@ def real_tokenizer(real_tokenizer_dir):
 @pytest.fixture(scope="session")
 def llama3_1_tools_dir(real_tokenizer_dir) -> Path:
     """Llama-3.1's real vocabulary with Meta's official Llama-3.1-8B-Instruct chat template, whose
-    tool calls are JSON (see llm_tuning.testing.REAL_TEMPLATE_SOURCES)."""
+    tool calls are JSON (see REAL_TEMPLATE_SOURCES in tests/real_tokenizers.py)."""
     return real_tokenizer_dir("llama3_1_tools")

@@ -8,8 +8,8 @@ import torch
 
 import chat
 from llm_tuning.modeling import load_adapters, load_model
-from llm_tuning.testing import save_tokenized_pairs, train_tiny
 from qwen_lora_tuning import QWEN
+from tests.tiny_training import save_tokenized_pairs, train_tiny
 
 
 @pytest.fixture(scope="module")

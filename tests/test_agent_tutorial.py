@@ -24,7 +24,7 @@ from llm_tuning.conversation import split_reasoning
 from llm_tuning.generation import GenerationSettings, generate_batch
 from llm_tuning.inference import load_for_inference
 from llm_tuning.templates import encode_chat, stop_token_ids
-from llm_tuning.testing import save_tiny_model
+from llm_tuning.tiny_models import save_tiny_model
 from tests.test_api_server import running_server
 from tests.test_recipes import run_recipe
 

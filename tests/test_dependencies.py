@@ -1,6 +1,9 @@
 """Dependencies point one way: scripts import `llm_tuning`, never the reverse, and a script never
 imports another script (by name or by file path). Read from the source with `ast`, nothing runs.
 
+The module map in llm_tuning/__init__.py and the layouts of README.md and README_zh.md name
+every library module, so the map stays the tree's.
+
 A *script* is a .py file outside llm_tuning/ and tests/ with an `if __name__ == "__main__":`
 block (an entry point a user runs). A folder may keep a module of its own without one (SDE's
 design.py, RLHF/style.py): its scripts may import it, as they would a library.
@@ -9,6 +12,7 @@ design.py, RLHF/style.py): its scripts may import it, as they would a library.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -83,6 +87,8 @@ def library_violations() -> list[str]:
         for line, name, level in imported_names(tree):
             if level == 0 and resolve_local(name, [REPO_ROOT]) is not None and not name.startswith("llm_tuning"):
                 problems.append(f"{where}:{line}: the library imports {name!r}, a file outside llm_tuning/")
+            elif level == 0 and name.split(".")[0] == "tests":  # a folder without __init__.py: not resolved above
+                problems.append(f"{where}:{line}: the library imports {name!r}: test code stays in tests/")
         for line, call in path_imports(tree):
             problems.append(f"{where}:{line}: the library loads a file by path ({call})")
     return problems
@@ -136,3 +142,23 @@ def test_a_violation_is_reported_with_its_line(tmp_path, source, expected):
     bad.write_text(source + 'if __name__ == "__main__":\n    pass\n', encoding="utf-8")
     problems = script_violations([bad])
     assert len(problems) == 1 and problems[0].startswith("probe.py:") and expected in problems[0]
+
+
+def library_modules() -> list[str]:
+    """`name.py` for each module of llm_tuning/, `name/` for each subpackage."""
+    return sorted([p.name for p in LIBRARY.glob("*.py") if p.name != "__init__.py"]
+                  + [f"{p.name}/" for p in LIBRARY.iterdir() if (p / "__init__.py").is_file()])
+
+
+def test_the_module_map_and_the_readme_layouts_name_every_library_module():
+    import llm_tuning
+
+    in_map = [m for m in library_modules()
+              if not re.search(rf"\b{m.removesuffix('.py').rstrip('/')}\b", llm_tuning.__doc__)]
+    assert not in_map, f"llm_tuning/__init__.py's module map does not name {in_map}"
+    for readme in ("README.md", "README_zh.md"):
+        text = (REPO_ROOT / readme).read_text(encoding="utf-8")
+        start = text.index("\nllm_tuning/ ")
+        layout = text[start:text.index("```", start)]
+        missing = [m for m in library_modules() if not re.search(rf"(?<![\w/]){re.escape(m)}", layout)]
+        assert not missing, f"the layout in {readme} does not name {missing}"

@@ -452,7 +452,7 @@ class GroupRunner:
 
 @pytest.fixture(scope="session")
 def hub_cache(tmp_path_factory) -> Path:
-    from llm_tuning.testing import save_hub_cache
+    from tests.hub_cache import save_hub_cache
 
     return save_hub_cache(tmp_path_factory.mktemp("hub") / "hub", HUB_STAND_INS)
 

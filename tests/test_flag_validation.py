@@ -142,3 +142,21 @@ def test_as_a_user_runs_them_a_bad_flag_is_one_line_and_exit_2():
         assert result.returncode == 2, result.stderr
         assert "Traceback" not in result.stderr and len(errors) == 1 and flag in errors[0], result.stderr
         assert errors[0].startswith(f"error: {flag} must be "), errors[0]
+
+
+# Scripts outside the folders above that take --trust_remote_code too (projects and SDE).
+WITH_REMOTE_CODE = [*SCRIPTS, REPO_ROOT / "SDE" / "run_sde.py", *sorted(REPO_ROOT.glob("projects/*/run_*.py"))]
+
+
+def test_trust_remote_code_takes_true_or_false_in_every_script(monkeypatch):
+    checked = []
+    for script in WITH_REMOTE_CODE:
+        parser = script_parser(script, monkeypatch)
+        if parser is None or "--trust_remote_code" not in parser._option_string_actions:
+            continue
+        for word, value in (("true", True), ("false", False)):
+            parsed, _ = parser.parse_known_args([*required_argv(parser), "--trust_remote_code", word])
+            assert parsed.trust_remote_code is value, (script.name, word, parsed.trust_remote_code)
+        checked.append(str(script.relative_to(REPO_ROOT)))
+    assert {"SDE/run_sde.py", "pretrain/extend_embeddings.py", "projects/RulaiGPT/run_rulai.py", "chat.py",
+            "tokenize_dataset_rows.py", "RLHF/dpo.py"} <= set(checked), checked

@@ -149,7 +149,7 @@ def grpo_run(tiny_qwen2, tmp_path_factory):
     exact-answer reward on the 24 arithmetic questions of RLHF/data/grpo_math.jsonl, with rlhf.sh's
     settings for the tiny model (30 steps of 8 questions × 8 replies; grpo.py's defaults are a real
     model's) at TRL's seed 42."""
-    from llm_tuning.testing import save_tokenized_pairs, train_tiny
+    from tests.tiny_training import save_tokenized_pairs, train_tiny
 
     sys.path.insert(0, str(REPO_ROOT))
     import qwen_lora_tuning

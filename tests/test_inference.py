@@ -7,7 +7,7 @@ import pytest
 from llm_tuning import inference
 from llm_tuning.cli import UserError
 from llm_tuning.run_config import save_run_config
-from llm_tuning.testing import CHECKOUT_DIR, SHIPPED_CORPUS, corpus_files
+from llm_tuning.tiny_models import CHECKOUT_DIR, SHIPPED_CORPUS, corpus_files
 
 
 def fake_adapter(tmp_path, **run_config):
@@ -65,6 +65,20 @@ def test_an_unrecorded_run_does_not_trust_remote_code(tmp_path, loads):
     assert loads["tokenizer"][1] is False and loads["model"][2] is False
 
 
+def test_run_settings_read_the_record_and_flags_win(tmp_path):
+    from llm_tuning.run_config import run_settings
+
+    adapter = fake_adapter(tmp_path, trust_remote_code=True, rope_scaling="yarn", rope_factor=4.0)
+    recorded = run_settings(adapter)
+    assert (recorded.trust_remote_code, recorded.rope, recorded.template) == (
+        True, {"rope_scaling": "yarn", "rope_factor": 4.0}, "qwen")
+    flagged = run_settings(adapter, trust_remote_code=False, rope_scaling="linear", rope_factor=8.0)
+    assert (flagged.trust_remote_code, flagged.rope) == (False, {"rope_scaling": "linear", "rope_factor": 8.0})
+    unrecorded = run_settings(tmp_path / "hub-model")  # no llm_tuning.json: remote code off, no RoPE change
+    assert (unrecorded.recorded, unrecorded.trust_remote_code, unrecorded.rope, unrecorded.template) == (
+        {}, False, {"rope_scaling": None, "rope_factor": 2.0}, None)
+
+
 def test_nothing_to_load_is_one_sentence():
     with pytest.raises(UserError, match="pass --base"):
         inference.load_chat_model(parse())
@@ -72,6 +86,6 @@ def test_nothing_to_load_is_one_sentence():
 
 def test_the_tiny_tokenizer_corpus_is_the_fixed_shipped_list(tmp_path, monkeypatch):
     assert corpus_files() == [CHECKOUT_DIR / name for name in SHIPPED_CORPUS]
-    monkeypatch.setattr("llm_tuning.testing.CHECKOUT_DIR", tmp_path)  # an installed package: no data/ beside it
+    monkeypatch.setattr("llm_tuning.tiny_models.CHECKOUT_DIR", tmp_path)  # an installed package: no data/ beside it
     with pytest.raises(FileNotFoundError, match="pass corpus_dir"):
         corpus_files()

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from llm_tuning import info
 from llm_tuning.modeling import load_model
-from llm_tuning.testing import save_tokenized_pairs, train_tiny
 from qwen_lora_tuning import QWEN
+from tests.tiny_training import save_tokenized_pairs, train_tiny
 
 
 def test_counts_match_the_loaded_model_and_peft(tiny_qwen2):

@@ -9,8 +9,8 @@ import json
 import pytest
 
 import merge_lora
-from llm_tuning.testing import save_tokenized_pairs, train_tiny
 from qwen_lora_tuning import QWEN
+from tests.tiny_training import save_tokenized_pairs, train_tiny
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,9 @@ import torch
 from transformers import TrainingArguments
 
 from llm_tuning.finetune import build_trainer, finetune
-from llm_tuning.testing import save_tokenized_pairs
 from llm_tuning.training import DataArguments, FinetuneArguments, ModelArguments, parse_args
 from qwen_lora_tuning import QWEN
+from tests.tiny_training import save_tokenized_pairs
 
 
 @pytest.fixture(scope="module")

@@ -269,7 +269,7 @@ def test_auto_dtype_loads_float32_on_a_cpu(tiny_model, tmp_path):
 
 
 def test_the_training_summary_records_peak_memory(tiny_qwen2, tmp_path):
-    from llm_tuning.testing import save_tokenized_pairs, train_tiny
+    from tests.tiny_training import save_tokenized_pairs, train_tiny
     from qwen_lora_tuning import QWEN
 
     dataset = save_tokenized_pairs(tiny_qwen2, "qwen", tmp_path / "data")

@@ -23,7 +23,7 @@ from llm_tuning.data import IGNORE_INDEX, load_tokenized, tokenize_conversation
 from llm_tuning.modeling import load_tokenizer
 from llm_tuning.conversation import Conversation
 from llm_tuning.templates import NativeTemplate, encode_prompt, encode_turns, get_template, stop_token_ids
-from llm_tuning.testing import save_model_for_tokenizer
+from llm_tuning.tiny_models import save_model_for_tokenizer
 from tests.real_tokenizers import REAL, TAILS
 from tests.test_recipes import run_recipe
 
@@ -187,7 +187,7 @@ def test_a_conversation_the_template_rejects_is_one_sentence(real_tokenizer):
 def test_a_recipe_refuses_data_rendered_with_another_chat_template(tiny_qwen2, tmp_path, capsys):
     import shutil
 
-    from llm_tuning.testing import save_tokenized_pairs
+    from tests.tiny_training import save_tokenized_pairs
 
     data = save_tokenized_pairs(tiny_qwen2, "native", tmp_path / "qa")
     changed = tmp_path / "model"

@@ -20,7 +20,7 @@ from llm_tuning.data import IGNORE_INDEX, load_tokenized, tokenize_conversation
 from llm_tuning.modeling import load_tokenizer
 from llm_tuning.records import RecordKeys, load_conversations
 from llm_tuning.templates import encode_chat, encode_conversation, get_template
-from llm_tuning.testing import build_tokenizer
+from llm_tuning.tiny_models import build_tokenizer
 from tests.real_tokenizers import REAL
 from tests.test_real_tokenizers import supervised_runs
 

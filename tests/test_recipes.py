@@ -1,6 +1,6 @@
 """Every family recipe, end to end on its tiny stand-in: train → chat → merge, as a user runs them.
 
-A stand-in is a native architecture carrying the family's special tokens (llm_tuning.testing):
+A stand-in is a native architecture carrying the family's special tokens (llm_tuning.tiny_models):
 remote-code families (ChatGLM, Baichuan, InternLM) cannot be loaded offline. Training must make
 the model answer all eight memorised questions exactly with the family's template, which fails if
 the template, label masking, stop token or padding side is wrong. The recipes run in-process
@@ -26,11 +26,11 @@ import chat
 import merge_lora
 from llm_tuning.generation import GenerationSettings, generate_reply
 from llm_tuning.templates import get_template
-from llm_tuning.testing import MEMORISE_PAIRS, save_tokenized_pairs
+from tests.tiny_training import MEMORISE_PAIRS, save_tokenized_pairs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# (recipe, stand-in arch from llm_tuning.testing, template)
+# (recipe, stand-in arch from llm_tuning.tiny_models, template)
 RECIPES = [
     ("chatglm_lora_tuning.py", "chatglm", "chatglm"),
     ("chatglm2_lora_tuning.py", "chatglm2", "chatglm2"),
@@ -138,7 +138,7 @@ TINYFAM_BLOCK = """TINYFAM = Family(
 
 
 def test_a_made_up_family_added_by_the_readme_checklist_trains_and_chats(tmp_path, monkeypatch, capsys):
-    from llm_tuning import templates, testing
+    from llm_tuning import templates, tiny_models
     from llm_tuning.run_config import read_run_config
 
     # 1. Copy the closest recipe and rewrite its Family block.
@@ -150,9 +150,9 @@ def test_a_made_up_family_added_by_the_readme_checklist_trains_and_chats(tmp_pat
     monkeypatch.setitem(templates.TEMPLATES, "tinyfam", templates.Template(
         name="tinyfam", user_format="<|tiny_user|>{query}<|tiny_bot|>", add_bos=True, notes="made up"))
     # 3. A tiny stand-in: a native LLaMA with the family's special tokens.
-    monkeypatch.setitem(testing.ARCHS, "tinyfam", testing.ArchSpec(
+    monkeypatch.setitem(tiny_models.ARCHS, "tinyfam", tiny_models.ArchSpec(
         "llama", ("<unk>", "<s>", "</s>", "<|tiny_user|>", "<|tiny_bot|>"), "<s>", "</s>", "<unk>", None))
-    model_dir = testing.save_tiny_model("tinyfam", tmp_path / "tiny-tinyfam")
+    model_dir = tiny_models.save_tiny_model("tinyfam", tmp_path / "tiny-tinyfam")
     # 4. End to end, as RECIPES runs every family.
     data = save_tokenized_pairs(model_dir, "tinyfam", tmp_path / "data" / "qa")
     out = tmp_path / "adapter"
@@ -178,7 +178,7 @@ def test_the_add_a_family_checklist_names_files_and_names_that_exist(readme, tit
     checklist = text[start:text.index("\n\n", start)]
     paths = set(re.findall(r"`((?:llm_tuning|tests)/[\w/]+\.py|README(?:_zh)?\.md)`", checklist))
     assert len(paths) == 6 and all((REPO_ROOT / path).is_file() for path in paths), paths
-    for name, path in (("MODEL_TYPE_TEMPLATES", "llm_tuning/templates.py"), ("ARCHS", "llm_tuning/testing.py"),
+    for name, path in (("MODEL_TYPE_TEMPLATES", "llm_tuning/templates.py"), ("ARCHS", "llm_tuning/tiny_models.py"),
                        ("RECIPES", "tests/test_recipes.py"), ("REAL_MODULES", "tests/test_templates.py")):
         assert f"`{name}`" in checklist
         assert re.search(rf"^{name}(: .*)? = ", (REPO_ROOT / path).read_text(encoding="utf-8"), re.M), (name, path)

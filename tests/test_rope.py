@@ -11,8 +11,8 @@ import torch
 
 import chat
 from llm_tuning.modeling import load_model
-from llm_tuning.testing import save_tokenized_pairs, train_tiny
 from qwen_lora_tuning import QWEN
+from tests.tiny_training import save_tokenized_pairs, train_tiny
 
 HEAD_DIM, BASE, TRAINED_LEN = 16, 10000.0, 64  # tiny models: hidden 64 / 4 heads
 

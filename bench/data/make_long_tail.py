@@ -14,7 +14,7 @@ question and answer as prompt and chosen reply, and as the rejected reply the an
 row in the same language: an answer to another question, whose length is drawn independently of
 the chosen one's, as in real preference sets where the two replies differ in length.
 
-It lives under bench/, not data/: llm_tuning.testing trains the tiny tokenizer on every file
+It lives under bench/, not data/: llm_tuning.tiny_models trains the tiny tokenizer on every file
 under data/, and this set must not change it.
 """
 

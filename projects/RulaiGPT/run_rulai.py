@@ -32,11 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llm_tuning.atomic import write_jsonl
-from llm_tuning.cli import ArgumentParser, exits_on_user_error
+from llm_tuning.cli import ArgumentParser, exits_on_user_error, parse_bool
 from llm_tuning.experiment import (
-    answer_all, answer_nll, build_tiny_stand_in, load_adapted, merge_adapter, read_jsonl,
-    tokenize_records, train_adapter,
+    answer_all, answer_nll, build_tiny_stand_in, load_adapted, read_jsonl, tokenize_records, train_adapter,
 )
+from llm_tuning.merging import merge_adapter
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # where the recipes are
 PROJECT_DIR = Path(__file__).resolve().parent
@@ -55,7 +55,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--data_dir", default=str(PROJECT_DIR / "data"))
     parser.add_argument("--output_dir", default="runs/rulai")
     parser.add_argument("--max_new_tokens", type=int, default=64)
-    parser.add_argument("--trust_remote_code", action="store_true", help="for remote-code models (Baichuan, ChatGLM, ...)")
+    parser.add_argument("--trust_remote_code", type=parse_bool, default=False,
+                        help="true/false: run the model's own code (Baichuan, ChatGLM, ...)")
     return parser.parse_known_args(argv)
 
 
@@ -67,7 +68,8 @@ def teach_stand_in(out_dir: Path, data_dir: Path, general: list[dict]) -> str:
     adapter = train_adapter(REPO_ROOT / "qwen_lora_tuning.py", dataset, out_dir / "stand-in" / "adapter",
                             [*COMMON_RECIPE_ARGS, "--max_steps", "300", "--learning_rate", "5e-3",
                              "--lora_dropout", "0", "--lora_rank", "16"])
-    return str(merge_adapter(adapter, out_dir / "base"))
+    merge_adapter(adapter, out_dir / "base")  # as merge_lora.py does
+    return str(out_dir / "base")
 
 
 @dataclass
