@@ -211,10 +211,12 @@ def test_dpo_on_the_real_model_raises_the_held_out_preference_margin(sandbox, me
     folder, _ = merged
     sandbox.run("RLHF/dpo.py", "--model_name_or_path", str(folder), "--train_file", "RLHF/data/preference_train.jsonl",
                 "--eval_file", "RLHF/data/preference_eval.jsonl", "--output_dir", "weights/real_dpo",
-                "--max_steps", "6", "--learning_rate", "5e-4", "--beta", "0.1", "--per_device_train_batch_size", "4",
-                "--logging_steps", "2", "--save_strategy", "no", "--report_to", "none", "--seed", "0", "--bf16", "false")
+                "--max_steps", "3", "--learning_rate", "5e-4", "--beta", "0.1", "--per_device_train_batch_size", "4",
+                "--gradient_checkpointing", "false",  # 135M fits; recomputing the forward would cost a third more
+                "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none", "--seed", "0", "--bf16", "false")
     metrics = json.loads((sandbox.root / "weights/real_dpo/eval_metrics.json").read_text())
     print(f"\nheld-out log π(chosen) - log π(rejected): {metrics['margin_before']:.2f} -> {metrics['margin_after']:.2f}")
+    # 3 steps moved it from -15.6 to -3.2 nats (6 steps: to +7.5) on a merged adapter here: +1 leaves room
     assert metrics["margin_after"] > metrics["margin_before"] + 1.0
 
 
