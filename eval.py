@@ -25,7 +25,11 @@ from pathlib import Path
 from llm_tuning.atomic import write_jsonl
 from llm_tuning.cli import ArgumentParser, UserError, exits_on_user_error, parse_bool
 from llm_tuning.evaluation import (
-    evaluate_choices, evaluate_generation, evaluate_perplexity, load_choice_questions, load_eval_conversations,
+    evaluate_choices,
+    evaluate_generation,
+    evaluate_perplexity,
+    load_choice_questions,
+    load_eval_conversations,
 )
 from llm_tuning.generation import GenerationSettings
 from llm_tuning.inference import add_model_arguments, load_chat_model, settings_for

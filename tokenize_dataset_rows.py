@@ -40,8 +40,8 @@ from pathlib import Path
 
 from llm_tuning.cli import ArgumentParser, exits_on_user_error, parse_bool
 from llm_tuning.data import TokenizeConfig, print_data_example, save_tokenized, tokenize_file
-from llm_tuning.records import RECORD_FORMATS, RecordKeys
 from llm_tuning.modeling import load_tokenizer
+from llm_tuning.records import RECORD_FORMATS, RecordKeys
 from llm_tuning.templates import describe_template, resolve_template
 
 

@@ -46,14 +46,14 @@ from pathlib import Path
 from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
+from llm_tuning.checkpoints import require_output_dir
 from llm_tuning.cli import UserError, exits_on_user_error
 from llm_tuning.modeling import load_model, load_tokenizer
 from llm_tuning.rlhf.grpo import format_table, load_questions, measure_policy
 from llm_tuning.rlhf.rewards import REWARD_NAMES, build_reward_functions
 from llm_tuning.rlhf.stage import ModelArguments, lora_config, save_eval_metrics, train_and_save
-from llm_tuning.templates import resolve_template, stop_token_ids
-from llm_tuning.checkpoints import require_output_dir
 from llm_tuning.run_logs import run_log_callbacks
+from llm_tuning.templates import resolve_template, stop_token_ids
 from llm_tuning.training import parse_args
 
 TABLE_FILE = "eval_table.txt"

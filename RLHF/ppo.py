@@ -58,7 +58,14 @@ from llm_tuning.cli import UserError, exits_on_user_error
 from llm_tuning.modeling import load_model, load_tokenizer
 from llm_tuning.rlhf.pairs import PreferenceDataArguments, encode_pair, load_preference_pairs
 from llm_tuning.rlhf.ppo import (
-    PolicyWithValue, gae, kl_shaped_rewards, masked_mean, peak_memory_mb, ppo_losses, score_rollout, token_logprobs,
+    PolicyWithValue,
+    gae,
+    kl_shaped_rewards,
+    masked_mean,
+    peak_memory_mb,
+    ppo_losses,
+    score_rollout,
+    token_logprobs,
     whiten,
 )
 from llm_tuning.rlhf.reward_model import load_reward_model, reward_scores

@@ -10,8 +10,8 @@ The CSV has a review column (--review_column) and one column per aspect of the d
 
 import argparse
 
-from llm_tuning.cli import ArgumentParser, UserError, exits_on_user_error
 from llm_tuning.atomic import write_jsonl
+from llm_tuning.cli import ArgumentParser, UserError, exits_on_user_error
 from reviews import DOMAINS, load_asap_csv
 
 

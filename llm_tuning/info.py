@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 
 from .cli import ArgumentParser, UserError, exits_on_user_error, parse_bool
-from .modeling import first_line, linear_module_names, load_tokenizer
 from .conversation import Conversation
+from .modeling import first_line, linear_module_names, load_tokenizer
 from .native_template import traits_of
 from .templates import NativeTemplate, describe_template, encode_conversation, resolve_template
 

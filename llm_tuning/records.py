@@ -19,7 +19,6 @@ from pathlib import Path
 from .cli import UserError
 from .conversation import Conversation
 
-
 RECORD_FORMATS = ("auto", "qa", "alpaca", "messages", "sharegpt")
 
 

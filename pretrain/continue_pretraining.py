@@ -42,20 +42,34 @@ loss.png, tensorboard logs under runs/ (--report_to tensorboard), and checkpoint
 
 from transformers import TrainingArguments, set_seed
 
+from llm_tuning.checkpoints import require_output_dir, resume_argument
 from llm_tuning.cli import UserError, exits_on_user_error
 from llm_tuning.methods import check_method, prepare_trainable
-from llm_tuning.pretrain.mixture import (
-    format_table, mixture_probabilities, mixture_table, parse_weights, text_probabilities,
-)
 from llm_tuning.modeling import load_model, load_tokenizer
 from llm_tuning.pretrain.blocks import (
-    SOURCE_TOKENS_KEY, PretrainArguments, PretrainTrainer, ResumableStream, StreamStateCallback, block_stream, collate_blocks, heldout_blocks, mean_tokens_per_text, read_stream_state, realised_token_shares,
+    SOURCE_TOKENS_KEY,
+    PretrainArguments,
+    PretrainTrainer,
+    ResumableStream,
+    StreamStateCallback,
+    block_stream,
+    collate_blocks,
+    heldout_blocks,
+    mean_tokens_per_text,
+    read_stream_state,
+    realised_token_shares,
+)
+from llm_tuning.pretrain.mixture import (
+    format_table,
+    mixture_probabilities,
+    mixture_table,
+    parse_weights,
+    text_probabilities,
 )
 from llm_tuning.pretrain.shards import load_manifest
-from llm_tuning.checkpoints import require_output_dir, resume_argument
+from llm_tuning.pretrain.vocab import embedding_module_names, read_vocab_extension
 from llm_tuning.run_logs import run_log_callbacks
 from llm_tuning.training import FinetuneArguments, ModelArguments, parse_args
-from llm_tuning.pretrain.vocab import embedding_module_names, read_vocab_extension
 
 # Pretraining adapts every layer: LoRA on all linear layers, not only attention.
 LORA_TARGETS = "all-linear"

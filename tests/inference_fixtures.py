@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from llm_tuning.data import tokenize_conversation
 from llm_tuning.conversation import Conversation
+from llm_tuning.data import tokenize_conversation
 from llm_tuning.modeling import load_model, load_tokenizer
-from llm_tuning.templates import get_template
 from llm_tuning.run_config import save_run_config
+from llm_tuning.templates import get_template
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _TRAINED: dict[str, Path] = {}

@@ -32,13 +32,12 @@ def worker(record_dir: Path, recipe_args: list[str], shm_comm: bool) -> None:
     sys.path.insert(0, str(REPO_ROOT))
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
-
-    import llm_tuning.finetune as finetune_module
-    from qwen_lora_tuning import QWEN
     from transformers import TrainingArguments
     from transformers.integrations import is_deepspeed_zero3_enabled
 
+    import llm_tuning.finetune as finetune_module
     from llm_tuning.training import DataArguments, FinetuneArguments, ModelArguments, parse_args
+    from qwen_lora_tuning import QWEN
 
     if not shm_comm:
         # DeepSpeed on a CPU builds a shared-memory allreduce op first (~70-110 s of C++ compile).

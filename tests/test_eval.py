@@ -9,7 +9,13 @@ import pytest
 
 import eval as eval_script
 from llm_tuning.evaluation import choice_query, load_choice_questions, load_eval_conversations
-from tests.inference_fixtures import REASONING_EXCHANGES, REPO_ROOT, train_tiny_adapter, train_tool_adapter, training_pairs
+from tests.inference_fixtures import (
+    REASONING_EXCHANGES,
+    REPO_ROOT,
+    train_tiny_adapter,
+    train_tool_adapter,
+    training_pairs,
+)
 
 PAIRS = training_pairs()
 CHOICE_FILE = REPO_ROOT / "data/eval/choice_eval.jsonl"

@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from transformers import TrainingArguments
 
 import tokenize_dataset_rows
 from llm_tuning.cli import UserError
 from llm_tuning.finetune import finetune
-from llm_tuning.records import read_records
 from llm_tuning.pretrain.shards import read_texts
+from llm_tuning.records import read_records
 from llm_tuning.training import DataArguments, FinetuneArguments, ModelArguments, parse_args
 from qwen_lora_tuning import QWEN
 from tests.conftest import REPO_ROOT
-from transformers import TrainingArguments
 
 MATH = REPO_ROOT / "data" / "simple_math_4op.jsonl"
 

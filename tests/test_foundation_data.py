@@ -8,12 +8,17 @@ import pytest
 
 import tokenize_dataset_rows
 from llm_tuning.batching import make_collator
+from llm_tuning.conversation import Conversation
 from llm_tuning.data import (
-    IGNORE_INDEX, TokenizeConfig, load_tokenized, save_tokenized, supervised_ids,
-    tokenize_conversation, tokenize_file,
+    IGNORE_INDEX,
+    TokenizeConfig,
+    load_tokenized,
+    save_tokenized,
+    supervised_ids,
+    tokenize_conversation,
+    tokenize_file,
 )
 from llm_tuning.modeling import load_tokenizer
-from llm_tuning.conversation import Conversation
 from llm_tuning.records import RecordKeys, load_conversations
 from llm_tuning.templates import chat_template_hash, encode_prompt, get_template
 

@@ -7,8 +7,17 @@ import torch
 
 from llm_tuning.cli import UserError
 from llm_tuning.generation import (
-    BatchDecoder, GenerationSettings, ReplyText, adjust_logits, check_messages, fit_history, generate_batch,
-    generate_in_batches, length_sorted_batches, sample_token, sample_tokens,
+    BatchDecoder,
+    GenerationSettings,
+    ReplyText,
+    adjust_logits,
+    check_messages,
+    fit_history,
+    generate_batch,
+    generate_in_batches,
+    length_sorted_batches,
+    sample_token,
+    sample_tokens,
 )
 from llm_tuning.modeling import load_model, load_tokenizer
 from llm_tuning.templates import encode_prompt, get_template, stop_token_ids

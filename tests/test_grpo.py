@@ -13,7 +13,11 @@ from conftest import REPO_ROOT
 from llm_tuning.atomic import write_jsonl
 from llm_tuning.cli import UserError
 from llm_tuning.rlhf.rewards import (
-    FormatReward, RewardModelReward, build_reward_functions, exact_answer, final_number,
+    FormatReward,
+    RewardModelReward,
+    build_reward_functions,
+    exact_answer,
+    final_number,
 )
 from test_rlhf import RLHF_DIR, load_script
 
@@ -85,8 +89,8 @@ def test_reward_model_reward_scores_the_prompt_and_the_reply_ids(tiny_qwen2):
     from transformers import AutoModelForSequenceClassification
 
     from llm_tuning.modeling import load_tokenizer
-    from llm_tuning.rlhf.reward_model import reward_scores
     from llm_tuning.rlhf.pairs import render_prompt
+    from llm_tuning.rlhf.reward_model import reward_scores
     from llm_tuning.templates import encode_prompt, encode_turns, get_template
 
     tokenizer, template = load_tokenizer(str(tiny_qwen2)), get_template("qwen")

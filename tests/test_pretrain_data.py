@@ -13,11 +13,22 @@ from pathlib import Path
 import pytest
 
 from llm_tuning.cli import UserError
-from llm_tuning.pretrain.mixture import (
-    format_table, mixture_probabilities, mixture_table, parse_weights, text_probabilities,
-)
 from llm_tuning.pretrain.blocks import (
-    ResumableStream, block_stream, mean_tokens_per_text, mixed_text_stream, pack_sourced_texts, pack_texts, proportional_quotas, realised_token_shares,
+    ResumableStream,
+    block_stream,
+    mean_tokens_per_text,
+    mixed_text_stream,
+    pack_sourced_texts,
+    pack_texts,
+    proportional_quotas,
+    realised_token_shares,
+)
+from llm_tuning.pretrain.mixture import (
+    format_table,
+    mixture_probabilities,
+    mixture_table,
+    parse_weights,
+    text_probabilities,
 )
 from llm_tuning.pretrain.shards import iter_corpus, load_manifest, read_texts, write_shards
 

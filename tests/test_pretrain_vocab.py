@@ -16,7 +16,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from llm_tuning.cli import UserError
 from llm_tuning.pretrain.shards import read_texts
 from llm_tuning.pretrain.vocab import (
-    check_old_ids_unchanged, mean_init_new_embeddings, merge_into_sentencepiece, old_sub_token_ids, sentencepiece_pieces, token_count, train_sentencepiece,
+    check_old_ids_unchanged,
+    mean_init_new_embeddings,
+    merge_into_sentencepiece,
+    old_sub_token_ids,
+    sentencepiece_pieces,
+    token_count,
+    train_sentencepiece,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

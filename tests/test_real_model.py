@@ -271,8 +271,8 @@ def test_auto_dtype_loads_float32_on_a_cpu(tiny_model, tmp_path):
 
 
 def test_the_training_summary_records_peak_memory(tiny_qwen2, tmp_path):
-    from tests.tiny_training import save_tokenized_pairs, train_tiny
     from qwen_lora_tuning import QWEN
+    from tests.tiny_training import save_tokenized_pairs, train_tiny
 
     dataset = save_tokenized_pairs(tiny_qwen2, "qwen", tmp_path / "data")
     train_tiny(QWEN, dataset, tmp_path / "run", steps=2)

@@ -19,7 +19,13 @@ from conftest import REPO_ROOT
 from llm_tuning.cli import UserError
 from llm_tuning.rlhf.pairs import EncodedPair, load_preference_pairs
 from llm_tuning.rlhf.ppo import (
-    PolicyWithValue, gae, kl_shaped_rewards, ppo_losses, score_rollout, token_logprobs, whiten,
+    PolicyWithValue,
+    gae,
+    kl_shaped_rewards,
+    ppo_losses,
+    score_rollout,
+    token_logprobs,
+    whiten,
 )
 from llm_tuning.rlhf.reward_model import pairwise_accuracy
 from llm_tuning.rlhf.rollouts import cut_at_stop, generate_replies, pack

@@ -148,8 +148,8 @@ def test_omit_designs_read_missing_aspects_as_unmentioned():
 
 
 def test_input_modeling_puts_the_prompt_in_the_loss(tiny_qwen2, records, tmp_path):
-    from llm_tuning.data import IGNORE_INDEX, load_tokenized
     from llm_tuning.atomic import write_jsonl
+    from llm_tuning.data import IGNORE_INDEX, load_tokenized
     from llm_tuning.experiment import tokenize_records
 
     rows = {}

@@ -5,9 +5,14 @@ from __future__ import annotations
 import shutil
 import socket
 
-
 import web_demo
-from tests.inference_fixtures import REASONING_EXCHANGES, REPO_ROOT, train_tiny_adapter, train_tool_adapter, training_pairs
+from tests.inference_fixtures import (
+    REASONING_EXCHANGES,
+    REPO_ROOT,
+    train_tiny_adapter,
+    train_tool_adapter,
+    training_pairs,
+)
 
 PAIRS = training_pairs()
 SCREENSHOT = REPO_ROOT / "runs/screenshots/web_demo.png"

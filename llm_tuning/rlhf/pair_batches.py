@@ -32,8 +32,18 @@ from dataclasses import dataclass, field
 import torch
 
 from ..batching import (
-    AUTO, MAX_PADDING, PACKING, RANDOM, SORTED, TOKENS, BatchSamplerMixin, EpochSeedCallback,
-    LengthSortedBatchSampler, automatic_token_budget, resolve_batching, row_lengths,
+    AUTO,
+    MAX_PADDING,
+    PACKING,
+    RANDOM,
+    SORTED,
+    TOKENS,
+    BatchSamplerMixin,
+    EpochSeedCallback,
+    LengthSortedBatchSampler,
+    automatic_token_budget,
+    resolve_batching,
+    row_lengths,
 )
 from ..cli import UserError
 

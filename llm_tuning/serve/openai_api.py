@@ -67,7 +67,6 @@ from ..reply_parts import CONTENT, REASONING, ReplyParser, prompt_opens_reasonin
 from ..templates import AnyTemplate, encode_chat, prompt_text, stop_token_ids
 from ..tool_calls import ToolCallFormat, call_opening, tool_call_format
 
-
 # --- Request schema (unknown fields are ignored, as OpenAI clients send extras) -----------------
 
 

@@ -26,7 +26,12 @@ import hc3
 from llm_tuning.atomic import write_jsonl
 from llm_tuning.cli import ArgumentParser, exits_on_user_error
 from llm_tuning.experiment import (
-    answer_all, build_tiny_stand_in, load_adapted, read_jsonl, tokenize_records, train_adapter,
+    answer_all,
+    build_tiny_stand_in,
+    load_adapted,
+    read_jsonl,
+    tokenize_records,
+    train_adapter,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # where the recipes are
