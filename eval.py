@@ -56,7 +56,8 @@ def reward_model_source(args: argparse.Namespace) -> tuple[str, str | None]:
     """(reward model or reward adapter, base override): --reward_model, or the --adapter / --base flags
     every task shares (one reward adapter on --base, or a merged reward model as --base)."""
     if args.reward_model and args.adapter:
-        raise UserError("pass the reward model once: --reward_model DIR, or --adapter DIR (with --base to change its base)")
+        raise UserError("pass the reward model once: --reward_model DIR, "
+                        "or --adapter DIR (with --base to change its base)")
     if len(args.adapter) > 1:
         raise UserError("reward scores with one reward model; pass a single --adapter")
     if args.reward_model or args.adapter:

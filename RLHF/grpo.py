@@ -64,11 +64,13 @@ class GRPOScriptArguments:
     """The questions GRPO trains on, its rewards and how the policy is measured."""
 
     train_file: str = field(metadata={"help": "q/a records (.json/.jsonl); the answer is the reference."})
-    eval_file: str | None = field(default=None, metadata={"help": "Questions to measure on (default: the training ones)."})
+    eval_file: str | None = field(default=None,
+                                  metadata={"help": "Questions to measure on (default: the training ones)."})
     reward_funcs: list[str] = field(default_factory=lambda: ["exact_answer"],
                                     metadata={"help": f"One or more of: {', '.join(REWARD_NAMES)}."})
     format_pattern: str | None = field(default=None, metadata={"help": "Regex of the format reward (re.search)."})
-    reward_model: str | None = field(default=None, metadata={"help": "reward_model.py's output, for the reward_model reward."})
+    reward_model: str | None = field(default=None,
+                                     metadata={"help": "reward_model.py's output, for the reward_model reward."})
     eval_samples: int = field(default=8, metadata={"help": "k: sampled replies per question for pass@k and accuracy."})
     max_prompt_length: int = field(default=512, metadata={"help": "Longer prompts are dropped."})
 

@@ -61,7 +61,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
 def main(args: argparse.Namespace, recipe_argv: list[str]) -> dict:
     out_dir = Path(args.output_dir)
     tiny = args.model == TINY
-    model = str(build_tiny_stand_in(out_dir / "tiny-baichuan", PROJECT_DIR / "data", arch="baichuan")) if tiny else args.model
+    model = (str(build_tiny_stand_in(out_dir / "tiny-baichuan", PROJECT_DIR / "data", arch="baichuan")) if tiny
+             else args.model)
 
     # 1. HC3 records -> q/a rows, split by question.
     counts = hc3.convert(args.input_file, args.answers, min_answer_chars=2, test_ratio=args.test_ratio, seed=42,
