@@ -109,8 +109,9 @@ def test_an_explicitly_named_incomplete_checkpoint_is_refused(tokenized, tmp_pat
     incomplete = tmp_path / "checkpoint-9"
     incomplete.mkdir()
     with pytest.raises(SystemExit) as exit_info:
-        finetune(QWEN, *parse_args(ModelArguments, DataArguments, FinetuneArguments, TrainingArguments, argv=recipe_argv(
-            tokenized, tmp_path / "out", "--max_steps", "1", "--resume_from_checkpoint", str(incomplete))))
+        finetune(QWEN, *parse_args(ModelArguments, DataArguments, FinetuneArguments, TrainingArguments,
+                                   argv=recipe_argv(tokenized, tmp_path / "out", "--max_steps", "1",
+                                                    "--resume_from_checkpoint", str(incomplete))))
     assert exit_info.value.code == 2
     assert "the checkpoint is incomplete" in capsys.readouterr().err
 

@@ -64,7 +64,8 @@ def merged(trained):
     """merge_lora.py on the trained adapter: (merged model dir, what the script printed)."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        merge_lora.main(merge_lora.parse_args(["--adapter", str(trained / "adapter"), "--output", str(trained / "merged")]))
+        merge_lora.main(merge_lora.parse_args(["--adapter", str(trained / "adapter"),
+                                               "--output", str(trained / "merged")]))
     return trained / "merged", out.getvalue()
 
 
