@@ -44,8 +44,8 @@ from pathlib import Path
 from llm_tuning.cli import ArgumentParser, UserError, exits_on_user_error
 from llm_tuning.generation import context_length
 from llm_tuning.inference import add_model_arguments, load_chat_model, load_chat_tokenizer, trust_remote_code_for
-from llm_tuning.serve.openai_api import DEFAULT_MAX_REQUEST_BYTES, Admission, DrainingServer, ServedModel, create_app
 from llm_tuning.serve.engines import TransformersEngine, VllmEngine
+from llm_tuning.serve.openai_api import DEFAULT_MAX_REQUEST_BYTES, Admission, DrainingServer, ServedModel, create_app
 
 
 def parse_args(argv=None) -> argparse.Namespace:

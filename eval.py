@@ -25,7 +25,11 @@ from pathlib import Path
 from llm_tuning.atomic import write_jsonl
 from llm_tuning.cli import ArgumentParser, UserError, exits_on_user_error, parse_bool
 from llm_tuning.evaluation import (
-    evaluate_choices, evaluate_generation, evaluate_perplexity, load_choice_questions, load_eval_conversations,
+    evaluate_choices,
+    evaluate_generation,
+    evaluate_perplexity,
+    load_choice_questions,
+    load_eval_conversations,
 )
 from llm_tuning.generation import GenerationSettings
 from llm_tuning.inference import add_model_arguments, load_chat_model, settings_for
@@ -52,7 +56,8 @@ def reward_model_source(args: argparse.Namespace) -> tuple[str, str | None]:
     """(reward model or reward adapter, base override): --reward_model, or the --adapter / --base flags
     every task shares (one reward adapter on --base, or a merged reward model as --base)."""
     if args.reward_model and args.adapter:
-        raise UserError("pass the reward model once: --reward_model DIR, or --adapter DIR (with --base to change its base)")
+        raise UserError("pass the reward model once: --reward_model DIR, "
+                        "or --adapter DIR (with --base to change its base)")
     if len(args.adapter) > 1:
         raise UserError("reward scores with one reward model; pass a single --adapter")
     if args.reward_model or args.adapter:

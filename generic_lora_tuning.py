@@ -31,7 +31,14 @@ from llm_tuning.batching import prepare_batching
 from llm_tuning.checkpoints import resume_argument
 from llm_tuning.cli import exits_on_user_error
 from llm_tuning.finetune import (
-    Family, add_trainable_parameters, end_run, load_base_model, load_data, load_family_tokenizer, make_trainer, save,
+    Family,
+    add_trainable_parameters,
+    end_run,
+    load_base_model,
+    load_data,
+    load_family_tokenizer,
+    make_trainer,
+    save,
     start_run,
 )
 from llm_tuning.templates import TEMPLATES

@@ -40,17 +40,19 @@ from pathlib import Path
 
 from llm_tuning.cli import ArgumentParser, exits_on_user_error, parse_bool
 from llm_tuning.data import TokenizeConfig, print_data_example, save_tokenized, tokenize_file
-from llm_tuning.records import RECORD_FORMATS, RecordKeys
 from llm_tuning.modeling import load_tokenizer
+from llm_tuning.records import RECORD_FORMATS, RecordKeys
 from llm_tuning.templates import describe_template, resolve_template
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_checkpoint", required=True, help="hub id or local path of the model whose tokenizer to use")
+    parser.add_argument("--model_checkpoint", required=True,
+                        help="hub id or local path of the model whose tokenizer to use")
     parser.add_argument("--input_file", required=True, help=".json (a list) or .jsonl (one object a line)")
     parser.add_argument("--format", default="qa", choices=RECORD_FORMATS,
-                        help="qa (--prompt_key/--target_key), alpaca, messages, sharegpt, or auto (from the first record)")
+                        help="qa (--prompt_key/--target_key), alpaca, messages, sharegpt, "
+                             "or auto (from the first record)")
     parser.add_argument("--prompt_key", default="q")
     parser.add_argument("--target_key", default="a")
     parser.add_argument("--history_key", default=None, help="key of earlier turns, a list of [question, answer]")

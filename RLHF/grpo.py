@@ -46,14 +46,14 @@ from pathlib import Path
 from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
+from llm_tuning.checkpoints import require_output_dir
 from llm_tuning.cli import UserError, exits_on_user_error
 from llm_tuning.modeling import load_model, load_tokenizer
 from llm_tuning.rlhf.grpo import format_table, load_questions, measure_policy
 from llm_tuning.rlhf.rewards import REWARD_NAMES, build_reward_functions
 from llm_tuning.rlhf.stage import ModelArguments, lora_config, save_eval_metrics, train_and_save
-from llm_tuning.templates import resolve_template, stop_token_ids
-from llm_tuning.checkpoints import require_output_dir
 from llm_tuning.run_logs import run_log_callbacks
+from llm_tuning.templates import resolve_template, stop_token_ids
 from llm_tuning.training import parse_args
 
 TABLE_FILE = "eval_table.txt"
@@ -64,11 +64,13 @@ class GRPOScriptArguments:
     """The questions GRPO trains on, its rewards and how the policy is measured."""
 
     train_file: str = field(metadata={"help": "q/a records (.json/.jsonl); the answer is the reference."})
-    eval_file: str | None = field(default=None, metadata={"help": "Questions to measure on (default: the training ones)."})
+    eval_file: str | None = field(default=None,
+                                  metadata={"help": "Questions to measure on (default: the training ones)."})
     reward_funcs: list[str] = field(default_factory=lambda: ["exact_answer"],
                                     metadata={"help": f"One or more of: {', '.join(REWARD_NAMES)}."})
     format_pattern: str | None = field(default=None, metadata={"help": "Regex of the format reward (re.search)."})
-    reward_model: str | None = field(default=None, metadata={"help": "reward_model.py's output, for the reward_model reward."})
+    reward_model: str | None = field(default=None,
+                                     metadata={"help": "reward_model.py's output, for the reward_model reward."})
     eval_samples: int = field(default=8, metadata={"help": "k: sampled replies per question for pass@k and accuracy."})
     max_prompt_length: int = field(default=512, metadata={"help": "Longer prompts are dropped."})
 

@@ -58,7 +58,14 @@ from llm_tuning.cli import UserError, exits_on_user_error
 from llm_tuning.modeling import load_model, load_tokenizer
 from llm_tuning.rlhf.pairs import PreferenceDataArguments, encode_pair, load_preference_pairs
 from llm_tuning.rlhf.ppo import (
-    PolicyWithValue, gae, kl_shaped_rewards, masked_mean, peak_memory_mb, ppo_losses, score_rollout, token_logprobs,
+    PolicyWithValue,
+    gae,
+    kl_shaped_rewards,
+    masked_mean,
+    peak_memory_mb,
+    ppo_losses,
+    score_rollout,
+    token_logprobs,
     whiten,
 )
 from llm_tuning.rlhf.reward_model import load_reward_model, reward_scores
@@ -77,10 +84,12 @@ class PPOArguments:
     --mini_batch_size 16 --max_new_tokens 24."""
 
     output_dir: str = field(metadata={"help": "Where the adapter, value head and logs go."})
-    reward_model: str = field(default=None, metadata={"help": "reward_model.py's output (an adapter) or a merged reward model."})
+    reward_model: str = field(default=None,
+                              metadata={"help": "reward_model.py's output (an adapter) or a merged reward model."})
     num_iterations: int = field(default=30, metadata={"help": "Rollout + update rounds."})
     batch_size: int = field(default=64, metadata={"help": "Prompts (and replies) per rollout."})
-    mini_batch_size: int = field(default=8, metadata={"help": "Replies per gradient step; batch_size must be a multiple."})
+    mini_batch_size: int = field(default=8,
+                                 metadata={"help": "Replies per gradient step; batch_size must be a multiple."})
     ppo_epochs: int = field(default=4, metadata={"help": "Passes over each rollout batch."})
     learning_rate: float = field(default=1e-5, metadata={"help": "~1e-5 for LoRA on 0.5B-7B models."})
     kl_coef: float = field(default=0.05, metadata={"help": "β of the per-token KL penalty against the reference."})
@@ -92,7 +101,8 @@ class PPOArguments:
     max_grad_norm: float = field(default=1.0)
     temperature: float = field(default=1.0, metadata={"help": "Rollout sampling temperature (logprobs use the same)."})
     max_new_tokens: int = field(default=256)
-    missing_eos_penalty: float = field(default=2.0, metadata={"help": "Subtracted from the score of a reply cut off before its stop token."})
+    missing_eos_penalty: float = field(
+        default=2.0, metadata={"help": "Subtracted from the score of a reply cut off before its stop token."})
     max_prompt_length: int = field(default=512, metadata={"help": "Longer prompts are dropped."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Run the models' own code (true/false)."})
     report_to: str = field(default="tensorboard", metadata={"help": "tensorboard or none."})
@@ -159,7 +169,8 @@ def check_arguments(ppo_args: PPOArguments) -> None:
     if not ppo_args.reward_model:
         raise UserError("pass --reward_model, the output directory of reward_model.py")
     if ppo_args.batch_size % ppo_args.mini_batch_size:
-        raise UserError(f"--batch_size {ppo_args.batch_size} must be a multiple of --mini_batch_size {ppo_args.mini_batch_size}")
+        raise UserError(f"--batch_size {ppo_args.batch_size} must be a multiple of "
+                        f"--mini_batch_size {ppo_args.mini_batch_size}")
 
 
 def load_prompts(path: str, tokenizer, template, max_prompt_length: int) -> list[list[int]]:

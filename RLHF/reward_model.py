@@ -34,15 +34,15 @@ from datasets import Dataset
 from transformers import set_seed
 from trl import RewardConfig, RewardTrainer
 
+from llm_tuning.checkpoints import require_output_dir
 from llm_tuning.cli import exits_on_user_error
 from llm_tuning.modeling import load_tokenizer
 from llm_tuning.rlhf.pair_batches import PairBatchingArguments, pair_trainer, resolve_pair_batching
 from llm_tuning.rlhf.pairs import PreferenceDataArguments, encode_pairs, load_preference_pairs
 from llm_tuning.rlhf.reward_model import load_scoring_model, score_pairs
 from llm_tuning.rlhf.stage import ModelArguments, lora_config, save_eval_metrics, train_and_save
-from llm_tuning.templates import resolve_template
-from llm_tuning.checkpoints import require_output_dir
 from llm_tuning.run_logs import run_log_callbacks
+from llm_tuning.templates import resolve_template
 from llm_tuning.training import parse_args
 
 

@@ -1,7 +1,8 @@
 """Convert real ASAP-style review data (CSV) into the jsonl schema run_sde.py reads.
 
     python SDE/convert_asap.py --csv asap_train.csv --domain d1 --out SDE/data/asap_d1_train.jsonl \
-        --columns food=Food#Taste,drinks=Food#Drinks,price=Price#Level,hygiene=Ambience#Sanitary,staff=Service#Hospitality,parking=Service#Parking
+        --columns \
+        food=Food#Taste,drinks=Food#Drinks,price=Price#Level,hygiene=Ambience#Sanitary,staff=Service#Hospitality,parking=Service#Parking
     python SDE/run_sde.py --train_file SDE/data/asap_d1_train.jsonl --id_test_file ... --ood_test_file ...
 
 The CSV has a review column (--review_column) and one column per aspect of the domain holding
@@ -10,8 +11,8 @@ The CSV has a review column (--review_column) and one column per aspect of the d
 
 import argparse
 
-from llm_tuning.cli import ArgumentParser, UserError, exits_on_user_error
 from llm_tuning.atomic import write_jsonl
+from llm_tuning.cli import ArgumentParser, UserError, exits_on_user_error
 from reviews import DOMAINS, load_asap_csv
 
 

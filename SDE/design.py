@@ -50,7 +50,8 @@ class Design:
         for option in fields(self):
             value = getattr(self, option.name)
             if value not in OPTIONS[option.name]:
-                raise UserError(f"design option {option.name}={value!r}; choose one of: {', '.join(OPTIONS[option.name])}")
+                raise UserError(f"design option {option.name}={value!r}; "
+                                f"choose one of: {', '.join(OPTIONS[option.name])}")
 
     @property
     def supervise_prompt(self) -> bool:
@@ -104,7 +105,8 @@ def instruction(domain: str, design: Design) -> str:
     text = f"请分析这条餐厅评论在以下方面的情感：{names}。每个方面{scale}。"
     if design.unmentioned == "omit":
         text += "只列出评论提到的方面。"
-    text += {"lines": "每行写一个“方面：情感”。", "json": "用 JSON 对象回答。", "natural": "用完整的句子回答。"}[design.format]
+    text += {"lines": "每行写一个“方面：情感”。", "json": "用 JSON 对象回答。",
+             "natural": "用完整的句子回答。"}[design.format]
     text += {"none": "", "cot": "先写分析，再给出答案。", "rcot": "先给出答案，再写分析。"}[design.reasoning]
     return text
 

@@ -29,14 +29,18 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from design import Design, build_sample, parse_design, parse_output
 from llm_tuning.atomic import write_jsonl
 from llm_tuning.cli import ArgumentParser, exits_on_user_error, parse_bool
 from llm_tuning.experiment import (
-    answer_all, build_tiny_stand_in, load_adapted, tokenize_records, train_adapter,
+    answer_all,
+    build_tiny_stand_in,
+    load_adapted,
+    tokenize_records,
+    train_adapter,
 )
 from llm_tuning.modeling import load_tokenizer
 from llm_tuning.templates import resolve_template
-from design import Design, build_sample, parse_design, parse_output
 from reviews import DOMAINS, load_reviews
 from scoring import evaluate
 

@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -149,8 +150,8 @@ def speed_rows(name: str, decoding: Decoding, batch_sizes: list[int], new_tokens
         for batch in batch_sizes:
             prompts = decoding.prompts([QUESTIONS[i % len(QUESTIONS)] for i in range(batch)])
             speeds = alternate({
-                "ours": lambda: decoding.ours(prompts, new_tokens, sampled, stop=False),
-                "generate": lambda: decoding.generate(prompts, new_tokens, sampled, stop=False),
+                "ours": partial(decoding.ours, prompts, new_tokens, sampled, stop=False),
+                "generate": partial(decoding.generate, prompts, new_tokens, sampled, stop=False),
             }, repeats)
             rows.append(f"| {name} | {'sampled' if sampled else 'greedy'} | {batch} | {speeds['ours'].cells()} | "
                         f"{speeds['generate'].cells()} | {ratios(speeds)} |")
@@ -172,10 +173,10 @@ def sort_rows(name: str, decoding: Decoding, count: int, batch_size: int, new_to
               "sorted by length": length_sorted_batches([len(p) for p in prompts], batch_size)}
     rows = []
     for order, batches in orders.items():
-        def run(decode):
+        def run(decode, batches):
             return lambda: sum(decode([prompts[i] for i in batch], new_tokens, False, True) for batch in batches)
 
-        speeds = alternate({"ours": run(decoding.ours), "generate": run(decoding.generate)}, repeats)
+        speeds = alternate({"ours": run(decoding.ours, batches), "generate": run(decoding.generate, batches)}, repeats)
         rows.append(f"| {name} | {order} ({padding_share(prompts, batches):.0%} padding) | {speeds['ours'].cells()} | "
                     f"{speeds['generate'].cells()} | {ratios(speeds)} |")
         print(rows[-1], flush=True)

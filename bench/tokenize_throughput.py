@@ -117,13 +117,15 @@ def scale(args, counts: list[int]) -> None:
             with data.open("w", encoding="utf-8") as out:  # distinct records: the n-th copy of a row says so
                 for n in range(count):
                     row = rows[n % len(rows)]
-                    out.write(json.dumps({"q": f"{row['q']} ({n // len(rows)})", "a": row["a"]}, ensure_ascii=False) + "\n")
+                    out.write(json.dumps({"q": f"{row['q']} ({n // len(rows)})", "a": row["a"]},
+                                         ensure_ascii=False) + "\n")
             command = [sys.executable, str(REPO_ROOT / "tokenize_dataset_rows.py"), "--model_checkpoint", model,
                        "--input_file", str(data), "--save_name", "rows", "--output_dir", str(Path(tmp) / "out"),
                        "--max_seq_length", str(args.max_seq_length)]
             # a wrapper process per run: RUSAGE_CHILDREN's peak is then this run's alone
             wrapper = ("import resource, subprocess, sys, time; start = time.perf_counter(); "
-                       "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
+                       "subprocess.run(sys.argv[1:], check=True, "
+                       "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
                        "print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
             seconds, peak_kib = subprocess.run([sys.executable, "-c", wrapper, *command], check=True,
                                                capture_output=True, text=True).stdout.split()
@@ -146,7 +148,8 @@ def ceiling_records_per_second(tokenizer, data: Path, count: int) -> float:
 
     records = [json.loads(line) for line in itertools.islice(data.open(encoding="utf-8"), count)]
     start = time.perf_counter()
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": r["q"]}, {"role": "assistant", "content": r["a"]}],
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": r["q"]},
+                                            {"role": "assistant", "content": r["a"]}],
                                            tokenize=False) for r in records]
     tokenizer(texts, add_special_tokens=False)
     return count / (time.perf_counter() - start)

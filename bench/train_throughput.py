@@ -2,7 +2,8 @@
 
     python bench/train_throughput.py                      # ~5 min on 2 CPU cores (--repeats 3: ~12 min)
     python bench/train_throughput.py --rows 1200 --hidden_size 512 --num_layers 8   # on a GPU
-    python bench/train_throughput.py --table dpo          # DPO on preference pairs (--repeats 3: 15-40 min, 2 busy cores)
+    python bench/train_throughput.py --table dpo          # DPO on preference pairs
+                                                          # (--repeats 3: 15-40 min, 2 busy cores)
 
 A tiny-but-not-trivial random Qwen2 (hidden 256, 4 layers by default) with a LoRA adapter trains
 one epoch over bench/data/long_tail.jsonl (make_long_tail.py) in each of these ways:
@@ -182,7 +183,8 @@ def run_one(mode: str, args: argparse.Namespace, model_dir: Path, data_dir: Path
         rows = dataset.map(lambda row: {"completion_mask": [int(label != IGNORE_INDEX) for label in row["labels"]]},
                            remove_columns=["labels"])
         padding_free = mode == "trl-padding-free"  # rows are cut to max_seq_length already; TRL wants None here
-        config = SFTConfig(**common, max_length=None if padding_free else args.max_seq_length, padding_free=padding_free)
+        config = SFTConfig(**common, max_length=None if padding_free else args.max_seq_length,
+                           padding_free=padding_free)
         trainer = SFTTrainer(model=model, args=config, train_dataset=rows, processing_class=tokenizer)
         trainer.data_collator = Counting(trainer.data_collator)
     elif mode == BASELINE:
@@ -244,7 +246,8 @@ def markdown_table(results: list[dict], device: str) -> str:
     trl_best = max((m for m in speed if m.startswith("trl-")), key=speed.get, default=None)
     repeated = any(len(s) > 1 for s in speeds.values())
     lines = [f"| batching ({device}) | real tokens/s{' (median, min-max)' if repeated else ''} | padding efficiency "
-             f"| steps | peak memory (of it, training) | vs Trainer group_by_length | vs TRL best ({trl_best or '-'}) |",
+             f"| steps | peak memory (of it, training) | vs Trainer group_by_length "
+             f"| vs TRL best ({trl_best or '-'}) |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for mode, rs in runs.items():
         r = rs[0]  # positions, steps: the same in every run of a mode
@@ -276,8 +279,9 @@ def dpo_markdown_table(runs: dict[str, list[dict]], speeds: dict[str, list[float
         vs_cpu = f"{per_cpu[mode] / per_cpu[DPO_BASELINE]:.2f}x" if baseline else "-"
         vs_memory = f"{peak_mb / statistics.median(run['peak_mb'] for run in baseline):.2f}x" if baseline else "-"
         spread = f" ({speeds[mode][0]:,.0f}-{speeds[mode][-1]:,.0f})" if len(rs) > 1 else ""
-        lines.append(f"| {mode} | {speed[mode]:,.0f}{spread} | {per_cpu[mode]:,.0f} | {r['real_tokens'] / r['positions']:.3f} "
-                     f"| {r['steps']} | {peak_mb:,.0f} MiB ({training_mb:,.0f}) | {vs_speed} | {vs_cpu} | {vs_memory} |")
+        lines.append(f"| {mode} | {speed[mode]:,.0f}{spread} | {per_cpu[mode]:,.0f} "
+                     f"| {r['real_tokens'] / r['positions']:.3f} | {r['steps']} "
+                     f"| {peak_mb:,.0f} MiB ({training_mb:,.0f}) | {vs_speed} | {vs_cpu} | {vs_memory} |")
     return "\n".join(lines)
 
 
@@ -287,7 +291,7 @@ def run_in_own_process(mode: str, args: argparse.Namespace, work_dir: Path) -> d
                     ("rows", "max_seq_length", "batch_size", "max_tokens_per_batch", "hidden_size",
                      "num_layers", "pairs")), [])
     done = subprocess.run(command, capture_output=True, text=True)
-    line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
+    line = next((out for out in done.stdout.splitlines() if out.startswith("RESULT ")), None)
     if done.returncode != 0 or line is None:
         sys.exit(f"error: mode {mode} failed:\n{done.stderr[-3000:]}")
     return json.loads(line[len("RESULT "):])
@@ -315,7 +319,8 @@ def main() -> None:
     prepare(args, work_dir)
     results = []
     # Rounds rotate the order, so no mode always runs first (a cold machine) or after the same one.
-    schedule = [mode for round in range(args.repeats) for mode in modes[round % len(modes):] + modes[:round % len(modes)]]
+    schedule = [mode for round in range(args.repeats)
+                for mode in modes[round % len(modes):] + modes[:round % len(modes)]]
     try:
         for mode in tqdm(schedule, desc="runs"):
             results.append(run_in_own_process(mode, args, work_dir))

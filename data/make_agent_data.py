@@ -66,7 +66,8 @@ def column_trace(a: int, b: int, op: str, chinese: bool) -> str:
     if chinese:
         return (f"个位：{ones_a}" + (" 借 1 变成 " + str(ones_a + 10) if borrow else "") + f"，减 {ones_b} 得 {ones}。"
                 + f"十位：{tens_a}" + (" - 1" if borrow else "") + f" - {tens_b} = {tens}。")
-    return (f"Ones: {ones_a}" + (f" borrows 1 to make {ones_a + 10}" if borrow else "") + f", minus {ones_b} is {ones}. "
+    return (f"Ones: {ones_a}" + (f" borrows 1 to make {ones_a + 10}" if borrow else "")
+            + f", minus {ones_b} is {ones}. "
             + f"Tens: {tens_a}" + (" - 1" if borrow else "") + f" - {tens_b} = {tens}.")
 
 
@@ -80,7 +81,8 @@ def reasoning_row(rng: random.Random) -> dict:
     question = f"计算 {a} {op} {b} 等于多少？" if chinese else f"What is {a} {op} {b}?"
     return {"messages": [
         {"role": "user", "content": question},
-        {"role": "assistant", "reasoning_content": column_trace(a, b, op, chinese), "content": f"{a} {op} {b} = {result}"},
+        {"role": "assistant", "reasoning_content": column_trace(a, b, op, chinese),
+         "content": f"{a} {op} {b} = {result}"},
     ]}
 
 
@@ -91,7 +93,8 @@ def call(name: str, **arguments) -> dict:
 
 # Messages that need no tool: (question, answer)
 SMALL_TALK = {
-    "zh": [("你好！", "你好！需要我查资料或者算数吗？"), ("谢谢你！", "不客气！"), ("你是谁？", "我是一个会用计算器和查询工具的助手。"),
+    "zh": [("你好！", "你好！需要我查资料或者算数吗？"), ("谢谢你！", "不客气！"),
+           ("你是谁？", "我是一个会用计算器和查询工具的助手。"),
            ("早上好！", "早上好！今天想算点什么？"), ("再见！", "再见！")],
     "en": [("Hello!", "Hello! Shall I look something up or compute something?"), ("Thank you!", "You are welcome!"),
            ("Who are you?", "An assistant with a calculator and a lookup tool."),
@@ -114,13 +117,15 @@ def tool_row(rng: random.Random, kind: str, chinese: bool) -> dict:
         question = f"请查一下{zh_query}。" if chinese else f"Please look up the {en_query}."
         value = zh_value if chinese else en_value
         turns = [call("lookup", query=zh_query if chinese else en_query), {"role": "tool", "content": value},
-                 {"role": "assistant", "content": f"{zh_query}是{value}。" if chinese else f"The {en_query} is {value}."}]
+                 {"role": "assistant",
+                  "content": f"{zh_query}是{value}。" if chinese else f"The {en_query} is {value}."}]
     elif kind == "two-step":
         en_unit, zh_unit, en_lookup, zh_lookup, per_unit, (en_target, zh_target) = rng.choice(UNITS)
         count = rng.randint(2, 9)
         expression = f"{count} * {per_unit}"
         total = count * per_unit
-        question = f"{count} {zh_unit}有多少{zh_target}？" if chinese else f"How many {en_target} are in {count} {en_unit}?"
+        question = (f"{count} {zh_unit}有多少{zh_target}？" if chinese
+                    else f"How many {en_target} are in {count} {en_unit}?")
         answer = (f"{count} {zh_unit}有 {total} {zh_target}。" if chinese
                   else f"There are {total} {en_target} in {count} {en_unit}.")
         turns = [call("lookup", query=zh_lookup if chinese else en_lookup), {"role": "tool", "content": str(per_unit)},

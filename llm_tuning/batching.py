@@ -171,7 +171,8 @@ class PaddingCollator:
                 batch["position_ids"].append(self._pad(list(row["position_ids"]), list(range(missing))))
             elif self.attention_mask:
                 batch["attention_mask"].append(self._pad([1] * len(ids), [0] * missing))
-        out: dict[str, torch.Tensor | bool] = {key: torch.tensor(value, dtype=torch.long) for key, value in batch.items()}
+        out: dict[str, torch.Tensor | bool] = {key: torch.tensor(value, dtype=torch.long)
+                                               for key, value in batch.items()}
         if packed:
             out["use_cache"] = False
         return out
@@ -374,7 +375,8 @@ def describe_batching(mode: str, automatic: bool, data_args, training_args,
     }[mode]
     if automatic:
         what += " (auto: flash-attention varlen on a GPU)" if mode == PACKING else " (auto: no varlen attention kernel)"
-    return f"batching: {mode}, {what}; choose with --batching {'|'.join(BATCHING_MODES[1:])} or --max_tokens_per_batch N"
+    return (f"batching: {mode}, {what}; "
+            f"choose with --batching {'|'.join(BATCHING_MODES[1:])} or --max_tokens_per_batch N")
 
 
 @dataclass

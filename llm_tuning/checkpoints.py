@@ -60,7 +60,8 @@ def resume_argument(training_args: TrainingArguments) -> str | None:
         output_dir = Path(training_args.output_dir)
         last = last_complete_checkpoint(output_dir) if output_dir.is_dir() else None
         if last is None:
-            raise UserError(f"--resume_from_checkpoint true, but {output_dir} has no checkpoint-* directory to resume from")
+            raise UserError(f"--resume_from_checkpoint true, but {output_dir} has no checkpoint-* directory "
+                            "to resume from")
         return str(last)
     if not Path(value).is_dir():
         raise UserError(f"--resume_from_checkpoint {value}: no such checkpoint directory")

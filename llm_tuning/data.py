@@ -53,8 +53,8 @@ def tokenize_conversation(
     Labels are IGNORE_INDEX everywhere but the assistant messages, each supervised with the
     end-of-turn token that ends it (with `last_turn_only`, the last message alone). Usually one row;
     an earlier turn the template writes otherwise once later messages follow (Qwen3: without its
-    reasoning or its no-think block) gets a row of its own that ends with it. A row that does not fit loses its oldest exchanges first, then the middle of its
-    prompt, then its end.
+    reasoning or its no-think block) gets a row of its own that ends with it. A row that does not
+    fit loses its oldest exchanges first, then the middle of its prompt, then its end.
     """
     targets = conversation.assistant_indices()[-1:] if last_turn_only else None
     samples = encode_conversation(tokenizer, template, conversation, targets)
@@ -126,8 +126,9 @@ def _tokenize_batch(batch, *, tokenizer, template_name, max_seq_length, skip_ove
 
 def _record_rows(path: str, keys: RecordKeys, limit: int | None):
     for where, conversation in iter_located_conversations(path, keys, limit):
-        yield {"where": where, "conversation": json.dumps({"messages": conversation.messages, "tools": conversation.tools},
-                                                          ensure_ascii=False)}
+        yield {"where": where,
+               "conversation": json.dumps({"messages": conversation.messages, "tools": conversation.tools},
+                                          ensure_ascii=False)}
 
 
 @contextlib.contextmanager
@@ -249,7 +250,8 @@ def save_tokenized(dataset, metadata: dict, out_dir: str | Path) -> Path:
     """Save dataset + metadata.json; an interrupted run leaves nothing behind (see atomic_directory)."""
     with atomic_directory(out_dir) as tmp_dir:
         dataset.save_to_disk(str(tmp_dir))
-        (tmp_dir / METADATA_FILE).write_text(json.dumps(metadata, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        (tmp_dir / METADATA_FILE).write_text(json.dumps(metadata, ensure_ascii=False, indent=2) + "\n",
+                                             encoding="utf-8")
     return Path(out_dir)
 
 

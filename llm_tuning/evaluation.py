@@ -24,8 +24,8 @@ from pathlib import Path
 from .cli import UserError
 from .conversation import Conversation, answer_of, split_reasoning
 from .generation import GenerationSettings, generate_in_batches
+from .metrics import best_option, choice_accuracy, continuation_log_probs, generation_scores, perplexity
 from .records import RecordKeys, load_conversations, read_records
-from .metrics import choice_accuracy, continuation_log_probs, generation_scores, perplexity, best_option
 from .templates import Template, encode_chat, encode_conversation, encode_prompt, stop_token_ids
 
 EVAL_KEYS = RecordKeys(prompt="q", target="a", history="history", system="system", format="auto")

@@ -65,7 +65,8 @@ def tokenize_records(
     return save_tokenized(dataset, metadata, save_dir)
 
 
-def train_adapter(recipe: str | Path, dataset_dir: str | Path, output_dir: str | Path, argv: Sequence[str] = ()) -> Path:
+def train_adapter(recipe: str | Path, dataset_dir: str | Path, output_dir: str | Path,
+                  argv: Sequence[str] = ()) -> Path:
     """Train a LoRA adapter by running `python <recipe> --tokenized_dataset D --output_dir O <argv>`."""
     recipe = Path(recipe)
     if not recipe.is_file():

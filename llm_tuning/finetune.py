@@ -211,7 +211,8 @@ def save(run: Run, family: Family, model_args: ModelArguments, finetune_args: Fi
         if trainer.is_world_process_zero():
             # An adapter directory gets one too: stock transformers and vLLM read the stop tokens from it.
             trainer.model.generation_config.save_pretrained(str(saving_dir))
-            rope = {"rope_scaling": model_args.rope_scaling, "rope_factor": model_args.rope_factor} if model_args.rope_scaling else {}
+            rope = ({"rope_scaling": model_args.rope_scaling, "rope_factor": model_args.rope_factor}
+                    if model_args.rope_scaling else {})
             save_run_config(str(saving_dir), base_model=run.data.base_model, template=run.data.template,
                             template_source=run.data.metadata.get("template_source"),
                             tokenized_dataset=str(run.data.path), recipe=family.script,

@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 
 from .cli import ArgumentParser, UserError, exits_on_user_error, parse_bool
-from .modeling import first_line, linear_module_names, load_tokenizer
 from .conversation import Conversation
+from .modeling import first_line, linear_module_names, load_tokenizer
 from .native_template import traits_of
 from .templates import NativeTemplate, describe_template, encode_conversation, resolve_template
 
@@ -196,7 +196,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="hub id or local path (only its config is read)")
     parser.add_argument("--adapter", default=None, help="also describe this adapter directory")
-    parser.add_argument("--template", default="auto", help="chat template to show (auto: as tokenize_dataset_rows.py picks it)")
+    parser.add_argument("--template", default="auto",
+                        help="chat template to show (auto: as tokenize_dataset_rows.py picks it)")
     parser.add_argument("--batch_size", type=int, default=1)
     parser.add_argument("--seq_len", type=int, default=1024)
     parser.add_argument("--gradient_checkpointing", type=parse_bool, default=False)

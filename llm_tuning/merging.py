@@ -50,7 +50,8 @@ def merge_adapter(adapter: str | Path, output: str | Path, base: str | None = No
     base_model = load_model(base, dtype, settings.trust_remote_code, **settings.rope)
     model = load_adapters(base_model, [adapter])
     template_name = settings.template
-    probe = encode_prompt(tokenizer, get_template(template_name), PROBE_QUERY) if template_name else tokenizer.encode(PROBE_QUERY)
+    probe = (encode_prompt(tokenizer, get_template(template_name), PROBE_QUERY) if template_name
+             else tokenizer.encode(PROBE_QUERY))
     input_ids = torch.tensor([probe], device=model.device)
     adapter_logits = probe_logits(model, input_ids)
 

@@ -30,7 +30,8 @@ MERGEABLE_PEFT_TYPES = {"LORA", "ADALORA"}
 def check_method(args: FinetuneArguments, quantization_bit: int | None) -> int | None:
     """Validate the method and return the quantization it needs (qlora means 4-bit unless told)."""
     if args.finetuning_type not in FINETUNING_TYPES:
-        raise UserError(f"--finetuning_type {args.finetuning_type!r} is unknown; choose one of: {', '.join(FINETUNING_TYPES)}")
+        raise UserError(f"--finetuning_type {args.finetuning_type!r} is unknown; "
+                        f"choose one of: {', '.join(FINETUNING_TYPES)}")
     if args.finetuning_type == "qlora":
         return quantization_bit or 4
     if quantization_bit is not None and args.finetuning_type not in {"lora", "adalora"}:
@@ -41,7 +42,8 @@ def check_method(args: FinetuneArguments, quantization_bit: int | None) -> int |
     return quantization_bit
 
 
-def training_steps(num_rows: int, batch_size: int, grad_accum: int, world_size: int, epochs: float, max_steps: int) -> int:
+def training_steps(num_rows: int, batch_size: int, grad_accum: int, world_size: int, epochs: float,
+                   max_steps: int) -> int:
     """Optimizer steps a run will take, as Trainer counts them (AdaLoRA's schedule needs it up front)."""
     if max_steps > 0:
         return max_steps
@@ -121,7 +123,8 @@ def freeze_all_but(model, args: FinetuneArguments):
     layers = decoder_layers(model)
     count = args.freeze_trainable_layers
     if not 1 <= count <= len(layers):
-        raise UserError(f"--freeze_trainable_layers must be between 1 and {len(layers)} (the model's layers), got {count}")
+        raise UserError(f"--freeze_trainable_layers must be between 1 and {len(layers)} (the model's layers), "
+                        f"got {count}")
     model.requires_grad_(False)
     for layer in layers[-count:]:
         layer.requires_grad_(True)

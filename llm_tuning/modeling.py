@@ -170,7 +170,8 @@ def linear_module_names(model) -> list[str]:
     """Short names (last path component) of the linear layers LoRA can target, lm_head excluded."""
     names = set()
     for full_name, module in model.named_modules():
-        is_linear = isinstance(module, torch.nn.Linear) or type(module).__name__ in {"Linear4bit", "Linear8bitLt", "Conv1D"}
+        is_linear = (isinstance(module, torch.nn.Linear)
+                     or type(module).__name__ in {"Linear4bit", "Linear8bitLt", "Conv1D"})
         if is_linear and not full_name.endswith("lm_head"):
             names.add(full_name.rsplit(".", 1)[-1])
     return sorted(names)

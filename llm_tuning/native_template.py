@@ -166,7 +166,8 @@ def _probe_traits(tokenizer) -> Traits:
         generation_prompt=True)
     return Traits(
         end_of_turn=end_of_turn, stop_texts=stops, renders_reasoning=PROBE_REASONING in reasoning,
-        renders_tool_calls=call_form is not None, renders_tool_results=call_form is not None and PROBE_RESULT in results,
+        renders_tool_calls=call_form is not None,
+        renders_tool_results=call_form is not None and PROBE_RESULT in results,
         renders_tools=PROBE_TOOL in tools, arguments_as_text=bool(call_form and call_form[1]),
         tool_call_content=call_form[0] if call_form else None,
     )

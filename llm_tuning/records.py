@@ -19,7 +19,6 @@ from pathlib import Path
 from .cli import UserError
 from .conversation import Conversation
 
-
 RECORD_FORMATS = ("auto", "qa", "alpaca", "messages", "sharegpt")
 
 
@@ -163,7 +162,8 @@ def _alpaca_conversation(record: dict, keys: RecordKeys, where: str) -> Conversa
     answer = _text_field(record, "output", where, "answer", "--format")
     query = f"{instruction}\n{extra_input}" if extra_input.strip() else instruction
     history = _history_pairs(record, keys.history or "history", where)
-    return Conversation.from_turns([*history, (query, answer)], _optional_system(record, keys.system or "system", where))
+    return Conversation.from_turns([*history, (query, answer)],
+                                   _optional_system(record, keys.system or "system", where))
 
 
 def _role_conversation(messages, where: str, field: str, role_key: str, text_key: str,
@@ -240,7 +240,8 @@ def _tool_call(call, here: str) -> dict:
     """One OpenAI tool call, its arguments parsed into an object."""
     function = call.get("function") if isinstance(call, dict) else None
     if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
-        raise UserError(f"{here} must be {{\"type\": \"function\", \"function\": {{\"name\": ..., \"arguments\": ...}}}}")
+        raise UserError(f"{here} must be "
+                        f"{{\"type\": \"function\", \"function\": {{\"name\": ..., \"arguments\": ...}}}}")
     normalized = {"type": "function", "function": {"name": function["name"],
                                                    "arguments": _arguments(function.get("arguments", {}), here)}}
     if isinstance(call.get("id"), str):

@@ -20,7 +20,8 @@ DEFAULT_ROPE_FACTOR = 2.0
 def save_run_config(output_dir: str | Path, **config) -> None:
     """Record what chat.py / merge_lora.py need to use the adapter: template, base model, data."""
     Path(output_dir).mkdir(parents=True, exist_ok=True)
-    (Path(output_dir) / RUN_CONFIG_FILE).write_text(json.dumps(config, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    (Path(output_dir) / RUN_CONFIG_FILE).write_text(json.dumps(config, ensure_ascii=False, indent=2) + "\n",
+                                                    encoding="utf-8")
 
 
 def read_run_config(run_dir: str | Path) -> dict:

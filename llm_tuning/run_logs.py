@@ -85,7 +85,8 @@ def plot_loss(log_history: list[dict], out_file: Path) -> Path | None:
     ax.legend()
     # Scores from eval during training (llm_tuning/eval_callback.py), on a right-hand axis.
     scores = sorted({key for log in log_history for key in log
-                     if key.startswith("eval_") and key not in {"eval_loss", "eval_runtime"} and "per_second" not in key})
+                     if key.startswith("eval_") and key not in {"eval_loss", "eval_runtime"}
+                     and "per_second" not in key})
     if scores:
         right = ax.twinx()
         for key in scores:

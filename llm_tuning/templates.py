@@ -149,7 +149,8 @@ class Template:
         system, turns = self.turns_of(conversation)
         targets = conversation.assistant_indices() if targets is None else targets
         chosen = [n for n, turn in enumerate(turns) if turn.message in targets]
-        own_rows = [n for n in chosen if n < len(turns) - 1 and (turns[n].reasoning is not None or self.last_prompt_suffix)]
+        own_rows = [n for n in chosen
+                    if n < len(turns) - 1 and (turns[n].reasoning is not None or self.last_prompt_suffix)]
         samples = [self._row(tokenizer, turns[:n + 1], system, [n], conversation) for n in own_rows]
         rest = [n for n in chosen if n not in own_rows]
         if rest:
@@ -159,7 +160,8 @@ class Template:
     def _row(self, tokenizer, turns: list[RegistryTurn], system: str | None, supervised: list[int],
              conversation: Conversation) -> EncodedSample:
         ids, spans = [], []
-        for number, (prompt_ids, answer_ids) in enumerate(self.encode_rendered(tokenizer, self.render_turns(turns, system))):
+        rendered = self.encode_rendered(tokenizer, self.render_turns(turns, system))
+        for number, (prompt_ids, answer_ids) in enumerate(rendered):
             ids += prompt_ids
             if number in supervised:
                 turn = turns[number]

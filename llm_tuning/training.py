@@ -26,9 +26,12 @@ class ModelArguments:
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "Base model (hub id or path). Default: the one the dataset was tokenized with."}
     )
-    trust_remote_code: bool = field(default=False, metadata={"help": "Run the model's own code (ChatGLM, Baichuan, Qwen v1)."})
-    dtype: str = field(default="auto", metadata={"help": "auto (the checkpoint's dtype on a GPU, float32 on a CPU), float32, bfloat16 or float16 for the base weights."})
-    quantization_bit: int | None = field(default=None, metadata={"help": "4 or 8: QLoRA over a bitsandbytes-quantized base."})
+    trust_remote_code: bool = field(default=False,
+                                    metadata={"help": "Run the model's own code (ChatGLM, Baichuan, Qwen v1)."})
+    dtype: str = field(default="auto", metadata={"help": "auto (the checkpoint's dtype on a GPU, float32 on a CPU), "
+                                                         "float32, bfloat16 or float16 for the base weights."})
+    quantization_bit: int | None = field(default=None,
+                                         metadata={"help": "4 or 8: QLoRA over a bitsandbytes-quantized base."})
     rope_scaling: str | None = field(
         default=None, metadata={"help": "linear, dynamic or yarn: stretch RoPE to contexts longer than the model's."}
     )
@@ -69,7 +72,8 @@ class DataArguments:
     )
     # Eval during training (llm_tuning/eval_callback.py): generation and choice scores every N steps.
     generation_eval_file: str | None = field(
-        default=None, metadata={"help": "q/a json(l) to answer every --generation_eval_steps: rouge, bleu-4, exact match."}
+        default=None,
+        metadata={"help": "q/a json(l) to answer every --generation_eval_steps: rouge, bleu-4, exact match."},
     )
     choice_eval_file: str | None = field(
         default=None, metadata={"help": "C-Eval-style json(l) scored every --generation_eval_steps: choice accuracy."}

@@ -4,7 +4,8 @@ Adapts an English-first base to Chinese or to a domain (e.g. Qwen/Qwen2.5-7B, me
 or the output of extend_embeddings.py after a vocabulary merge). Tested with transformers 5.24,
 peft 0.21, datasets 5.2, torch 2.13.
 
-    # 1. shards: python pretrain/compress_data.py --inputs a.jsonl b.jsonl --output_dir data/tokenized_data/pretrain_corpus --heldout_lines 1000
+    # 1. shards: python pretrain/compress_data.py --inputs a.jsonl b.jsonl
+    #            --output_dir data/tokenized_data/pretrain_corpus --heldout_lines 1000
     # 2. LoRA (plus embed_tokens/lm_head automatically after extend_embeddings.py), one GPU
     python pretrain/continue_pretraining.py --model_name_or_path Qwen/Qwen2.5-7B \
         --corpus_dir data/tokenized_data/pretrain_corpus --mixture_weights zh_medical=3 --block_size 1024 \
@@ -42,20 +43,34 @@ loss.png, tensorboard logs under runs/ (--report_to tensorboard), and checkpoint
 
 from transformers import TrainingArguments, set_seed
 
+from llm_tuning.checkpoints import require_output_dir, resume_argument
 from llm_tuning.cli import UserError, exits_on_user_error
 from llm_tuning.methods import check_method, prepare_trainable
-from llm_tuning.pretrain.mixture import (
-    format_table, mixture_probabilities, mixture_table, parse_weights, text_probabilities,
-)
 from llm_tuning.modeling import load_model, load_tokenizer
 from llm_tuning.pretrain.blocks import (
-    SOURCE_TOKENS_KEY, PretrainArguments, PretrainTrainer, ResumableStream, StreamStateCallback, block_stream, collate_blocks, heldout_blocks, mean_tokens_per_text, read_stream_state, realised_token_shares,
+    SOURCE_TOKENS_KEY,
+    PretrainArguments,
+    PretrainTrainer,
+    ResumableStream,
+    StreamStateCallback,
+    block_stream,
+    collate_blocks,
+    heldout_blocks,
+    mean_tokens_per_text,
+    read_stream_state,
+    realised_token_shares,
+)
+from llm_tuning.pretrain.mixture import (
+    format_table,
+    mixture_probabilities,
+    mixture_table,
+    parse_weights,
+    text_probabilities,
 )
 from llm_tuning.pretrain.shards import load_manifest
-from llm_tuning.checkpoints import require_output_dir, resume_argument
+from llm_tuning.pretrain.vocab import embedding_module_names, read_vocab_extension
 from llm_tuning.run_logs import run_log_callbacks
 from llm_tuning.training import FinetuneArguments, ModelArguments, parse_args
-from llm_tuning.pretrain.vocab import embedding_module_names, read_vocab_extension
 
 # Pretraining adapts every layer: LoRA on all linear layers, not only attention.
 LORA_TARGETS = "all-linear"
@@ -113,7 +128,8 @@ def load_heldout(pretrain_args: PretrainArguments, training_args: TrainingArgume
     """The held-out blocks of every source, or None when there is no evaluation."""
     if training_args.eval_strategy == "no":
         return None
-    heldout = heldout_blocks(pretrain_args.corpus_dir, tokenizer, pretrain_args.block_size, pretrain_args.max_eval_blocks)
+    heldout = heldout_blocks(pretrain_args.corpus_dir, tokenizer, pretrain_args.block_size,
+                             pretrain_args.max_eval_blocks)
     if training_args.process_index == 0:
         print("held-out blocks per source: " + ", ".join(f"{s} {n}" for s, n in heldout.counts().items()))
     return heldout
@@ -134,7 +150,8 @@ def build_model(model_args: ModelArguments, pretrain_args: PretrainArguments, fi
     if pretrain_args.modules_to_save is None and read_vocab_extension(base_model):
         modules_to_save = embedding_module_names(model)
         print(f"the vocabulary was extended: training {', '.join(modules_to_save)} in full beside LoRA")
-    model = prepare_trainable(model, finetune_args, LORA_TARGETS, gradient_checkpointing=training_args.gradient_checkpointing,
+    model = prepare_trainable(model, finetune_args, LORA_TARGETS,
+                              gradient_checkpointing=training_args.gradient_checkpointing,
                               modules_to_save=modules_to_save)
     if training_args.process_index == 0 and hasattr(model, "print_trainable_parameters"):
         model.print_trainable_parameters()

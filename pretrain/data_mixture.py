@@ -19,7 +19,11 @@ import argparse
 
 from llm_tuning.cli import ArgumentParser, exits_on_user_error
 from llm_tuning.pretrain.mixture import (
-    format_table, mixture_probabilities, mixture_table, parse_weights, plot_mixture,
+    format_table,
+    mixture_probabilities,
+    mixture_table,
+    parse_weights,
+    plot_mixture,
 )
 from llm_tuning.pretrain.shards import load_manifest
 

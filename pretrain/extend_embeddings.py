@@ -50,7 +50,8 @@ def main(args: argparse.Namespace) -> None:
         record = {"base_model": args.base_model, "tokenizer": args.tokenizer, "old_vocab_size": len(old),
                   "new_vocab_size": len(new), "embedding_rows": {"old": old_rows,
                                                                  "new": model.get_input_embeddings().weight.shape[0]}}
-        (tmp / VOCAB_EXTENSION_FILE).write_text(json.dumps(record, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        (tmp / VOCAB_EXTENSION_FILE).write_text(json.dumps(record, ensure_ascii=False, indent=2) + "\n",
+                                                encoding="utf-8")
     print(f"initialised {len(new_ids)} new token rows (ids {new_ids[0] if new_ids else '-'}…); "
           f"embedding rows {old_rows} -> {record['embedding_rows']['new']}")
     print(f"wrote {args.output_dir}")

@@ -28,7 +28,11 @@ from llm_tuning.cli import ArgumentParser, UserError, exits_on_user_error
 from llm_tuning.modeling import load_tokenizer
 from llm_tuning.pretrain.shards import read_texts
 from llm_tuning.pretrain.vocab import (
-    check_old_ids_unchanged, local_tokenizer_dir, merge_tokenizer_files, sentencepiece_pieces, token_count,
+    check_old_ids_unchanged,
+    local_tokenizer_dir,
+    merge_tokenizer_files,
+    sentencepiece_pieces,
+    token_count,
 )
 
 SAMPLE_FILES = ["pretrain/data/zh_general.jsonl", "pretrain/data/en_general.jsonl"]

@@ -17,7 +17,8 @@ bigger stand-in), rulai (projects/RulaiGPT/README.md and both READMEs), hc3
 continued pretraining, and the token mixture), mixture (pretrain/README.md: the deterministic shard
 and mixture tables), vocab (pretrain/README.md: the token counts before and after the vocabulary
 merge), generation (both READMEs: batched generation speed, three
-timed repeats), real (both READMEs: SmolLM2-135M-Instruct before and after `REAL=1 bash demo.sh`). With OMP_NUM_THREADS=1 on 2 CPU cores shared with other jobs one seed took:
+timed repeats), real (both READMEs: SmolLM2-135M-Instruct before and after `REAL=1 bash demo.sh`).
+With OMP_NUM_THREADS=1 on 2 CPU cores shared with other jobs one seed took:
 rlhf 2-3.5 min, sde 2.5-5.5 min, sde_bigger 1 min, rulai 1-2 min, hc3 20-45 s, pretrain 12-30 s
 (two runs), generation 12 s; all of them, three seeds, about 25 minutes.
 """

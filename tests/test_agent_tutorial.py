@@ -69,7 +69,8 @@ def reply(model, tokenizer, template, messages, tools=None) -> str:
 def tool_call_text(message: dict) -> str:
     """How Qwen3's format writes an assistant tool call."""
     function = message["tool_calls"][0]["function"]
-    return f'<tool_call>\n{json.dumps({"name": function["name"], "arguments": function["arguments"]}, ensure_ascii=False)}\n</tool_call>'
+    call = json.dumps({"name": function["name"], "arguments": function["arguments"]}, ensure_ascii=False)
+    return f"<tool_call>\n{call}\n</tool_call>"
 
 
 def test_it_calls_the_right_tools_and_answers_after_their_results(agent_model):

@@ -212,7 +212,8 @@ def test_llama31_json_calls_through_the_server(llama3_1_tools_dir):
     question = [{"role": "user", "content": "What time is it in Tokyo?"}]
     tools = [{"type": "function", "function": {"name": "get_time", "parameters": {
         "type": "object", "properties": {"zone": {"type": "string"}}}}}]
-    client, engine = scripted_client(tokenizer, NativeTemplate(), '{"name": "get_time", "parameters": {"zone": "Asia/Tokyo"}}')
+    client, engine = scripted_client(tokenizer, NativeTemplate(),
+                                     '{"name": "get_time", "parameters": {"zone": "Asia/Tokyo"}}')
     for reply in (ask(client, question, tools=tools).choices[0], None):
         if reply is None:
             parts = streamed(client, question, tools=tools)
@@ -261,19 +262,23 @@ def test_templates_that_cannot_render_tools_are_refused_in_one_sentence(tiny_mod
 
 @pytest.mark.parametrize("messages, kwargs, param, says", [
     ([{"role": "user", "content": "Hi"}], {"tool_choice": "required"}, "tool_choice", "only when the request gives"),
-    ([{"role": "user", "content": "Hi"}], {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+    ([{"role": "user", "content": "Hi"}],
+     {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}},
      "tool_choice", "'nope' is not among"),
     ([{"role": "user", "content": "Hi"}], {"extra_body": {"chat_template_kwargs": {"add_vision_id": True}}},
      "chat_template_kwargs", "only enable_thinking"),
     ([{"role": "user", "content": "Hi"},
-      {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "add", "arguments": "{a: 1}"}}]},
-      {"role": "tool", "tool_call_id": "c1", "content": "1"}], {"tools": TOOLS}, "messages.1.tool_calls.0.function.arguments",
-     "must be a JSON object"),
+      {"role": "assistant",
+       "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "add", "arguments": "{a: 1}"}}]},
+      {"role": "tool", "tool_call_id": "c1", "content": "1"}], {"tools": TOOLS},
+     "messages.1.tool_calls.0.function.arguments", "must be a JSON object"),
     ([{"role": "user", "content": "Hi"},
-      {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "add", "arguments": "{}"}}]},
+      {"role": "assistant",
+       "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "add", "arguments": "{}"}}]},
       {"role": "tool", "tool_call_id": "c2", "content": "1"}], {"tools": TOOLS}, "messages", "answers tool call 'c2'"),
     ([{"role": "user", "content": "Hi"},
-      {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "add", "arguments": "{}"}}]},
+      {"role": "assistant",
+       "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "add", "arguments": "{}"}}]},
       {"role": "user", "content": "and?"}], {"tools": TOOLS}, "messages", "comes 'tool'"),
     ([{"role": "user", "content": "Hi"}, {"role": "tool", "tool_call_id": "c1", "content": "1"}], {}, "messages",
      "has role 'tool'"),

@@ -49,7 +49,8 @@ def test_packed_training_follows_the_padded_loss_curve(tiny_qwen2, tmp_path):
     for packing in (False, True):
         torch.manual_seed(0)
         trainer = trainer_for(lora(tiny_qwen2), tokenizer, dataset, tmp_path / str(packing),
-                              DataArguments("unused", batching="packing" if packing else "random", packing_max_length=512),
+                              DataArguments("unused", batching="packing" if packing else "random",
+                                            packing_max_length=512),
                               per_device_train_batch_size=8, max_steps=12, learning_rate=5e-3)
         assert len(trainer.train_dataset) == 8 or packing and len(trainer.train_dataset) <= 3  # <= 8 x 128 tokens
         trainer.train()

@@ -32,13 +32,12 @@ def worker(record_dir: Path, recipe_args: list[str], shm_comm: bool) -> None:
     sys.path.insert(0, str(REPO_ROOT))
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
-
-    import llm_tuning.finetune as finetune_module
-    from qwen_lora_tuning import QWEN
     from transformers import TrainingArguments
     from transformers.integrations import is_deepspeed_zero3_enabled
 
+    import llm_tuning.finetune as finetune_module
     from llm_tuning.training import DataArguments, FinetuneArguments, ModelArguments, parse_args
+    from qwen_lora_tuning import QWEN
 
     if not shm_comm:
         # DeepSpeed on a CPU builds a shared-memory allreduce op first (~70-110 s of C++ compile).
@@ -74,7 +73,8 @@ def worker(record_dir: Path, recipe_args: list[str], shm_comm: bool) -> None:
         with whole:  # the adapter's weights (LoRA), or every trained one (full fine-tuning)
             weights = (get_peft_model_state_dict(model) if hasattr(model, "peft_config")
                        else {name: p for name, p in model.named_parameters() if p.requires_grad})
-            save_file({k: v.detach().float().contiguous() for k, v in weights.items()}, record_dir / f"held-{rank}.safetensors")
+            save_file({k: v.detach().float().contiguous() for k, v in weights.items()},
+                      record_dir / f"held-{rank}.safetensors")
         (record_dir / f"engine-{rank}.txt").write_text(describe(engine))
         return original_save(run, *args, **kwargs)
 
@@ -133,7 +133,8 @@ def launch(tmp_path: Path, tokenized_dir: Path, model: Path, *extra: str, shm_co
                "--per_device_train_batch_size", "2", "--max_steps", "4", "--learning_rate", "1e-2",
                "--lora_dropout", "0", "--save_strategy", "no", "--logging_steps", "1",
                "--batching", "random", *extra]  # fixed 2-row batches; token budgets: the last test
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "TORCH_EXTENSIONS_DIR": str(extensions)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "TORCH_EXTENSIONS_DIR": str(extensions)}
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     # DeepSpeed compiled no C++ op (a minute or more each on 2 cores)

@@ -299,7 +299,8 @@ def ask_api_server(command: DocCommand, port: int) -> str:
     """One real request, as the README's client sends it."""
     from openai import OpenAI
 
-    client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=env_assignments(command.words()).get("API_KEY", "none"))
+    client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1",
+                    api_key=env_assignments(command.words()).get("API_KEY", "none"))
     model = client.models.list().data[0].id
     reply = client.chat.completions.create(model=model, temperature=0, max_tokens=8,
                                            messages=[{"role": "user", "content": "What is 75 + 54?"}])

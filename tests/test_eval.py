@@ -9,7 +9,13 @@ import pytest
 
 import eval as eval_script
 from llm_tuning.evaluation import choice_query, load_choice_questions, load_eval_conversations
-from tests.inference_fixtures import REASONING_EXCHANGES, REPO_ROOT, train_tiny_adapter, train_tool_adapter, training_pairs
+from tests.inference_fixtures import (
+    REASONING_EXCHANGES,
+    REPO_ROOT,
+    train_tiny_adapter,
+    train_tool_adapter,
+    training_pairs,
+)
 
 PAIRS = training_pairs()
 CHOICE_FILE = REPO_ROOT / "data/eval/choice_eval.jsonl"
@@ -24,7 +30,8 @@ def adapter(tiny_qwen2, tmp_path_factory):
 @pytest.fixture(scope="module")
 def qa_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "trained_qa.jsonl"
-    path.write_text("".join(json.dumps({"q": q, "a": a}, ensure_ascii=False) + "\n" for q, a in PAIRS), encoding="utf-8")
+    path.write_text("".join(json.dumps({"q": q, "a": a}, ensure_ascii=False) + "\n" for q, a in PAIRS),
+                    encoding="utf-8")
     return path
 
 
@@ -114,7 +121,8 @@ def reward_rows(tmp_path, name, *flags):
 
 def test_reward_uses_the_model_flags(reward_model, tmp_path, capsys):
     scores = reward_rows(tmp_path, "rm", "--reward_model", reward_model, "--dtype", "float32")
-    assert reward_rows(tmp_path, "base", "--base", reward_model, "--dtype", "float32") == scores  # --base: the same model
+    # --base: the same model
+    assert reward_rows(tmp_path, "base", "--base", reward_model, "--dtype", "float32") == scores
     half = reward_rows(tmp_path, "bf16", "--reward_model", reward_model, "--dtype", "bfloat16")
     assert half != scores and max(abs(a - b) for row, ref in zip(half, scores) for a, b in zip(row, ref)) < 0.5
     stretched = reward_rows(tmp_path, "rope", "--reward_model", reward_model, "--dtype", "float32",

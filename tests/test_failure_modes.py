@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from transformers import TrainingArguments
 
 import tokenize_dataset_rows
 from llm_tuning.cli import UserError
 from llm_tuning.finetune import finetune
-from llm_tuning.records import read_records
 from llm_tuning.pretrain.shards import read_texts
+from llm_tuning.records import read_records
 from llm_tuning.training import DataArguments, FinetuneArguments, ModelArguments, parse_args
 from qwen_lora_tuning import QWEN
 from tests.conftest import REPO_ROOT
-from transformers import TrainingArguments
 
 MATH = REPO_ROOT / "data" / "simple_math_4op.jsonl"
 
@@ -109,8 +109,9 @@ def test_an_explicitly_named_incomplete_checkpoint_is_refused(tokenized, tmp_pat
     incomplete = tmp_path / "checkpoint-9"
     incomplete.mkdir()
     with pytest.raises(SystemExit) as exit_info:
-        finetune(QWEN, *parse_args(ModelArguments, DataArguments, FinetuneArguments, TrainingArguments, argv=recipe_argv(
-            tokenized, tmp_path / "out", "--max_steps", "1", "--resume_from_checkpoint", str(incomplete))))
+        finetune(QWEN, *parse_args(ModelArguments, DataArguments, FinetuneArguments, TrainingArguments,
+                                   argv=recipe_argv(tokenized, tmp_path / "out", "--max_steps", "1",
+                                                    "--resume_from_checkpoint", str(incomplete))))
     assert exit_info.value.code == 2
     assert "the checkpoint is incomplete" in capsys.readouterr().err
 

@@ -94,7 +94,8 @@ def test_every_numeric_flag_has_a_rule_and_every_rule_is_enforced(script, monkey
     # (a script's subclass of a TRL config only changes defaults: those fields stay TRL's)
     dataclasses_ = getattr(parser, "dataclass_types", ())
     theirs = {name for cls in dataclasses_ for base in cls.__mro__
-              if base.__module__.startswith(("transformers", "trl")) for name in getattr(base, "__dataclass_fields__", ())}
+              if base.__module__.startswith(("transformers", "trl"))
+              for name in getattr(base, "__dataclass_fields__", ())}
     ours = {name for cls in dataclasses_ for name in cls.__dataclass_fields__} - theirs
     unchecked = [a.dest for a in flag_actions(parser)
                  if a.type in (int, float) and not a.choices and a.dest not in FLAG_RULES.keys() | ANY_NUMBER

@@ -8,12 +8,17 @@ import pytest
 
 import tokenize_dataset_rows
 from llm_tuning.batching import make_collator
+from llm_tuning.conversation import Conversation
 from llm_tuning.data import (
-    IGNORE_INDEX, TokenizeConfig, load_tokenized, save_tokenized, supervised_ids,
-    tokenize_conversation, tokenize_file,
+    IGNORE_INDEX,
+    TokenizeConfig,
+    load_tokenized,
+    save_tokenized,
+    supervised_ids,
+    tokenize_conversation,
+    tokenize_file,
 )
 from llm_tuning.modeling import load_tokenizer
-from llm_tuning.conversation import Conversation
 from llm_tuning.records import RecordKeys, load_conversations
 from llm_tuning.templates import chat_template_hash, encode_prompt, get_template
 
@@ -106,7 +111,8 @@ def test_truncation_shortens_the_prompt_first_and_keeps_the_answer_start(tokeniz
 
 def test_a_long_answer_keeps_its_start(tokenizer):
     answer = "".join(f"第{i}步。" for i in range(80))
-    [row] = tokenize_conversation(tokenizer, QWEN, Conversation.from_turns([("讲一讲步骤。", answer)]), max_seq_length=48)
+    [row] = tokenize_conversation(tokenizer, QWEN, Conversation.from_turns([("讲一讲步骤。", answer)]),
+                                  max_seq_length=48)
     assert len(row.input_ids) == 48
     assert answer.startswith(tokenizer.decode(supervised_ids(row.labels)))
 
@@ -262,9 +268,11 @@ def test_json_list_files_read_like_jsonl(tmp_path):
 # --- record formats --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name,expected", [
-    ("alpaca_sample.jsonl", (None, [("写一句关于春天的诗。", "春风又绿江南岸。"), ("再写一句关于秋天的。", "停车坐爱枫林晚，霜叶红于二月花。")])),
+    ("alpaca_sample.jsonl", (None, [("写一句关于春天的诗。", "春风又绿江南岸。"),
+                                    ("再写一句关于秋天的。", "停车坐爱枫林晚，霜叶红于二月花。")])),
     ("messages_sample.jsonl", ("你是一个简洁的数学助手。", [("计算 6 * 7 等于多少？", "6 * 7 = 42")])),
-    ("sharegpt_sample.jsonl", (None, [("你好！", "你好！有什么可以帮你的吗？"), ("推荐一本书。", "推荐《活着》，余华的作品。")])),
+    ("sharegpt_sample.jsonl", (None, [("你好！", "你好！有什么可以帮你的吗？"),
+                                      ("推荐一本书。", "推荐《活着》，余华的作品。")])),
 ])
 def test_each_record_format_reads_into_turns(name, expected):
     conversations = load_conversations(REPO / "data" / name, RecordKeys(format="auto"))

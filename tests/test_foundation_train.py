@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import TrainingArguments
 
 import merge_lora
 from llm_tuning.data import load_tokenized
@@ -16,7 +17,6 @@ from llm_tuning.modeling import load_adapters, load_model, load_tokenizer
 from llm_tuning.templates import encode_prompt, get_template
 from llm_tuning.training import DataArguments, FinetuneArguments, ModelArguments, parse_args
 from qwen_lora_tuning import QWEN
-from transformers import TrainingArguments
 
 REPO = Path(__file__).resolve().parent.parent
 MATH = REPO / "data" / "simple_math_4op.jsonl"
@@ -64,7 +64,8 @@ def merged(trained):
     """merge_lora.py on the trained adapter: (merged model dir, what the script printed)."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        merge_lora.main(merge_lora.parse_args(["--adapter", str(trained / "adapter"), "--output", str(trained / "merged")]))
+        merge_lora.main(merge_lora.parse_args(["--adapter", str(trained / "adapter"),
+                                               "--output", str(trained / "merged")]))
     return trained / "merged", out.getvalue()
 
 

@@ -7,8 +7,17 @@ import torch
 
 from llm_tuning.cli import UserError
 from llm_tuning.generation import (
-    BatchDecoder, GenerationSettings, ReplyText, adjust_logits, check_messages, fit_history, generate_batch,
-    generate_in_batches, length_sorted_batches, sample_token, sample_tokens,
+    BatchDecoder,
+    GenerationSettings,
+    ReplyText,
+    adjust_logits,
+    check_messages,
+    fit_history,
+    generate_batch,
+    generate_in_batches,
+    length_sorted_batches,
+    sample_token,
+    sample_tokens,
 )
 from llm_tuning.modeling import load_model, load_tokenizer
 from llm_tuning.templates import encode_prompt, get_template, stop_token_ids
@@ -143,7 +152,8 @@ def test_top_k_top_p_on_the_best_candidates_pick_what_a_full_sort_picks():
     torch.manual_seed(0)
     settings = [GenerationSettings(temperature=0.7, top_p=0.9), GenerationSettings(temperature=1.0, top_k=40),
                 GenerationSettings(temperature=1.3, top_k=40, top_p=0.5),
-                GenerationSettings(temperature=1.0, top_k=1000, top_p=0.8), GenerationSettings(temperature=0.9, top_k=300)]
+                GenerationSettings(temperature=1.0, top_k=1000, top_p=0.8),
+                GenerationSettings(temperature=0.9, top_k=300)]
     for trial in range(60):
         logits = torch.randn(5000) * (0.5, 3.0, 8.0)[trial % 3]  # flat to peaked
         batch = sample_tokens(logits.expand(len(settings), -1), settings,
@@ -223,10 +233,12 @@ def test_fit_history_forgets_oldest_turns_first(qwen):
 def test_check_messages_accepts_tool_exchanges_and_says_what_is_out_of_order():
     system, user = {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}
     answer = {"role": "assistant", "content": "Hello"}
-    calls = {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "function": {"name": "f", "arguments": {}}},
-                                                                 {"id": "c2", "function": {"name": "g", "arguments": {}}}]}
+    calls = {"role": "assistant", "content": "",
+             "tool_calls": [{"id": "c1", "function": {"name": "f", "arguments": {}}},
+                            {"id": "c2", "function": {"name": "g", "arguments": {}}}]}
     result = {"role": "tool", "tool_call_id": "c1", "content": "1"}
-    for messages in ([system, user], [system, user, answer, user], [user, calls, result, dict(result, tool_call_id="c2")],
+    for messages in ([system, user], [system, user, answer, user],
+                     [user, calls, result, dict(result, tool_call_id="c2")],
                      [user, calls, result, answer, user], [user, calls, result, calls, result]):
         check_messages(messages)
     for messages, says in [

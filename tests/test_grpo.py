@@ -13,7 +13,11 @@ from conftest import REPO_ROOT
 from llm_tuning.atomic import write_jsonl
 from llm_tuning.cli import UserError
 from llm_tuning.rlhf.rewards import (
-    FormatReward, RewardModelReward, build_reward_functions, exact_answer, final_number,
+    FormatReward,
+    RewardModelReward,
+    build_reward_functions,
+    exact_answer,
+    final_number,
 )
 from test_rlhf import RLHF_DIR, load_script
 
@@ -71,9 +75,11 @@ def test_format_reward_default_and_custom_pattern():
 
 
 def test_bad_reward_names_patterns_and_missing_reward_model_are_user_errors():
-    with pytest.raises(UserError, match=r"^unknown reward function 'exact'; choose from: exact_answer, format, reward_model$"):
+    with pytest.raises(UserError,
+                       match=r"^unknown reward function 'exact'; choose from: exact_answer, format, reward_model$"):
         build_reward_functions(["exact_answer", "exact"])
-    with pytest.raises(UserError, match=r"^--reward_funcs exact_answer exact_answer: each reward function may appear once$"):
+    with pytest.raises(UserError,
+                       match=r"^--reward_funcs exact_answer exact_answer: each reward function may appear once$"):
         build_reward_functions(["exact_answer", "exact_answer"])
     with pytest.raises(UserError, match=r"^--format_pattern '\(' is not a valid regular expression"):
         build_reward_functions(["format"], format_pattern="(")
@@ -85,8 +91,8 @@ def test_reward_model_reward_scores_the_prompt_and_the_reply_ids(tiny_qwen2):
     from transformers import AutoModelForSequenceClassification
 
     from llm_tuning.modeling import load_tokenizer
-    from llm_tuning.rlhf.reward_model import reward_scores
     from llm_tuning.rlhf.pairs import render_prompt
+    from llm_tuning.rlhf.reward_model import reward_scores
     from llm_tuning.templates import encode_prompt, encode_turns, get_template
 
     tokenizer, template = load_tokenizer(str(tiny_qwen2)), get_template("qwen")
@@ -193,7 +199,8 @@ def test_grpo_logs_rewards_accuracy_kl_length_and_clip_ratio(grpo_run):
     log = [json.loads(line) for line in (run_dir / "trainer_log.jsonl").read_text().splitlines()]
     steps = [entry for entry in log if "reward" in entry]
     assert len(steps) == 6  # every 5 of the 30 steps
-    assert {"rewards/exact_answer/mean", "accuracy", "completions/mean_length", "clip_ratio/region_mean"} <= set(steps[0])
+    assert {"rewards/exact_answer/mean", "accuracy", "completions/mean_length",
+            "clip_ratio/region_mean"} <= set(steps[0])
     assert steps[-1]["accuracy"] > steps[0]["accuracy"]
     assert list((run_dir / "runs").rglob("events.out.tfevents.*"))
     config = json.loads((run_dir / "llm_tuning.json").read_text())

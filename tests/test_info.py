@@ -4,6 +4,7 @@ documented formula computed by hand, and a bad model path is one sentence with e
 from __future__ import annotations
 
 import pytest
+
 from llm_tuning import info
 from llm_tuning.modeling import load_model
 from qwen_lora_tuning import QWEN

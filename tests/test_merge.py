@@ -35,7 +35,8 @@ def test_weight_delta_adapters_merge_faithfully(flags, qa_data, tmp_path, capsys
 def test_virtual_token_adapters_are_refused(method, kind, qa_data, tmp_path, capsys):
     train_tiny(QWEN, qa_data, tmp_path / "adapter", "--finetuning_type", method, steps=1)
     with pytest.raises(SystemExit) as exit_info:
-        merge_lora.main(merge_lora.parse_args(["--adapter", str(tmp_path / "adapter"), "--output", str(tmp_path / "m")]))
+        merge_lora.main(merge_lora.parse_args(["--adapter", str(tmp_path / "adapter"),
+                                               "--output", str(tmp_path / "m")]))
     assert exit_info.value.code == 2
     assert f"is a {kind} adapter: it adds learned virtual tokens" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()

@@ -42,10 +42,14 @@ METHODS = {
     "qlora": (["--finetuning_type", "qlora"], lambda n: "lora_A" in n or "lora_B" in n),
     "qlora-8bit": (["--finetuning_type", "qlora", "--quantization_bit", "8"], lambda n: "lora_A" in n or "lora_B" in n),
     "adalora": (["--finetuning_type", "adalora"], lambda n: "lora_" in n),
-    "prompt_tuning": (["--finetuning_type", "prompt_tuning", "--num_virtual_tokens", "8"], lambda n: n.startswith("prompt_encoder.")),
-    "prefix_tuning": (["--finetuning_type", "prefix_tuning", "--num_virtual_tokens", "8"], lambda n: n.startswith("prompt_encoder.")),
-    "p_tuning": (["--finetuning_type", "p_tuning", "--num_virtual_tokens", "8"], lambda n: n.startswith("prompt_encoder.")),
-    "freeze": (["--finetuning_type", "freeze", "--freeze_trainable_layers", "1"], lambda n: n.startswith("model.layers.1.")),
+    "prompt_tuning": (["--finetuning_type", "prompt_tuning", "--num_virtual_tokens", "8"],
+                      lambda n: n.startswith("prompt_encoder.")),
+    "prefix_tuning": (["--finetuning_type", "prefix_tuning", "--num_virtual_tokens", "8"],
+                      lambda n: n.startswith("prompt_encoder.")),
+    "p_tuning": (["--finetuning_type", "p_tuning", "--num_virtual_tokens", "8"],
+                 lambda n: n.startswith("prompt_encoder.")),
+    "freeze": (["--finetuning_type", "freeze", "--freeze_trainable_layers", "1"],
+               lambda n: n.startswith("model.layers.1.")),
     "full": (["--finetuning_type", "full"], lambda n: True),
 }
 # Soft prompts learn slowly at LoRA's rate; 3e-2 is their usual one.
@@ -89,13 +93,15 @@ def test_rslora_scales_by_alpha_over_sqrt_rank(qa_data, tmp_path):
                                          "--lora_alpha", "32", "--lora_target", "q_proj"))
     q_proj = run.trainer.model.base_model.model.model.layers[0].self_attn.q_proj
     assert q_proj.scaling["default"] == pytest.approx(32 / math.sqrt(16))  # 8.0, not 32 / 16
-    targeted = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n, p in run.trainer.model.named_parameters() if p.requires_grad}
+    targeted = {n.split(".lora_")[0].rsplit(".", 1)[-1]
+                for n, p in run.trainer.model.named_parameters() if p.requires_grad}
     assert targeted == {"q_proj"}
 
 
 def test_all_linear_targets_every_projection(qa_data, tmp_path):
     run = build_trainer(QWEN, *arguments(qa_data, tmp_path, "--lora_target", "all-linear"))
-    targeted = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n, p in run.trainer.model.named_parameters() if p.requires_grad}
+    targeted = {n.split(".lora_")[0].rsplit(".", 1)[-1]
+                for n, p in run.trainer.model.named_parameters() if p.requires_grad}
     assert targeted == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 
 
@@ -104,7 +110,8 @@ def test_all_linear_targets_every_projection(qa_data, tmp_path):
     (["--finetuning_type", "full", "--quantization_bit", "4"], "trains adapters only"),
     (["--finetuning_type", "freeze", "--freeze_trainable_layers", "5"], "between 1 and 2"),
     (["--finetuning_type", "freeze", "--freeze_extra_modules", "nope"], "no module named 'nope'"),
-    (["--lora_target", "q_proj,W_pack"], "W_pack match no linear layer of this model; its linear layers are: down_proj"),
+    (["--lora_target", "q_proj,W_pack"],
+     "W_pack match no linear layer of this model; its linear layers are: down_proj"),
     (["--rope_scaling", "ntk"], "--rope_scaling 'ntk' is unknown"),
 ])
 def test_bad_method_flags_are_one_sentence_and_exit_2(flags, message, qa_data, tmp_path, capsys):

@@ -8,8 +8,16 @@ import pytest
 import torch
 
 from llm_tuning.metrics import (
-    best_option, choice_accuracy, continuation_log_probs, corpus_bleu, generation_scores, lcs_length, perplexity,
-    rouge_l, rouge_n, segment,
+    best_option,
+    choice_accuracy,
+    continuation_log_probs,
+    corpus_bleu,
+    generation_scores,
+    lcs_length,
+    perplexity,
+    rouge_l,
+    rouge_n,
+    segment,
 )
 
 

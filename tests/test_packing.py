@@ -8,9 +8,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llm_tuning.batching import PaddingCollator, pack_dataset, pack_indices
+from llm_tuning.batching import PaddingCollator, make_collator, pack_dataset, pack_indices
 from llm_tuning.cli import UserError
-from llm_tuning.batching import make_collator
 from llm_tuning.data import IGNORE_INDEX, TokenizeConfig, tokenize_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -19,7 +19,11 @@ from transformers import TrainingArguments
 
 from llm_tuning.cli import UserError
 from llm_tuning.rlhf.pair_batches import (
-    PairBatchingArguments, padded_pair_lengths, pair_batch_sampler, pair_lengths, pair_trainer,
+    PairBatchingArguments,
+    padded_pair_lengths,
+    pair_batch_sampler,
+    pair_lengths,
+    pair_trainer,
     resolve_pair_batching,
 )
 from llm_tuning.rlhf.pairs import encode_pair, encode_pairs, load_preference_pairs, render_pair

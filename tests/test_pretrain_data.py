@@ -13,11 +13,22 @@ from pathlib import Path
 import pytest
 
 from llm_tuning.cli import UserError
-from llm_tuning.pretrain.mixture import (
-    format_table, mixture_probabilities, mixture_table, parse_weights, text_probabilities,
-)
 from llm_tuning.pretrain.blocks import (
-    ResumableStream, block_stream, mean_tokens_per_text, mixed_text_stream, pack_sourced_texts, pack_texts, proportional_quotas, realised_token_shares,
+    ResumableStream,
+    block_stream,
+    mean_tokens_per_text,
+    mixed_text_stream,
+    pack_sourced_texts,
+    pack_texts,
+    proportional_quotas,
+    realised_token_shares,
+)
+from llm_tuning.pretrain.mixture import (
+    format_table,
+    mixture_probabilities,
+    mixture_table,
+    parse_weights,
+    text_probabilities,
 )
 from llm_tuning.pretrain.shards import iter_corpus, load_manifest, read_texts, write_shards
 
@@ -61,13 +72,15 @@ def test_compress_data_cli_prints_counts_and_refuses_a_bad_line(tmp_path, run):
                "--lines_per_shard", "250", "--heldout_lines", "40")
     assert good.returncode == 0, good.stderr
     rows = {line.split()[0]: line.split()[1:] for line in good.stdout.splitlines()[1:4]}
-    assert rows == {"en_general": ["360", "2", "40"], "zh_general": ["560", "3", "40"], "zh_medical": ["260", "2", "40"]}
+    assert rows == {"en_general": ["360", "2", "40"], "zh_general": ["560", "3", "40"],
+                    "zh_medical": ["260", "2", "40"]}
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"text": "also fine"}\n{"body": "no text"}\n', encoding="utf-8")
     result = run("pretrain/compress_data.py", "--inputs", bad, "--output_dir", tmp_path / "bad_corpus")
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == f"error: {bad}:3: no key 'text' (found: body); pass --text_key <key>"
+    assert (result.stderr.strip().splitlines()[-1]
+            == f"error: {bad}:3: no key 'text' (found: body); pass --text_key <key>")
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "bad_corpus").exists() and not list(tmp_path.glob(".bad_corpus*"))
 
@@ -93,7 +106,8 @@ def test_mixture_probabilities_match_hand_computed_values():
     assert mixture_probabilities(sizes, weights) == pytest.approx({"zh": 3 / 7, "med": 3 / 7, "en": 1 / 7})
     # alpha 0.5: sqrt sizes 24.49, 14.14, 14.14
     root = {k: math.sqrt(v) for k, v in sizes.items()}
-    assert mixture_probabilities(sizes, alpha=0.5) == pytest.approx({k: v / sum(root.values()) for k, v in root.items()})
+    assert mixture_probabilities(sizes, alpha=0.5) == pytest.approx({k: v / sum(root.values())
+                                                                    for k, v in root.items()})
     assert mixture_probabilities(sizes, alpha=0.0) == pytest.approx(dict.fromkeys(sizes, 1 / 3))
     rows = mixture_table(sizes, weights, mixture_probabilities(sizes, weights), total_draws=1400)
     assert [round(r.epochs, 6) for r in rows] == [1.0, 3.0, 1.0]  # 600/600, 600/200, 200/200
@@ -118,14 +132,17 @@ def test_interleaved_stream_draws_sources_with_the_mixture_probabilities(tmp_pat
     write_shards(inputs, tmp_path / "corpus", lines_per_shard=8, text_key="content")
     probabilities = mixture_probabilities({"a": 50, "b": 20, "c": 10}, {"a": 1, "b": 1, "c": 5})  # 50:20:50
     draws = 6000
-    texts = [row["text"] for row in itertools.islice(mixed_text_stream(tmp_path / "corpus", probabilities, seed=7), draws)]
+    texts = [row["text"]
+             for row in itertools.islice(mixed_text_stream(tmp_path / "corpus", probabilities, seed=7), draws)]
     shares = collections.Counter(text.split()[0] for text in texts)
     for name, probability in probabilities.items():
         assert shares[name] / draws == pytest.approx(probability, abs=0.02)
     # each source is read in order and starts over when it ends (c, 10 lines, repeats ~250 times)
     assert [t for t in texts if t.startswith("c")][:12] == [f"c {i}" for i in range(10)] + ["c 0", "c 1"]
-    again = [row["text"] for row in itertools.islice(mixed_text_stream(tmp_path / "corpus", probabilities, seed=7), 200)]
-    other_seed = [row["text"] for row in itertools.islice(mixed_text_stream(tmp_path / "corpus", probabilities, seed=8), 200)]
+    again = [row["text"]
+             for row in itertools.islice(mixed_text_stream(tmp_path / "corpus", probabilities, seed=7), 200)]
+    other_seed = [row["text"]
+                  for row in itertools.islice(mixed_text_stream(tmp_path / "corpus", probabilities, seed=8), 200)]
     assert again == texts[:200] and other_seed != texts[:200]
 
 

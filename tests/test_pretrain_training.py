@@ -19,7 +19,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("continue_pretraining", REPO_ROOT / "pretrain" / "continue_pretraining.py")
+    spec = importlib.util.spec_from_file_location("continue_pretraining",
+                                                  REPO_ROOT / "pretrain" / "continue_pretraining.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -16,7 +16,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from llm_tuning.cli import UserError
 from llm_tuning.pretrain.shards import read_texts
 from llm_tuning.pretrain.vocab import (
-    check_old_ids_unchanged, mean_init_new_embeddings, merge_into_sentencepiece, old_sub_token_ids, sentencepiece_pieces, token_count, train_sentencepiece,
+    check_old_ids_unchanged,
+    mean_init_new_embeddings,
+    merge_into_sentencepiece,
+    old_sub_token_ids,
+    sentencepiece_pieces,
+    token_count,
+    train_sentencepiece,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -83,7 +89,8 @@ def test_merged_bpe_tokenizer_keeps_old_ids_and_shortens_chinese(tiny_qwen2, mer
         assert new.decode(new.encode(text, add_special_tokens=False)) == text
     assert len(new.encode("研究表明", add_special_tokens=False)) == 1
     assert "old ids unchanged" in printed and f"vocabulary {len(old)} -> {len(new)}" in printed
-    assert f"zh_general.jsonl: {token_count(old, ZH_TEXTS)} -> {token_count(new, ZH_TEXTS)} tokens (ratio {ratio:.3f}" in printed
+    assert (f"zh_general.jsonl: {token_count(old, ZH_TEXTS)} -> {token_count(new, ZH_TEXTS)} tokens "
+            f"(ratio {ratio:.3f}") in printed
 
 
 def test_merge_into_a_sentencepiece_llama_style_tokenizer(zh_sp, tmp_path):
@@ -96,7 +103,8 @@ def test_merge_into_a_sentencepiece_llama_style_tokenizer(zh_sp, tmp_path):
         {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}))
     out = tmp_path / "merged"
     script = load_script("merge_tokenizer")
-    script.main(script.parse_args(["--base_tokenizer", str(base_dir), "--sp_model", str(zh_sp), "--output_dir", str(out)]))
+    script.main(script.parse_args(["--base_tokenizer", str(base_dir), "--sp_model", str(zh_sp),
+                                   "--output_dir", str(out)]))
 
     merged_pieces = sentencepiece_pieces((out / "tokenizer.model").read_bytes())
     base_pieces = sentencepiece_pieces(base_proto)
@@ -120,7 +128,8 @@ def test_merging_a_piece_twice_adds_it_once():
 def test_extended_embeddings_are_sub_token_means(tiny_qwen2, merged_bpe, tmp_path):
     out = tmp_path / "extended"
     script = load_script("extend_embeddings")
-    script.main(script.parse_args(["--base_model", str(tiny_qwen2), "--tokenizer", str(merged_bpe), "--output_dir", str(out)]))
+    script.main(script.parse_args(["--base_model", str(tiny_qwen2), "--tokenizer", str(merged_bpe),
+                                   "--output_dir", str(out)]))
     old_tok, new_tok = AutoTokenizer.from_pretrained(tiny_qwen2), AutoTokenizer.from_pretrained(out)
     base = AutoModelForCausalLM.from_pretrained(tiny_qwen2)
     extended = AutoModelForCausalLM.from_pretrained(out)
@@ -198,7 +207,8 @@ def pretrain_after_extension(tiny_qwen2, merged_bpe, tmp_path, name: str, *flags
     write_shards(sorted(DATA.glob("*.jsonl")), tmp_path / "corpus", lines_per_shard=200, heldout_lines=20)
     out = tmp_path / name
     argv = ["--model_name_or_path", str(extended), "--corpus_dir", str(tmp_path / "corpus"), "--output_dir", str(out),
-            "--block_size", "32", "--per_device_train_batch_size", "4", "--learning_rate", "5e-3", "--lora_dropout", "0",
+            "--block_size", "32", "--per_device_train_batch_size", "4", "--learning_rate", "5e-3",
+            "--lora_dropout", "0",
             "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true", *flags]
     load_script("continue_pretraining").main(
         *parse_args(ModelArguments, PretrainArguments, FinetuneArguments, TrainingArguments, argv=argv))

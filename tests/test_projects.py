@@ -84,9 +84,11 @@ def test_hc3_end_to_end_on_the_baichuan_stand_in(tmp_path, capsys):
     metadata = json.loads((tmp_path / "tokenized" / "metadata.json").read_text(encoding="utf-8"))
     assert metadata["template"] == "baichuan"
     replies = read_jsonl(tmp_path / "replies.jsonl")
-    assert [r["reply"] for r in replies if r["split"] == "train"] == [r["reference"] for r in replies if r["split"] == "train"]
+    assert ([r["reply"] for r in replies if r["split"] == "train"]
+            == [r["reference"] for r in replies if r["split"] == "train"])
     out = capsys.readouterr().out  # the two lines projects/ChatBaichuan-HC3/README.md quotes
-    assert "records 12, answers 12, dropped_empty 1, dropped_duplicate 1, pairs 10, questions 10, train 8, test 2" in out
+    assert ("records 12, answers 12, dropped_empty 1, dropped_duplicate 1, pairs 10, questions 10, "
+            "train 8, test 2") in out
     assert "training answers reproduced exactly: 1.00 of 8" in out
 
 

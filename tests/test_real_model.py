@@ -213,9 +213,11 @@ def test_dpo_on_the_real_model_raises_the_held_out_preference_margin(sandbox, me
                 "--eval_file", "RLHF/data/preference_eval.jsonl", "--output_dir", "weights/real_dpo",
                 "--max_steps", "3", "--learning_rate", "5e-4", "--beta", "0.1", "--per_device_train_batch_size", "4",
                 "--gradient_checkpointing", "false",  # 135M fits; recomputing the forward would cost a third more
-                "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none", "--seed", "0", "--bf16", "false")
+                "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none", "--seed", "0",
+                "--bf16", "false")
     metrics = json.loads((sandbox.root / "weights/real_dpo/eval_metrics.json").read_text())
-    print(f"\nheld-out log π(chosen) - log π(rejected): {metrics['margin_before']:.2f} -> {metrics['margin_after']:.2f}")
+    print(f"\nheld-out log π(chosen) - log π(rejected): "
+          f"{metrics['margin_before']:.2f} -> {metrics['margin_after']:.2f}")
     # 3 steps moved it from -15.6 to -3.2 nats (6 steps: to +7.5) on a merged adapter here: +1 leaves room
     assert metrics["margin_after"] > metrics["margin_before"] + 1.0
 
@@ -226,7 +228,8 @@ def test_the_hub_id_tokenizes_as_the_folder(sandbox, hub_cache):
 
     names = {}
     for name, model in (("folder", MODEL_DIR), ("hub", HUB_ID)):
-        sandbox.run("tokenize_dataset_rows.py", "--model_checkpoint", model, "--input_file", "data/simple_math_4op.jsonl",
+        sandbox.run("tokenize_dataset_rows.py", "--model_checkpoint", model,
+                    "--input_file", "data/simple_math_4op.jsonl",
                     "--prompt_key", "q", "--target_key", "a", "--save_name", f"real_{name}", "--max_samples", "16",
                     env={"HF_HUB_CACHE": str(hub_cache)})
         folder = sandbox.root / "data/tokenized_data" / f"real_{name}"
@@ -249,8 +252,10 @@ def test_the_folder_is_a_plain_checkpoint_laid_out_as_the_hub_one(sandbox, demo)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert GenerationConfig.from_pretrained(folder).eos_token_id == end_of_turn == tokenizer.eos_token_id
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
-    assert prompt.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")  # its default system prompt
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False,
+                                           add_generation_prompt=True)
+    # its default system prompt
+    assert prompt.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
     assert tokenizer.decode(tokenizer(prompt)["input_ids"][:2]) == "<|im_start|>system"  # no BOS added before it
 
 
@@ -271,8 +276,8 @@ def test_auto_dtype_loads_float32_on_a_cpu(tiny_model, tmp_path):
 
 
 def test_the_training_summary_records_peak_memory(tiny_qwen2, tmp_path):
-    from tests.tiny_training import save_tokenized_pairs, train_tiny
     from qwen_lora_tuning import QWEN
+    from tests.tiny_training import save_tokenized_pairs, train_tiny
 
     dataset = save_tokenized_pairs(tiny_qwen2, "qwen", tmp_path / "data")
     train_tiny(QWEN, dataset, tmp_path / "run", steps=2)

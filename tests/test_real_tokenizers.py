@@ -19,9 +19,9 @@ import chat
 import merge_lora
 import tokenize_dataset_rows
 from llm_tuning.cli import UserError
+from llm_tuning.conversation import Conversation
 from llm_tuning.data import IGNORE_INDEX, load_tokenized, tokenize_conversation
 from llm_tuning.modeling import load_tokenizer
-from llm_tuning.conversation import Conversation
 from llm_tuning.templates import NativeTemplate, encode_prompt, encode_turns, get_template, stop_token_ids
 from llm_tuning.tiny_models import save_model_for_tokenizer
 from tests.real_tokenizers import REAL, TAILS

@@ -107,7 +107,8 @@ def test_each_reasoning_turn_is_trained_where_the_template_writes_its_reasoning(
     samples = [messages[:2], messages[:4], messages]
     assert [row.own_row for row in rows] == [True, True, False]
     for row, sample in zip(rows, samples, strict=True):
-        assert row.input_ids == tokenizer.apply_chat_template(sample, enable_thinking=False)["input_ids"][:len(row.input_ids)]
+        assert (row.input_ids
+                == tokenizer.apply_chat_template(sample, enable_thinking=False)["input_ids"][:len(row.input_ids)])
     assert supervised_texts(tokenizer, rows[0]) == [think("One and one.", "2") + "<|im_end|>"]
     assert supervised_texts(tokenizer, rows[1]) == [think("Two and two.", "4") + "<|im_end|>"]
     assert supervised_texts(tokenizer, rows[2]) == ["You are welcome.<|im_end|>"]
@@ -235,7 +236,8 @@ def test_the_same_tool_conversation_in_sharegpt_form_gives_the_same_rows(real_to
         path = tmp_path / "record.jsonl"
         path.write_text(json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8")
         [conversation] = load_conversations(path, RecordKeys(format="auto"))
-        rows.append([(row.input_ids, row.labels) for row in tokenize_conversation(tokenizer, NATIVE, conversation, 2048)])
+        rows.append([(row.input_ids, row.labels)
+                     for row in tokenize_conversation(tokenizer, NATIVE, conversation, 2048)])
     assert rows[0] == rows[1]
 
 

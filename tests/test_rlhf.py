@@ -19,7 +19,13 @@ from conftest import REPO_ROOT
 from llm_tuning.cli import UserError
 from llm_tuning.rlhf.pairs import EncodedPair, load_preference_pairs
 from llm_tuning.rlhf.ppo import (
-    PolicyWithValue, gae, kl_shaped_rewards, ppo_losses, score_rollout, token_logprobs, whiten,
+    PolicyWithValue,
+    gae,
+    kl_shaped_rewards,
+    ppo_losses,
+    score_rollout,
+    token_logprobs,
+    whiten,
 )
 from llm_tuning.rlhf.reward_model import pairwise_accuracy
 from llm_tuning.rlhf.rollouts import cut_at_stop, generate_replies, pack
@@ -197,8 +203,9 @@ def test_rollout_scored_in_chunks_matches_one_pass(tiny_qwen2):
     from llm_tuning.modeling import load_model
 
     torch.manual_seed(0)
-    policy = PolicyWithValue(get_peft_model(load_model(str(tiny_qwen2), "float32"),
-                                            LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)))
+    policy = PolicyWithValue(get_peft_model(
+        load_model(str(tiny_qwen2), "float32"),
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)))
     torch.nn.init.normal_(policy.value_head.weight)
     policy.eval()
     batch = pack([[5, 6, 7], [8, 9], [10, 11, 12, 13], [14], [15, 16]],
@@ -234,10 +241,11 @@ def pipeline(tiny_qwen2, tmp_path_factory):
     tokenize_dataset_rows.main(tokenize_dataset_rows.parse_args([
         "--model_checkpoint", str(tiny_qwen2), "--input_file", str(DATA / "sft.jsonl"),
         "--save_name", "sft", "--output_dir", str(out / "tokenized"), "--max_seq_length", "256"]))
-    finetune(qwen_lora_tuning.QWEN, *parse_args(ModelArguments, DataArguments, FinetuneArguments, TrainingArguments, argv=[
-        "--tokenized_dataset", str(out / "tokenized" / "sft"), "--output_dir", str(out / "sft"),
-        "--finetuning_type", "full", "--max_steps", "300", "--learning_rate", "2e-3",
-        "--per_device_train_batch_size", "8", "--save_strategy", "no", "--report_to", "none"]))
+    finetune(qwen_lora_tuning.QWEN, *parse_args(
+        ModelArguments, DataArguments, FinetuneArguments, TrainingArguments,
+        argv=["--tokenized_dataset", str(out / "tokenized" / "sft"), "--output_dir", str(out / "sft"),
+              "--finetuning_type", "full", "--max_steps", "300", "--learning_rate", "2e-3",
+              "--per_device_train_batch_size", "8", "--save_strategy", "no", "--report_to", "none"]))
     sft, data = str(out / "sft"), ["--train_file", str(DATA / "preference_train.jsonl"),
                                    "--eval_file", str(DATA / "preference_eval.jsonl")]
     trainer_flags = ["--bf16", "false", "--per_device_train_batch_size", "16", "--save_strategy", "no",
@@ -322,7 +330,8 @@ def test_trainer_token_ids_must_match_the_template():
 
     expected = EncodedPair(prompt_ids=[1, 2], chosen_ids=[3, 9], rejected_ids=[4, 9])
     check_same_ids([1, 2, 3, 9], expected, Tok(), "ORPOTrainer")
-    with pytest.raises(UserError, match=r"^ORPOTrainer's token ids differ from the chat template's: '0 1 2 3 9' vs '1 2 3 9'"):
+    with pytest.raises(UserError,
+                       match=r"^ORPOTrainer's token ids differ from the chat template's: '0 1 2 3 9' vs '1 2 3 9'"):
         check_same_ids([0, 1, 2, 3, 9], expected, Tok(), "ORPOTrainer")  # e.g. a BOS the template has not
 
 

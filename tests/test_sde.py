@@ -62,7 +62,8 @@ def test_convert_asap_writes_records_run_sde_can_read(tmp_path, capsys):
     import convert_asap
 
     csv_file = tmp_path / "asap.csv"
-    csv_file.write_text("review,T,D,P,H,S,K\n好吃但是贵,1,-2,-1,-2,-2,0\n环境很脏,-2,-2,-2,-1,-2,-2\n", encoding="utf-8")
+    csv_file.write_text("review,T,D,P,H,S,K\n好吃但是贵,1,-2,-1,-2,-2,0\n环境很脏,-2,-2,-2,-1,-2,-2\n",
+                        encoding="utf-8")
     out = tmp_path / "asap.jsonl"
     convert_asap.main(["--csv", str(csv_file), "--domain", "d1", "--out", str(out),
                        "--columns", "food=T,drinks=D,price=P,hygiene=H,staff=S,parking=K"])
@@ -100,8 +101,8 @@ def test_design_options_change_the_sample_as_documented(records):
     assert build_sample(record, PRESETS["inst-last"])["q"].startswith(review + "\n")
     assert build_sample(record, PRESETS["no-inst"])["q"] == review
     lines = es["a"].splitlines()
-    assert lines == [f"{name}：{ {'positive': '正面', 'neutral': '中性', 'negative': '负面', 'unmentioned': '未提及'}[record['labels'][a]] }"
-                     for a, name in DOMAINS["d1"].items()]
+    text_labels = {"positive": "正面", "neutral": "中性", "negative": "负面", "unmentioned": "未提及"}
+    assert lines == [f"{name}：{text_labels[record['labels'][a]]}" for a, name in DOMAINS["d1"].items()]
     omitted = build_sample(record, PRESETS["omit"])["a"].splitlines()
     assert len(omitted) == sum(v != "unmentioned" for v in record["labels"].values())
     numeric = json.loads(build_sample(record, parse_design("format=json,labels=numeric"))["a"])
@@ -122,9 +123,11 @@ def test_parse_design_presets_overrides_and_mistakes():
 
 @pytest.mark.parametrize(("spec", "output", "error"), [
     ("ES-SDE", "食物：正面\n饮品 正面", "is not “方面：情感”"),
-    ("ES-SDE", "食物：正面\n饮品：未提及\n价格：未提及\n卫生：未提及\n服务：很好\n停车：未提及", "unknown label '很好'"),
+    ("ES-SDE", "食物：正面\n饮品：未提及\n价格：未提及\n卫生：未提及\n服务：很好\n停车：未提及",
+     "unknown label '很好'"),
     ("ES-SDE", "食物：正面\n饮品：未提及", "missing"),
-    ("ES-SDE", "食物：正面\n食物：负面\n饮品：未提及\n价格：未提及\n卫生：未提及\n服务：未提及\n停车：未提及", "given twice"),
+    ("ES-SDE", "食物：正面\n食物：负面\n饮品：未提及\n价格：未提及\n卫生：未提及\n服务：未提及\n停车：未提及",
+     "given twice"),
     ("ES-SDE", "交通：正面", "unknown aspect '交通'"),
     ("ES-SDE", "", "missing"),
     ("json", '{"食物": "正面", "饮品": "未提及"', "not valid JSON"),
@@ -148,8 +151,8 @@ def test_omit_designs_read_missing_aspects_as_unmentioned():
 
 
 def test_input_modeling_puts_the_prompt_in_the_loss(tiny_qwen2, records, tmp_path):
-    from llm_tuning.data import IGNORE_INDEX, load_tokenized
     from llm_tuning.atomic import write_jsonl
+    from llm_tuning.data import IGNORE_INDEX, load_tokenized
     from llm_tuning.experiment import tokenize_records
 
     rows = {}

@@ -104,7 +104,8 @@ def test_small_requests_stay_fast_while_four_huge_ones_are_refused(tiny_qwen2, t
     idle, loaded, refusals, overlapped = [], [], [], 0
 
     with running_server(tiny_qwen2) as (url, _), httpx.Client(timeout=60) as client:
-        sender = subprocess.Popen([sys.executable, "-c", HUGE_SENDER, f"{url}/chat/completions", str(tmp_path / "huge.json")],
+        sender = subprocess.Popen([sys.executable, "-c", HUGE_SENDER, f"{url}/chat/completions",
+                                   str(tmp_path / "huge.json")],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
             timed_small_request(client, url)  # warm-up: first-call costs are not latency

@@ -46,12 +46,16 @@ def test_prompt_matches_the_tokenizers_chat_template(arch, template, system, tin
 # What the remote-code families' own chat code writes for one past turn and a new question.
 REMOTE_CODE_PROMPTS = {
     # THUDM/chatglm-6b chat(): history rounds as text; the tokenizer appends [gMASK]<sop>.
-    "chatglm": "[Round 0]\n问：你好\n答：[gMASK]<sop>你好！有什么可以帮你？<eop>\n[Round 1]\n问：What is 3 + 4?\n答：[gMASK]<sop>",
+    "chatglm": ("[Round 0]\n问：你好\n答：[gMASK]<sop>你好！有什么可以帮你？<eop>\n"
+                "[Round 1]\n问：What is 3 + 4?\n答：[gMASK]<sop>"),
     # THUDM/chatglm2-6b build_prompt(): 1-based rounds, blank lines; [gMASK]sop prefix tokens.
-    "chatglm2": "[gMASK]sop[Round 1]\n\n问：你好\n\n答：你好！有什么可以帮你？</s>\n\n[Round 2]\n\n问：What is 3 + 4?\n\n答：",
-    "chatglm3": "[gMASK]sop<|user|>\n 你好<|assistant|>\n 你好！有什么可以帮你？</s><|user|>\n What is 3 + 4?<|assistant|>\n ",
+    "chatglm2": ("[gMASK]sop[Round 1]\n\n问：你好\n\n答：你好！有什么可以帮你？</s>\n\n"
+                 "[Round 2]\n\n问：What is 3 + 4?\n\n答："),
+    "chatglm3": ("[gMASK]sop<|user|>\n 你好<|assistant|>\n 你好！有什么可以帮你？</s>"
+                 "<|user|>\n What is 3 + 4?<|assistant|>\n "),
     # Baichuan2 build_chat_input(): user_token_id 195, assistant_token_id 196.
-    "baichuan2": "<s><reserved_106>你好<reserved_107>你好！有什么可以帮你？</s><reserved_106>What is 3 + 4?<reserved_107>",
+    "baichuan2": ("<s><reserved_106>你好<reserved_107>你好！有什么可以帮你？</s>"
+                  "<reserved_106>What is 3 + 4?<reserved_107>"),
     # internlm-chat-7b: <s><|User|>:{q}<eoh>\n<|Bot|>:{a}<eoa>\n
     "internlm": "<s><|User|>:你好<eoh>\n<|Bot|>:你好！有什么可以帮你？<eoa>\n<|User|>:What is 3 + 4?<eoh>\n<|Bot|>:",
 }
@@ -70,23 +74,27 @@ def test_remote_code_family_prompts(template, tiny_model):
 def test_llama2_system_goes_inside_the_first_inst_and_bos_starts_every_turn(tiny_model):
     tokenizer = load_tokenizer(str(tiny_model("llama")))
     ids = encode_prompt(tokenizer, get_template("chinese-llama2"), QUERY, HISTORY)
-    assert tokenizer.decode(ids) == ("<s>[INST] <<SYS>>\nYou are a helpful assistant. 你是一个乐于助人的助手。\n<</SYS>>\n\n"
+    assert tokenizer.decode(ids) == ("<s>[INST] <<SYS>>\nYou are a helpful assistant. "
+                                     "你是一个乐于助人的助手。\n<</SYS>>\n\n"
                                      "你好 [/INST] 你好！有什么可以帮你？ </s><s>[INST] What is 3 + 4? [/INST]")
 
 
 # Linear layers of one decoder block (+ head) in each family's real modeling code.
 REAL_MODULES = {
     "chatglm_lora_tuning.CHATGLM": ("chatglm", ["transformer.layers.0.attention.query_key_value",
-                                                "transformer.layers.0.attention.dense", "transformer.layers.0.mlp.dense_h_to_4h",
+                                                "transformer.layers.0.attention.dense",
+                                                "transformer.layers.0.mlp.dense_h_to_4h",
                                                 "transformer.layers.0.mlp.dense_4h_to_h", "lm_head"]),
     "chatglm2_lora_tuning.CHATGLM2": ("chatglm", ["transformer.encoder.layers.0.self_attention.query_key_value",
                                                   "transformer.encoder.layers.0.self_attention.dense",
                                                   "transformer.encoder.layers.0.mlp.dense_h_to_4h",
-                                                  "transformer.encoder.layers.0.mlp.dense_4h_to_h", "transformer.output_layer"]),
+                                                  "transformer.encoder.layers.0.mlp.dense_4h_to_h",
+                                                  "transformer.output_layer"]),
     "baichuan_lora_tuning.BAICHUAN": ("baichuan", ["model.layers.0.self_attn.W_pack", "model.layers.0.self_attn.o_proj",
                                                    "model.layers.0.mlp.gate_proj", "model.layers.0.mlp.down_proj",
                                                    "model.layers.0.mlp.up_proj", "lm_head"]),
-    "baichuan2_lora_tuning.BAICHUAN2": ("baichuan", ["model.layers.0.self_attn.W_pack", "model.layers.0.self_attn.o_proj",
+    "baichuan2_lora_tuning.BAICHUAN2": ("baichuan", ["model.layers.0.self_attn.W_pack",
+                                                     "model.layers.0.self_attn.o_proj",
                                                      "model.layers.0.mlp.gate_proj", "model.layers.0.mlp.down_proj",
                                                      "model.layers.0.mlp.up_proj"]),  # lm_head is a NormHead
     "internlm_lora_tuning.INTERNLM": ("internlm2", ["model.layers.0.attention.wqkv", "model.layers.0.attention.wo",
@@ -126,7 +134,8 @@ def test_default_lora_targets_name_real_layers_of_the_family(family_ref):
 
 
 @pytest.mark.parametrize("arch,family_ref", [("glm", "glm4_lora_tuning.GLM4"), ("glm4", "glm4_lora_tuning.GLM4"),
-                                             ("llama", "llama2_lora_tuning.LLAMA2"), ("mistral", "mistral_lora_tuning.MISTRAL"),
+                                             ("llama", "llama2_lora_tuning.LLAMA2"),
+                                             ("mistral", "mistral_lora_tuning.MISTRAL"),
                                              ("qwen3", "qwen_lora_tuning.QWEN")])
 def test_native_families_target_every_linear_layer_of_the_real_architecture(arch, family_ref, tiny_model):
     from transformers import AutoModelForCausalLM
@@ -134,11 +143,13 @@ def test_native_families_target_every_linear_layer_of_the_real_architecture(arch
     module_name, attr = family_ref.split(".")
     family = getattr(importlib.import_module(module_name), attr)
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model(arch)))
-    assert set(resolve_lora_targets(model, family.lora_targets[model.config.model_type])) == set(linear_module_names(model))
+    assert (set(resolve_lora_targets(model, family.lora_targets[model.config.model_type]))
+            == set(linear_module_names(model)))
 
 
 def test_a_wrong_target_names_the_layers_that_exist():
-    with pytest.raises(UserError, match="query_key_value match no linear layer of this model; its linear layers are: W_pack"):
+    with pytest.raises(UserError,
+                       match="query_key_value match no linear layer of this model; its linear layers are: W_pack"):
         resolve_lora_targets(skeleton(["model.layers.0.self_attn.W_pack", "lm_head"]), "query_key_value")
 
 

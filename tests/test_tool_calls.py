@@ -78,10 +78,12 @@ def test_a_forced_call_opens_as_the_template_writes_it(qwen3, llama31):
     assert call_opening(qwen3, False) == '<tool_call>\n{"name": "'
     assert call_opening(qwen3, False, "get_time") == '<tool_call>\n{"name": "get_time", "arguments": '
     # thinking on: a call turn without reasoning opens with the empty think block, as Qwen3 writes it
-    assert call_opening(qwen3, True, "get_time") == '<think>\n\n</think>\n\n<tool_call>\n{"name": "get_time", "arguments": '
+    assert call_opening(qwen3, True, "get_time") == ('<think>\n\n</think>\n\n'
+                                                     '<tool_call>\n{"name": "get_time", "arguments": ')
     assert call_opening(llama31, False, "get_time") == '{"name": "get_time", "parameters": '
     for tokenizer in (qwen3, llama31):
-        turn = rendered_turn(tokenizer, {"role": "assistant", "content": "", "tool_calls": [call("get_time", {"zone": "UTC"})]},
+        turn = rendered_turn(tokenizer, {"role": "assistant", "content": "",
+                                         "tool_calls": [call("get_time", {"zone": "UTC"})]},
                              [TIME])
         assert turn.startswith(call_opening(tokenizer, False, "get_time"))
 

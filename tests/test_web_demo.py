@@ -5,9 +5,14 @@ from __future__ import annotations
 import shutil
 import socket
 
-
 import web_demo
-from tests.inference_fixtures import REASONING_EXCHANGES, REPO_ROOT, train_tiny_adapter, train_tool_adapter, training_pairs
+from tests.inference_fixtures import (
+    REASONING_EXCHANGES,
+    REPO_ROOT,
+    train_tiny_adapter,
+    train_tool_adapter,
+    training_pairs,
+)
 
 PAIRS = training_pairs()
 SCREENSHOT = REPO_ROOT / "runs/screenshots/web_demo.png"
@@ -61,7 +66,8 @@ def test_chat_page_shows_reasoning_apart_from_the_answer(tiny_model, tmp_path_fa
             thought = chatbot.locator(".thought-group")
             expect(thought).to_have_count(1)
             expect(thought.get_by_text(web_demo.REASONING_TITLE)).to_be_visible()
-            thought.get_by_role("button", name=web_demo.REASONING_TITLE).click()  # folded once the answer came: unfold it
+            # folded once the answer came: unfold it
+            thought.get_by_role("button", name=web_demo.REASONING_TITLE).click()
             expect(thought.get_by_text(reasoning, exact=True)).to_be_visible(timeout=10_000)
             assert answer not in thought.inner_text()  # the answer is not inside the reasoning block
             page.wait_for_timeout(500)  # the unfolding animation

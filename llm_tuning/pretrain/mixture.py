@@ -41,7 +41,8 @@ def parse_weights(spec: str | None, sources: list[str]) -> dict[str, float]:
         try:
             weights[name] = float(value)
         except ValueError:
-            raise UserError(f"--mixture_weights: the weight of {name} must be a number, got {value.strip()!r}") from None
+            raise UserError(f"--mixture_weights: the weight of {name} must be a number, "
+                            f"got {value.strip()!r}") from None
         if weights[name] < 0:
             raise UserError(f"--mixture_weights: the weight of {name} must be >= 0, got {weights[name]}")
     return weights

@@ -156,7 +156,8 @@ def write_shards(inputs: list[str | Path], out_dir: str | Path, lines_per_shard:
                 sources[name] = asdict(_shard_source(path, tmp_dir / name, name, lines_per_shard,
                                                      heldout_lines, text_key, level, progress))
         manifest = {"lines_per_shard": lines_per_shard, "text_key": TEXT_KEY, "sources": sources}
-        (tmp_dir / MANIFEST_FILE).write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        (tmp_dir / MANIFEST_FILE).write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n",
+                                             encoding="utf-8")
     return manifest
 
 

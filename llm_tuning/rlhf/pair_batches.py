@@ -32,8 +32,18 @@ from dataclasses import dataclass, field
 import torch
 
 from ..batching import (
-    AUTO, MAX_PADDING, PACKING, RANDOM, SORTED, TOKENS, BatchSamplerMixin, EpochSeedCallback,
-    LengthSortedBatchSampler, automatic_token_budget, resolve_batching, row_lengths,
+    AUTO,
+    MAX_PADDING,
+    PACKING,
+    RANDOM,
+    SORTED,
+    TOKENS,
+    BatchSamplerMixin,
+    EpochSeedCallback,
+    LengthSortedBatchSampler,
+    automatic_token_budget,
+    resolve_batching,
+    row_lengths,
 )
 from ..cli import UserError
 
@@ -105,7 +115,8 @@ def resolve_pair_batching(args: PairBatchingArguments, training_args) -> tuple[s
     return mode, automatic
 
 
-def pair_batch_sampler(mode: str, args: PairBatchingArguments, training_args, lengths: list[int]) -> LengthSortedBatchSampler | None:
+def pair_batch_sampler(mode: str, args: PairBatchingArguments, training_args,
+                       lengths: list[int]) -> LengthSortedBatchSampler | None:
     """Length-sorted batches of the pairs (`lengths`: `padded_pair_lengths`) for the tokens and
     sorted modes; None for random (the trainer's own sampler)."""
     pairs = training_args.per_device_train_batch_size

@@ -23,10 +23,10 @@ def train_on_pairs(trainer_class, args: ModelArguments, data_args: PreferenceDat
     from datasets import Dataset
     from transformers import set_seed
 
-    from ..modeling import load_model, load_tokenizer
-    from ..templates import resolve_template
     from ..checkpoints import require_output_dir
+    from ..modeling import load_model, load_tokenizer
     from ..run_logs import run_log_callbacks
+    from ..templates import resolve_template
     from .margins import preference_margin
 
     require_output_dir(training_args)

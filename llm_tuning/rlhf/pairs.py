@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cli import UserError
-from ..records import read_records
 from ..conversation import Conversation
+from ..records import read_records
 from ..templates import Template, encode_turns, prompt_text
 
 FORMATS_HELP = ("prompt/chosen/rejected, prompt/selected/rejected, "

@@ -23,7 +23,8 @@ class ModelArguments:
     """The model and the LoRA adapter of every RLHF stage."""
 
     model_name_or_path: str = field(metadata={"help": "The SFT model (hub id or path): the start and the reference."})
-    template: str = field(default="auto", metadata={"help": "Chat template; auto: the SFT run's, else from the model type."})
+    template: str = field(default="auto",
+                          metadata={"help": "Chat template; auto: the SFT run's, else from the model type."})
     dtype: str = field(
         default="auto",
         metadata={"help": "auto (the checkpoint's own), float32, bfloat16 or float16: the dtype the models are loaded "

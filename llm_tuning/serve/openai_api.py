@@ -67,7 +67,6 @@ from ..reply_parts import CONTENT, REASONING, ReplyParser, prompt_opens_reasonin
 from ..templates import AnyTemplate, encode_chat, prompt_text, stop_token_ids
 from ..tool_calls import ToolCallFormat, call_opening, tool_call_format
 
-
 # --- Request schema (unknown fields are ignored, as OpenAI clients send extras) -----------------
 
 
@@ -499,7 +498,8 @@ def _messages(body: ChatCompletionRequest, served: ServedModel) -> list[dict]:
             raise APIError(400, f"messages[{index}].content: a {given.role} message needs content",
                            param=f"messages.{index}.content")
         if role == "assistant":
-            if given.reasoning_content and keep_reasoning:  # else dropped, as a model without a reasoning form never sees it
+            if given.reasoning_content and keep_reasoning:  # else dropped, as a model
+                # without a reasoning form never sees it
                 message["reasoning_content"] = given.reasoning_content
             if given.tool_calls:
                 message["tool_calls"] = [_call_message(call, f"messages.{index}.tool_calls.{k}")
@@ -525,7 +525,8 @@ def _tool_choice(body: ChatCompletionRequest, served: ServedModel) -> tuple[list
     tools = [tool.model_dump(exclude_none=True) for tool in body.tools] if body.tools else None
     choice = body.tool_choice or ("auto" if tools else "none")
     if choice != "none" and not tools:
-        raise APIError(400, "tool_choice: a tool can be chosen only when the request gives `tools`", param="tool_choice")
+        raise APIError(400, "tool_choice: a tool can be chosen only when the request gives `tools`",
+                       param="tool_choice")
     named = choice.function.name if isinstance(choice, NamedToolChoice) else None
     if named is not None and named not in {tool["function"]["name"] for tool in tools}:
         raise APIError(400, f"tool_choice: the function {named!r} is not among the `tools`", param="tool_choice")

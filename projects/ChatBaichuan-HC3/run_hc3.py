@@ -26,7 +26,12 @@ import hc3
 from llm_tuning.atomic import write_jsonl
 from llm_tuning.cli import ArgumentParser, exits_on_user_error
 from llm_tuning.experiment import (
-    answer_all, build_tiny_stand_in, load_adapted, read_jsonl, tokenize_records, train_adapter,
+    answer_all,
+    build_tiny_stand_in,
+    load_adapted,
+    read_jsonl,
+    tokenize_records,
+    train_adapter,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # where the recipes are
@@ -56,7 +61,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
 def main(args: argparse.Namespace, recipe_argv: list[str]) -> dict:
     out_dir = Path(args.output_dir)
     tiny = args.model == TINY
-    model = str(build_tiny_stand_in(out_dir / "tiny-baichuan", PROJECT_DIR / "data", arch="baichuan")) if tiny else args.model
+    model = (str(build_tiny_stand_in(out_dir / "tiny-baichuan", PROJECT_DIR / "data", arch="baichuan")) if tiny
+             else args.model)
 
     # 1. HC3 records -> q/a rows, split by question.
     counts = hc3.convert(args.input_file, args.answers, min_answer_chars=2, test_ratio=args.test_ratio, seed=42,

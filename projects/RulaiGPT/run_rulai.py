@@ -34,7 +34,13 @@ from pathlib import Path
 from llm_tuning.atomic import write_jsonl
 from llm_tuning.cli import ArgumentParser, exits_on_user_error, parse_bool
 from llm_tuning.experiment import (
-    answer_all, answer_nll, build_tiny_stand_in, load_adapted, read_jsonl, tokenize_records, train_adapter,
+    answer_all,
+    answer_nll,
+    build_tiny_stand_in,
+    load_adapted,
+    read_jsonl,
+    tokenize_records,
+    train_adapter,
 )
 from llm_tuning.merging import merge_adapter
 
