@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
-# Set up .venv (CPU torch first, then the project with every extra) and run the whole test suite.
+# Set up .venv (CPU torch first, then the project with every extra) and run the tests.
+#   bash test.sh           every test (the command CI runs)
+#   bash test.sh --fast    the quick tier: pytest -m "not slow", about 2 minutes on 2 cores
 # Extra arguments go to pytest:  bash test.sh -k templates -x
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/setup_env.sh all,dev
+if [ "${1:-}" = "--fast" ]; then
+    shift
+    python -m pytest -m "not slow" "$@"
+    exit
+fi
 # The web UI test drives Debian's Chromium; installing it needs root (CI runs as root).
 bash scripts/install_browser.sh || echo "warning: without chromium, tests/test_web_demo.py fails" >&2
 python -m pytest "$@"
