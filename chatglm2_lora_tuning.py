@@ -19,12 +19,18 @@ Verified offline on a tiny native GLM with ChatGLM2/3's special tokens (tests/te
 
 from transformers import TrainingArguments
 
-from llm_tuning.finetune import Family, finetune
+from llm_tuning.batching import prepare_batching
+from llm_tuning.checkpoints import resume_argument
+from llm_tuning.cli import exits_on_user_error
+from llm_tuning.finetune import (
+    Family, add_trainable_parameters, end_run, load_base_model, load_data, load_family_tokenizer, make_trainer, save,
+    start_run,
+)
 from llm_tuning.training import DataArguments, FinetuneArguments, ModelArguments, parse_args
 
 # --- The ChatGLM2 / ChatGLM3 family -------------------------------------------------------------
 CHATGLM2 = Family(
-    script="chatglm2_lora_tuning.py",
+    script=__file__,
     templates=frozenset({"chatglm2", "chatglm3"}),
     # Fused q/k/v (query_key_value), attention output (dense) and the MLP's two linears.
     lora_targets={"chatglm": "query_key_value,dense,dense_h_to_4h,dense_4h_to_h"},
@@ -32,5 +38,23 @@ CHATGLM2 = Family(
     padding_side="left",  # ChatGLM2/3's tokenizer refuses any other padding side
 )
 
+
+# --- The stages (llm_tuning/finetune.py), in order: change any of them here ------------------------
+@exits_on_user_error
+def main() -> None:
+    model_args, data_args, finetune_args, training_args = parse_args(
+        ModelArguments, DataArguments, FinetuneArguments, TrainingArguments)  # flags, or one .yaml/.json file
+    start_run(model_args, finetune_args, training_args)  # clashing flags refused before anything loads; seed
+    data = load_data(CHATGLM2, data_args, model_args)  # the rows, and the tokenizer + template that made them
+    tokenizer = load_family_tokenizer(CHATGLM2, data, model_args, training_args)  # must be the one that made the data
+    batching = prepare_batching(data.dataset, tokenizer, data_args, training_args, data.max_seq_length)
+    model = load_base_model(CHATGLM2, data, model_args, batching)  # --dtype, 4/8-bit, RoPE scaling
+    model = add_trainable_parameters(CHATGLM2, model, tokenizer, finetune_args, batching, training_args)
+    run = make_trainer(model, tokenizer, data, batching, data_args, finetune_args, training_args)
+    run.trainer.train(resume_from_checkpoint=resume_argument(training_args))
+    save(run, CHATGLM2, model_args, finetune_args)  # adapter or model, tokenizer, stop tokens, llm_tuning.json
+
+
 if __name__ == "__main__":
-    finetune(CHATGLM2, *parse_args(ModelArguments, DataArguments, FinetuneArguments, TrainingArguments))
+    main()
+    end_run()  # torch.distributed ends after main's trainer is gone

@@ -64,9 +64,8 @@ def reward_model_source(args: argparse.Namespace) -> tuple[str, str | None]:
 
 def evaluate_reward(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     from llm_tuning.modeling import load_tokenizer
-    from llm_tuning.rlhf.reward_model import load_reward_model, reward_scores
-    from llm_tuning.rlhf.pairs import encode_pair, load_preference_pairs
-    from llm_tuning.rlhf.reward_model import pairwise_accuracy
+    from llm_tuning.rlhf.pairs import load_preference_pairs
+    from llm_tuning.rlhf.reward_model import load_reward_model, score_pairs
     from llm_tuning.run_config import read_run_config
     from llm_tuning.templates import resolve_template
 
@@ -79,13 +78,10 @@ def evaluate_reward(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     rope_scaling = args.rope_scaling or run_config.get("rope_scaling")
     rope_factor = args.rope_factor or run_config.get("rope_factor", 2.0)
     model = load_reward_model(source, args.dtype, trust, base=base, rope_scaling=rope_scaling, rope_factor=rope_factor)
-    encoded = [encode_pair(tokenizer, template, pair) for pair in pairs]
-    chosen = reward_scores(model, [e.prompt_ids + e.chosen_ids for e in encoded], tokenizer.pad_token_id,
-                           args.batch_size).tolist()
-    rejected = reward_scores(model, [e.prompt_ids + e.rejected_ids for e in encoded], tokenizer.pad_token_id,
-                             args.batch_size).tolist()
-    rows = [{"prompt": p.prompt, "chosen_score": c, "rejected_score": r} for p, c, r in zip(pairs, chosen, rejected)]
-    return {"reward_accuracy": pairwise_accuracy(chosen, rejected)}, rows
+    scores = score_pairs(model, tokenizer, template, pairs, args.batch_size)
+    rows = [{"prompt": p.prompt, "chosen_score": c, "rejected_score": r}
+            for p, c, r in zip(pairs, scores.chosen, scores.rejected)]
+    return {"reward_accuracy": scores.accuracy}, rows
 
 
 @exits_on_user_error

@@ -27,18 +27,42 @@ Verified offline on a tiny random model around the real Llama-3 vocabulary (test
 
 from transformers import TrainingArguments
 
-from llm_tuning.finetune import Family, finetune
+from llm_tuning.batching import prepare_batching
+from llm_tuning.checkpoints import resume_argument
+from llm_tuning.cli import exits_on_user_error
+from llm_tuning.finetune import (
+    Family, add_trainable_parameters, end_run, load_base_model, load_data, load_family_tokenizer, make_trainer, save,
+    start_run,
+)
 from llm_tuning.templates import TEMPLATES
 from llm_tuning.training import DataArguments, FinetuneArguments, ModelArguments, parse_args
 
 # --- Any model ------------------------------------------------------------------------------------
 GENERIC = Family(
-    script="generic_lora_tuning.py",
+    script=__file__,
     templates=frozenset(TEMPLATES),  # the tokenizer's own template, or any registry one asked for
     lora_targets={},  # no per-type list: all-linear (every linear layer but lm_head)
     trust_remote_code=False,  # --trust_remote_code true for models that ship their own code
     padding_side="right",
 )
 
+
+# --- The stages (llm_tuning/finetune.py), in order: change any of them here ------------------------
+@exits_on_user_error
+def main() -> None:
+    model_args, data_args, finetune_args, training_args = parse_args(
+        ModelArguments, DataArguments, FinetuneArguments, TrainingArguments)  # flags, or one .yaml/.json file
+    start_run(model_args, finetune_args, training_args)  # clashing flags refused before anything loads; seed
+    data = load_data(GENERIC, data_args, model_args)  # the rows, and the tokenizer + template that made them
+    tokenizer = load_family_tokenizer(GENERIC, data, model_args, training_args)  # must be the one that made the data
+    batching = prepare_batching(data.dataset, tokenizer, data_args, training_args, data.max_seq_length)
+    model = load_base_model(GENERIC, data, model_args, batching)  # --dtype, 4/8-bit, RoPE scaling
+    model = add_trainable_parameters(GENERIC, model, tokenizer, finetune_args, batching, training_args)
+    run = make_trainer(model, tokenizer, data, batching, data_args, finetune_args, training_args)
+    run.trainer.train(resume_from_checkpoint=resume_argument(training_args))
+    save(run, GENERIC, model_args, finetune_args)  # adapter or model, tokenizer, stop tokens, llm_tuning.json
+
+
 if __name__ == "__main__":
-    finetune(GENERIC, *parse_args(ModelArguments, DataArguments, FinetuneArguments, TrainingArguments))
+    main()
+    end_run()  # torch.distributed ends after main's trainer is gone

@@ -28,6 +28,9 @@ Step 1 tokenizes the data with the model's tokenizer (see tokenize.sh), step 2 i
     # Continue an interrupted run from the last checkpoint in --output_dir
     python qwen_lora_tuning.py ... --resume_from_checkpoint true
 
+    # The settings in one YAML/JSON file instead of flags (configs/ has one per tutorial run)
+    python qwen_lora_tuning.py configs/qwen_lora.yaml
+
 Offline smoke test on a tiny random Qwen2 (what demo.sh does):
     python -m llm_tuning.testing --arch qwen2 --out models/tiny-qwen2 && sh tokenize.sh && sh train.sh
 
@@ -39,7 +42,13 @@ trainer_log.jsonl, loss.png and tensorboard logs under runs/.
 
 from transformers import TrainingArguments
 
-from llm_tuning.finetune import Family, finetune
+from llm_tuning.batching import prepare_batching
+from llm_tuning.checkpoints import resume_argument
+from llm_tuning.cli import exits_on_user_error
+from llm_tuning.finetune import (
+    Family, add_trainable_parameters, end_run, load_base_model, load_data, load_family_tokenizer, make_trainer, save,
+    start_run,
+)
 from llm_tuning.modeling import LLAMA_PROJECTIONS
 from llm_tuning.training import DataArguments, FinetuneArguments, ModelArguments, parse_args
 
@@ -61,13 +70,32 @@ def fix_tokenizer(tokenizer):
 
 
 QWEN = Family(
-    script="qwen_lora_tuning.py",
-    templates=frozenset({"qwen", "qwen3"}),  # ChatML; Qwen3 answers carry an empty <think> block
+    script=__file__,
+    # ChatML: qwen (Qwen1.5/2's default system prompt), qwen2.5 (its own), qwen3 (an empty <think> block)
+    templates=frozenset({"qwen", "qwen2.5", "qwen3"}),
     lora_targets=LORA_TARGETS,
     trust_remote_code=False,  # Qwen1.5+ are native; Qwen-7B v1 needs --trust_remote_code true
     padding_side="right",  # training pads on the right; the attention mask hides the padding
     fix_tokenizer=fix_tokenizer,
 )
 
+
+# --- The stages (llm_tuning/finetune.py), in order: change any of them here ------------------------
+@exits_on_user_error
+def main() -> None:
+    model_args, data_args, finetune_args, training_args = parse_args(
+        ModelArguments, DataArguments, FinetuneArguments, TrainingArguments)  # flags, or one .yaml/.json file
+    start_run(model_args, finetune_args, training_args)  # clashing flags refused before anything loads; seed
+    data = load_data(QWEN, data_args, model_args)  # the rows, and the tokenizer + template that made them
+    tokenizer = load_family_tokenizer(QWEN, data, model_args, training_args)  # must be the one that made the data
+    batching = prepare_batching(data.dataset, tokenizer, data_args, training_args, data.max_seq_length)
+    model = load_base_model(QWEN, data, model_args, batching)  # --dtype, 4/8-bit, RoPE scaling
+    model = add_trainable_parameters(QWEN, model, tokenizer, finetune_args, batching, training_args)
+    run = make_trainer(model, tokenizer, data, batching, data_args, finetune_args, training_args)
+    run.trainer.train(resume_from_checkpoint=resume_argument(training_args))
+    save(run, QWEN, model_args, finetune_args)  # adapter or model, tokenizer, stop tokens, llm_tuning.json
+
+
 if __name__ == "__main__":
-    finetune(QWEN, *parse_args(ModelArguments, DataArguments, FinetuneArguments, TrainingArguments))
+    main()
+    end_run()  # torch.distributed ends after main's trainer is gone

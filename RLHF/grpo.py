@@ -17,11 +17,15 @@ of the batch; TRL's default), dr_grpo (by a constant: no length bias). Before an
 measures the policy on the training prompts (or --eval_file): greedy pass@1, sampled accuracy and
 pass@k (--eval_samples), mean reward, exact KL to the SFT model, reply length.
 
-    # offline (what rlhf.sh runs): arithmetic the SFT model half knows
+    # offline (what rlhf.sh runs): arithmetic the SFT model half knows, the tiny model's settings
     python RLHF/grpo.py --model_name_or_path weights/rlhf/sft --train_file RLHF/data/grpo_math.jsonl \
-        --output_dir weights/rlhf/grpo --reward_funcs exact_answer --bf16 false
+        --output_dir weights/rlhf/grpo --reward_funcs exact_answer --max_steps 30 --learning_rate 5e-3 \
+        --per_device_train_batch_size 64 --max_completion_length 16 --temperature 0.7 \
+        --gradient_checkpointing false --logging_steps 5 --bf16 false
 
-    # a real model on a GPU (Qwen2.5-0.5B-Instruct or 7B after SFT): vLLM samples the groups
+    # a real model on a GPU (Qwen2.5-0.5B-Instruct or 7B after SFT): the defaults are TRL's (3 epochs,
+    # groups of 8, replies up to 512 tokens, gradient checkpointing) with --learning_rate 1e-5 for LoRA;
+    # vLLM samples the groups
     python RLHF/grpo.py --model_name_or_path Qwen/Qwen2.5-0.5B-Instruct --train_file data/simple_math_4op.jsonl \
         --output_dir weights/qwen-grpo --reward_funcs exact_answer format --reward_weights 1.0 0.1 \
         --learning_rate 1e-5 --lora_rank 16 --num_generations 8 --per_device_train_batch_size 8 \
@@ -40,23 +44,25 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from datasets import Dataset
-from transformers.trainer_utils import SaveStrategy
 from trl import GRPOConfig, GRPOTrainer
 
 from llm_tuning.cli import UserError, exits_on_user_error
-from llm_tuning.rlhf.grpo import format_table, load_questions, measure_policy
 from llm_tuning.modeling import load_model, load_tokenizer
-from llm_tuning.rlhf.pair_training import lora_config, save_eval_metrics, train_and_save
+from llm_tuning.rlhf.grpo import format_table, load_questions, measure_policy
 from llm_tuning.rlhf.rewards import REWARD_NAMES, build_reward_functions
+from llm_tuning.rlhf.stage import ModelArguments, lora_config, save_eval_metrics, train_and_save
 from llm_tuning.templates import resolve_template, stop_token_ids
-from llm_tuning.training import parse_args, require_output_dir, run_log_callbacks
+from llm_tuning.checkpoints import require_output_dir
+from llm_tuning.run_logs import run_log_callbacks
+from llm_tuning.training import parse_args
 
 TABLE_FILE = "eval_table.txt"
 
 
 @dataclass
 class GRPOScriptArguments:
-    model_name_or_path: str = field(metadata={"help": "The SFT model (hub id or path): the start and the reference."})
+    """The questions GRPO trains on, its rewards and how the policy is measured."""
+
     train_file: str = field(metadata={"help": "q/a records (.json/.jsonl); the answer is the reference."})
     eval_file: str | None = field(default=None, metadata={"help": "Questions to measure on (default: the training ones)."})
     reward_funcs: list[str] = field(default_factory=lambda: ["exact_answer"],
@@ -65,38 +71,24 @@ class GRPOScriptArguments:
     reward_model: str | None = field(default=None, metadata={"help": "reward_model.py's output, for the reward_model reward."})
     eval_samples: int = field(default=8, metadata={"help": "k: sampled replies per question for pass@k and accuracy."})
     max_prompt_length: int = field(default=512, metadata={"help": "Longer prompts are dropped."})
-    dtype: str = field(default="float32", metadata={"help": "float32, bfloat16 or float16 for the policy weights."})
-    template: str = field(default="auto", metadata={"help": "Chat template; auto: the SFT run's, else from the model type."})
-    lora_rank: int = field(default=8)
-    lora_alpha: float = field(default=32.0)
-    lora_dropout: float = field(default=0.0)
-    lora_target: str = field(default="all-linear", metadata={"help": "Comma-separated module names, or all-linear."})
 
 
 @dataclass
 class GRPOArguments(GRPOConfig):
-    """TRL's GRPOConfig with defaults that train the tiny offline model in a few minutes on 2 CPU
-    cores; for a real model lower the learning rate and raise the lengths (see the docstring)."""
+    """TRL's GRPOConfig (its defaults are for a real model) with our choices: a learning rate for
+    LoRA, no division by the group's std, tensorboard logs. rlhf.sh trains the tiny offline model
+    with --learning_rate 5e-3 --max_steps 30 --per_device_train_batch_size 64
+    --max_completion_length 16 --temperature 0.7 --gradient_checkpointing false."""
 
-    learning_rate: float = field(default=5e-3, metadata={"help": "5e-3 for the tiny model; ~1e-5 for 0.5B-7B."})
-    max_steps: int = field(default=30)
-    num_generations: int | None = field(default=8, metadata={"help": "Group size: replies sampled per prompt."})
-    per_device_train_batch_size: int = field(default=64, metadata={"help": "Replies per step (prompts × group size)."})
-    max_completion_length: int | None = field(default=16, metadata={"help": "Longest reply, in tokens."})
-    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of the groups (and of pass@k)."})
-    beta: float = field(default=0.0, metadata={"help": "KL coefficient against the SFT model; 0: no reference."})
-    epsilon: float = field(default=0.2, metadata={"help": "Clipping of the probability ratio."})
-    loss_type: str = field(default="dapo", metadata={"help": "grpo, dapo or dr_grpo (or any TRL 1.16 loss)."})
+    learning_rate: float = field(default=1e-5, metadata={"help": "~1e-5 for LoRA on 0.5B-7B models (TRL's 1e-6 "
+                                                                 "is for full fine-tuning)."})
     # Dividing by the group's std (TRL's "group") gives the one right reply of a group of eight an
     # advantage of 2.6 instead of 0.875, and blows small differences (a 0.2 format reward where every
-    # answer is wrong) up to full size; at this learning rate the tiny policy drifted to longer replies
+    # answer is wrong) up to full size; on the tiny model the policy drifted to longer replies
     # instead of learning the answers (measured, exact_answer alone, seed 0: greedy pass@1 0.46 -> 0.46
     # with "group", 0.46 -> 0.62 with "none"). Dr. GRPO also advises "none".
     scale_rewards: str = field(default="none", metadata={"help": "none (Dr. GRPO), group or batch: divide the "
                                                                  "advantages by the rewards' std."})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory (true on a GPU)."})
-    logging_steps: float = field(default=5)
-    save_strategy: SaveStrategy | str = field(default="no")
     report_to: None | str | list[str] = field(default="tensorboard")
 
 
@@ -108,27 +100,28 @@ def check_reward_flags(args: GRPOScriptArguments, training_args: GRPOArguments) 
 
 
 @exits_on_user_error
-def main(args: GRPOScriptArguments, training_args: GRPOArguments) -> dict | None:
+def main(args: ModelArguments, data_args: GRPOScriptArguments, training_args: GRPOArguments) -> dict | None:
     require_output_dir(training_args)
-    check_reward_flags(args, training_args)
+    check_reward_flags(data_args, training_args)
+    trust = training_args.trust_remote_code
 
     # Tokenizer, template, rewards and questions: the SFT run's template, so the policy sees its prompts.
-    tokenizer = load_tokenizer(args.model_name_or_path, training_args.trust_remote_code)
-    template = resolve_template(args.template, tokenizer, args.model_name_or_path, training_args.trust_remote_code)
+    tokenizer = load_tokenizer(args.model_name_or_path, trust)
+    template = resolve_template(args.template, tokenizer, args.model_name_or_path, trust)
     stop_ids = stop_token_ids(tokenizer, template)
-    rewards = build_reward_functions(args.reward_funcs, tokenizer, args.format_pattern, args.reward_model,
-                                     training_args.trust_remote_code)
+    rewards = build_reward_functions(data_args.reward_funcs, tokenizer, data_args.format_pattern,
+                                     data_args.reward_model, trust, args.dtype)
     weights = training_args.reward_weights or [1.0] * len(rewards)
-    need_numbers = "exact_answer" in args.reward_funcs
-    train = load_questions(args.train_file, tokenizer, template, need_numbers, args.max_prompt_length)
-    measured = (load_questions(args.eval_file, tokenizer, template, need_numbers, args.max_prompt_length)
-                if args.eval_file else train)
+    need_numbers = "exact_answer" in data_args.reward_funcs
+    train = load_questions(data_args.train_file, tokenizer, template, need_numbers, data_args.max_prompt_length)
+    measured = (load_questions(data_args.eval_file, tokenizer, template, need_numbers, data_args.max_prompt_length)
+                if data_args.eval_file else train)
     dataset = Dataset.from_dict({"prompt": [q.prompt for q in train], "answer": [q.answer for q in train]})
-    print(f"{len(train)} prompts; rewards {', '.join(f'{n}×{w:g}' for n, w in zip(args.reward_funcs, weights))}; "
-          f"first prompt: {train[0].prompt!r}")
+    named = ", ".join(f"{n}×{w:g}" for n, w in zip(data_args.reward_funcs, weights))
+    print(f"{len(train)} prompts; rewards {named}; first prompt: {train[0].prompt!r}")
 
-    # Model: the SFT model; the trainer adds the LoRA adapter (with it off, the model is the reference).
-    model = load_model(args.model_name_or_path, args.dtype, training_args.trust_remote_code)
+    # Model: the SFT model in --dtype; the trainer adds the LoRA adapter (with it off, the model is the reference).
+    model = load_model(args.model_name_or_path, args.dtype, trust)
     model.generation_config.eos_token_id = stop_ids  # GRPOTrainer ends each reply at these
     trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=training_args, train_dataset=dataset,
                           processing_class=tokenizer, peft_config=lora_config(model, args, "CAUSAL_LM"),
@@ -136,28 +129,30 @@ def main(args: GRPOScriptArguments, training_args: GRPOArguments) -> dict | None
 
     def measure(kl_to_reference: bool):
         trainer.model.eval()
-        return measure_policy(trainer.model, tokenizer, measured, stop_ids, rewards, weights, args.eval_samples,
+        return measure_policy(trainer.model, tokenizer, measured, stop_ids, rewards, weights, data_args.eval_samples,
                               training_args.temperature, training_args.max_completion_length,
                               kl_to_reference=kl_to_reference, seed=training_args.seed)
 
     with trainer.model.disable_adapter():
         before = measure(kl_to_reference=False)
-    if not train_and_save(trainer, tokenizer, args, template, "grpo", reward_funcs=args.reward_funcs,
-                          reward_weights=weights, loss_type=training_args.loss_type, beta=training_args.beta):
+    if not train_and_save(trainer, tokenizer, template, args, "grpo", train_file=data_args.train_file,
+                          reward_funcs=data_args.reward_funcs, reward_weights=weights,
+                          loss_type=training_args.loss_type, beta=training_args.beta):
         return None
     after = measure(kl_to_reference=True)
 
-    table = format_table({"SFT": before, "GRPO": after}, args.eval_samples, training_args.temperature)
-    where = f"{len(measured)} {'held-out' if args.eval_file else 'training'} prompts"
+    table = format_table({"SFT": before, "GRPO": after}, data_args.eval_samples, training_args.temperature)
+    where = f"{len(measured)} {'held-out' if data_args.eval_file else 'training'} prompts"
     print(f"on {where}:\n{table}")
     (Path(training_args.output_dir) / TABLE_FILE).write_text(f"GRPO on {where}:\n{table}\n", encoding="utf-8")
     return save_eval_metrics(training_args.output_dir, {"prompts": len(measured), "before": before.as_dict(),
-                                                        "after": after.as_dict(), "script": asdict(args)})
+                                                        "after": after.as_dict(), "script": asdict(data_args),
+                                                        "model": asdict(args)})
 
 
 @exits_on_user_error
 def cli(argv: list[str] | None = None) -> dict | None:
-    return main(*parse_args(GRPOScriptArguments, GRPOArguments, argv=argv))
+    return main(*parse_args(ModelArguments, GRPOScriptArguments, GRPOArguments, argv=argv))
 
 
 if __name__ == "__main__":

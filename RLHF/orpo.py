@@ -19,9 +19,14 @@ of the ORPO policy.
     # a real SFT model (ORPO also works from a base model that had no SFT: the NLL term is the SFT)
     python RLHF/orpo.py --model_name_or_path weights/my-sft-merged --train_file my_pairs.jsonl \
         --output_dir weights/my-orpo --per_device_train_batch_size 2 --gradient_accumulation_steps 8 \
-        --learning_rate 8e-6 --beta 0.1 --bf16 true --max_length 1024
+        --learning_rate 8e-6 --beta 0.1 --bf16 true --dtype bfloat16 --max_length 1024
 
---beta is ORPO's λ, the weight of the odds-ratio term (TRL's default 0.1). Every ORPOConfig
+Pairs train in length-sorted batches of a token budget (chosen and rejected counted together; as
+many batches as --per_device_train_batch_size pairs would make), exact under gradient accumulation:
+--batching tokens|sorted|random and --max_tokens_per_batch N choose otherwise, as for SFT
+(llm_tuning/rlhf/pair_batches.py). --resume_from_checkpoint true continues on the same batches.
+--beta is ORPO's λ, the weight of the odds-ratio term (TRL's default 0.1). The SFT model loads in
+--dtype (auto, as for SFT, by default; bfloat16 takes half the memory of float32). Every ORPOConfig
 (TrainingArguments) flag works. Tested with trl 1.16, peft 0.21. Writes to --output_dir: the
 adapter (safetensors), the tokenizer, llm_tuning.json (so chat.py --adapter works),
 trainer_log.jsonl and eval_metrics.json.
@@ -30,21 +35,26 @@ trainer_log.jsonl and eval_metrics.json.
 from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
 from llm_tuning.cli import exits_on_user_error
-from llm_tuning.rlhf.pair_training import PreferenceArguments, train_on_pairs
+from llm_tuning.rlhf.pair_batches import PairBatchingArguments
+from llm_tuning.rlhf.pair_training import train_on_pairs
+from llm_tuning.rlhf.pairs import PreferenceDataArguments
+from llm_tuning.rlhf.stage import ModelArguments
 from llm_tuning.training import parse_args
 
 
 @exits_on_user_error
-def main(args: PreferenceArguments, training_args: ORPOConfig) -> dict | None:
+def main(args: ModelArguments, data_args: PreferenceDataArguments, batching_args: PairBatchingArguments,
+         training_args: ORPOConfig) -> dict | None:
     # ORPOTrainer's rows hold the whole prompt + chosen sequence under chosen_input_ids.
-    return train_on_pairs(ORPOTrainer, args, training_args, "orpo",
+    return train_on_pairs(ORPOTrainer, args, data_args, batching_args, training_args, "orpo",
                           trainer_ids=lambda row: row["chosen_input_ids"],
                           run_config={"beta": training_args.beta})
 
 
 @exits_on_user_error
 def cli(argv: list[str] | None = None) -> dict | None:
-    return main(*parse_args(PreferenceArguments, ORPOConfig, argv=argv))
+    return main(*parse_args(ModelArguments, PreferenceDataArguments, PairBatchingArguments, ORPOConfig,
+                            argv=argv))
 
 
 if __name__ == "__main__":

@@ -22,20 +22,24 @@ distribution than the one the log-probs and the KL are computed on. The rollout 
 --mini_batch_size rows at a time and keeps only per-token log-probs, so memory grows with the
 mini-batch, not with --batch_size.
 
-    # offline (what rlhf.sh runs)
+    # offline (what rlhf.sh runs): the tiny model's settings
     python RLHF/ppo.py --model_name_or_path weights/rlhf/sft --reward_model weights/rlhf/reward_model \
         --train_file RLHF/data/preference_train.jsonl --eval_file RLHF/data/preference_eval.jsonl \
-        --output_dir weights/rlhf/ppo
+        --output_dir weights/rlhf/ppo --num_iterations 20 --learning_rate 1e-3 --kl_coef 0.2 \
+        --batch_size 32 --mini_batch_size 16 --max_new_tokens 24
 
-    # a real SFT model and reward model (bf16 on a GPU; ~2× the model in memory plus the reward model)
+    # a real SFT model and reward model: the defaults are for it (--learning_rate 1e-5, --kl_coef 0.05,
+    # --batch_size 64, --mini_batch_size 8, --max_new_tokens 256); bf16 on a GPU holds the policy,
+    # reference and critic (one base) and the reward model in half the memory of float32
     python RLHF/ppo.py --model_name_or_path weights/my-sft-merged --reward_model weights/my-rm \
-        --train_file my_prompts.jsonl --output_dir weights/my-ppo --dtype bfloat16 \
-        --learning_rate 1e-5 --batch_size 64 --mini_batch_size 8 --max_new_tokens 256 --kl_coef 0.05
+        --train_file my_prompts.jsonl --output_dir weights/my-ppo --dtype bfloat16
 
 Prompts come from --train_file (any preference format; only the prompts are used). Before and after
 training the greedy replies to the --eval_file prompts are scored: mean reward, exact KL to the
-reference, empty replies. Writes to --output_dir: the adapter (safetensors), value_head.safetensors,
-the tokenizer, llm_tuning.json, ppo_log.jsonl, eval_metrics.json and tensorboard logs under runs/.
+reference, empty replies. The SFT model and the reward model load in --dtype (auto, as for SFT, by
+default); --trust_remote_code true runs their own code. Writes to --output_dir: the adapter
+(safetensors), value_head.safetensors, the tokenizer, llm_tuning.json, ppo_log.jsonl,
+eval_metrics.json and tensorboard logs under runs/.
 """
 
 import json
@@ -49,16 +53,18 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import set_seed
 
+from llm_tuning.atomic import atomic_files
 from llm_tuning.cli import UserError, exits_on_user_error
 from llm_tuning.modeling import load_model, load_tokenizer
+from llm_tuning.rlhf.pairs import PreferenceDataArguments, encode_pair, load_preference_pairs
 from llm_tuning.rlhf.ppo import (
-    PolicyWithValue, evaluate_policy, gae, generate_replies, kl_shaped_rewards, masked_mean, pack, peak_memory_mb, ppo_losses, score_rollout, token_logprobs, whiten,
+    PolicyWithValue, gae, kl_shaped_rewards, masked_mean, peak_memory_mb, ppo_losses, score_rollout, token_logprobs,
+    whiten,
 )
 from llm_tuning.rlhf.reward_model import load_reward_model, reward_scores
-from llm_tuning.rlhf.pair_training import PreferenceArguments, lora_config, save_eval_metrics
-from llm_tuning.rlhf.pairs import encode_pair, load_preference_pairs
+from llm_tuning.rlhf.rollouts import evaluate_policy, generate_replies, pack
+from llm_tuning.rlhf.stage import ModelArguments, lora_config, save_eval_metrics, save_stage_files
 from llm_tuning.templates import resolve_template, stop_token_ids
-from llm_tuning.run_config import save_run_config
 from llm_tuning.training import parse_args
 
 LOG_FILE = "ppo_log.jsonl"
@@ -66,14 +72,18 @@ LOG_FILE = "ppo_log.jsonl"
 
 @dataclass
 class PPOArguments:
+    """PPO's own trainer settings (TRL has no PPOTrainer left), with defaults for a real model; the
+    tiny offline model of rlhf.sh trains with --learning_rate 1e-3 --kl_coef 0.2 --batch_size 32
+    --mini_batch_size 16 --max_new_tokens 24."""
+
     output_dir: str = field(metadata={"help": "Where the adapter, value head and logs go."})
     reward_model: str = field(default=None, metadata={"help": "reward_model.py's output (an adapter) or a merged reward model."})
     num_iterations: int = field(default=30, metadata={"help": "Rollout + update rounds."})
-    batch_size: int = field(default=32, metadata={"help": "Prompts (and replies) per rollout."})
-    mini_batch_size: int = field(default=16, metadata={"help": "Replies per gradient step; batch_size must be a multiple."})
+    batch_size: int = field(default=64, metadata={"help": "Prompts (and replies) per rollout."})
+    mini_batch_size: int = field(default=8, metadata={"help": "Replies per gradient step; batch_size must be a multiple."})
     ppo_epochs: int = field(default=4, metadata={"help": "Passes over each rollout batch."})
-    learning_rate: float = field(default=1e-3, metadata={"help": "1e-3 for the tiny offline model; ~1e-5 for 7B."})
-    kl_coef: float = field(default=0.2, metadata={"help": "β of the per-token KL penalty against the reference."})
+    learning_rate: float = field(default=1e-5, metadata={"help": "~1e-5 for LoRA on 0.5B-7B models."})
+    kl_coef: float = field(default=0.05, metadata={"help": "β of the per-token KL penalty against the reference."})
     gamma: float = field(default=1.0)
     lam: float = field(default=0.95, metadata={"help": "GAE λ."})
     cliprange: float = field(default=0.2, metadata={"help": "Policy ratio clip ε."})
@@ -81,11 +91,10 @@ class PPOArguments:
     vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
     max_grad_norm: float = field(default=1.0)
     temperature: float = field(default=1.0, metadata={"help": "Rollout sampling temperature (logprobs use the same)."})
-    max_new_tokens: int = field(default=24)
+    max_new_tokens: int = field(default=256)
     missing_eos_penalty: float = field(default=2.0, metadata={"help": "Subtracted from the score of a reply cut off before its stop token."})
-    max_prompt_length: int = field(default=256, metadata={"help": "Longer prompts are dropped."})
-    dtype: str = field(default="float32", metadata={"help": "float32, bfloat16 or float16 for the models."})
-    trust_remote_code: bool = field(default=False)
+    max_prompt_length: int = field(default=512, metadata={"help": "Longer prompts are dropped."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Run the models' own code (true/false)."})
     report_to: str = field(default="tensorboard", metadata={"help": "tensorboard or none."})
     seed: int = field(default=0)
 
@@ -189,34 +198,37 @@ def train(policy: PolicyWithValue, reward_model, train_prompts: list[list[int]],
         writer.close()
 
 
-def save_policy(policy: PolicyWithValue, tokenizer, template, args: PreferenceArguments, ppo_args: PPOArguments,
-                out_dir: Path) -> None:
-    """The adapter, the value head (to continue training), the tokenizer and what chat.py needs."""
-    policy.model.save_pretrained(out_dir)
-    save_file({k: v.contiguous() for k, v in policy.value_head.state_dict().items()}, out_dir / "value_head.safetensors")
-    tokenizer.save_pretrained(out_dir)
-    save_run_config(str(out_dir), base_model=args.model_name_or_path, template=template.name, stage="ppo",
-                    reward_model=ppo_args.reward_model, ppo=asdict(ppo_args))
+def save_policy(policy: PolicyWithValue, tokenizer, template, args: ModelArguments, data_args: PreferenceDataArguments,
+                ppo_args: PPOArguments, out_dir: Path) -> None:
+    """The adapter, the value head (to continue training), the tokenizer and what chat.py needs,
+    written aside and renamed in: a full disk or a kill leaves the previous policy as it was."""
+    with atomic_files(out_dir) as saving_dir:
+        policy.model.save_pretrained(saving_dir)
+        save_file({k: v.contiguous() for k, v in policy.value_head.state_dict().items()},
+                  saving_dir / "value_head.safetensors")
+        save_stage_files(saving_dir, tokenizer, template, args, "ppo", ppo_args.trust_remote_code,
+                         train_file=data_args.train_file, reward_model=ppo_args.reward_model, ppo=asdict(ppo_args))
 
 
 @exits_on_user_error
-def main(args: PreferenceArguments, ppo_args: PPOArguments) -> dict:
+def main(args: ModelArguments, data_args: PreferenceDataArguments, ppo_args: PPOArguments) -> dict:
     check_arguments(ppo_args)
     set_seed(ppo_args.seed)
     out_dir = Path(ppo_args.output_dir)
 
     # Tokenizer, template and prompts: the SFT run's template, so the policy sees its training prompts.
-    tokenizer = load_tokenizer(args.model_name_or_path, ppo_args.trust_remote_code)
-    template = resolve_template(args.template, tokenizer, args.model_name_or_path, ppo_args.trust_remote_code)
+    trust = ppo_args.trust_remote_code
+    tokenizer = load_tokenizer(args.model_name_or_path, trust)
+    template = resolve_template(args.template, tokenizer, args.model_name_or_path, trust)
     stop_ids = stop_token_ids(tokenizer, template)
-    train_prompts = load_prompts(args.train_file, tokenizer, template, ppo_args.max_prompt_length)
-    eval_prompts = (load_prompts(args.eval_file, tokenizer, template, ppo_args.max_prompt_length) if args.eval_file
-                    else train_prompts[:ppo_args.batch_size])
+    train_prompts = load_prompts(data_args.train_file, tokenizer, template, ppo_args.max_prompt_length)
+    eval_prompts = (load_prompts(data_args.eval_file, tokenizer, template, ppo_args.max_prompt_length)
+                    if data_args.eval_file else train_prompts[:ppo_args.batch_size])
 
-    # Models: the reward model, and one base that is policy (LoRA), reference (LoRA off) and critic.
-    reward_model = load_reward_model(ppo_args.reward_model, ppo_args.dtype, ppo_args.trust_remote_code)
+    # Models, both in --dtype: the reward model, and one base that is policy (LoRA), reference (LoRA off) and critic.
+    reward_model = load_reward_model(ppo_args.reward_model, args.dtype, trust)
     reward_model.config.pad_token_id = tokenizer.pad_token_id
-    base = load_model(args.model_name_or_path, ppo_args.dtype, ppo_args.trust_remote_code)
+    base = load_model(args.model_name_or_path, args.dtype, trust)
     policy = PolicyWithValue(get_peft_model(base, lora_config(base, args, "CAUSAL_LM")))
     policy.model.print_trainable_parameters()
 
@@ -231,13 +243,13 @@ def main(args: PreferenceArguments, ppo_args: PPOArguments) -> dict:
     for prompt, reply in list(zip(eval_prompts, after.replies))[:4]:
         print(f"  {tokenizer.decode(prompt)!r} -> {reply!r}")
 
-    save_policy(policy, tokenizer, template, args, ppo_args, out_dir)
+    save_policy(policy, tokenizer, template, args, data_args, ppo_args, out_dir)
     return save_eval_metrics(out_dir, {"before": report_dict(before), "after": report_dict(after)})
 
 
 @exits_on_user_error
 def cli(argv: list[str] | None = None) -> dict:
-    return main(*parse_args(PreferenceArguments, PPOArguments, argv=argv))
+    return main(*parse_args(ModelArguments, PreferenceDataArguments, PPOArguments, argv=argv))
 
 
 if __name__ == "__main__":

@@ -14,71 +14,70 @@ reports pairwise accuracy on the held-out pairs (--eval_file) and writes it to e
     python RLHF/reward_model.py --model_name_or_path weights/my-sft-merged \
         --train_file my_pairs.jsonl --eval_file my_pairs_eval.jsonl --output_dir weights/my-rm \
         --per_device_train_batch_size 4 --gradient_accumulation_steps 4 --num_train_epochs 1 \
-        --learning_rate 2e-5 --bf16 true --max_length 1024
+        --learning_rate 2e-5 --bf16 true --dtype bfloat16 --max_length 1024
 
+Pairs train in length-sorted batches of a token budget (chosen and rejected counted together; as
+many batches as --per_device_train_batch_size pairs would make), exact under gradient accumulation:
+--batching tokens|sorted|random and --max_tokens_per_batch N choose otherwise, as for SFT
+(llm_tuning/rlhf/pair_batches.py). --resume_from_checkpoint true continues on the same batches.
 Data: prompt/chosen/rejected, prompt/selected/rejected or instruction/input/output with
 output = [chosen, rejected] (optional history and system keys); a bad record stops the run with
-file:line. Every RewardConfig (TrainingArguments) flag works. Tested with trl 1.16, peft 0.21.
-Writes to --output_dir: the adapter with its score head (safetensors), the tokenizer,
-llm_tuning.json (base model, template) and eval_metrics.json. ppo.py loads it with --reward_model.
+file:line. The SFT model loads in --dtype (auto, as for SFT, by default; bfloat16 takes half the
+memory of float32). The held-out figure is the pairwise accuracy `eval.py reward` gives on the same
+file (`score_pairs` in llm_tuning/rlhf/reward_model.py). Every RewardConfig (TrainingArguments) flag
+works. Tested with trl 1.16, peft 0.21. Writes to --output_dir: the adapter with its score head
+(safetensors), the tokenizer, llm_tuning.json (base model, template, trust_remote_code) and
+eval_metrics.json. ppo.py loads it with --reward_model.
 """
 
 from datasets import Dataset
-from transformers import AutoModelForSequenceClassification, set_seed
+from transformers import set_seed
 from trl import RewardConfig, RewardTrainer
 
-from llm_tuning.cli import UserError, exits_on_user_error
-from llm_tuning.modeling import first_line, load_tokenizer
-from llm_tuning.rlhf.reward_model import reward_scores
-from llm_tuning.rlhf.pair_training import (
-    PreferenceArguments, lora_config, save_eval_metrics, train_and_save,
-)
-from llm_tuning.rlhf.pairs import encode_pairs, load_preference_pairs
-from llm_tuning.rlhf.reward_model import pairwise_accuracy
+from llm_tuning.cli import exits_on_user_error
+from llm_tuning.modeling import load_tokenizer
+from llm_tuning.rlhf.pair_batches import PairBatchingArguments, pair_trainer, resolve_pair_batching
+from llm_tuning.rlhf.pairs import PreferenceDataArguments, encode_pairs, load_preference_pairs
+from llm_tuning.rlhf.reward_model import load_scoring_model, score_pairs
+from llm_tuning.rlhf.stage import ModelArguments, lora_config, save_eval_metrics, train_and_save
 from llm_tuning.templates import resolve_template
-from llm_tuning.training import parse_args, require_output_dir, run_log_callbacks
-
-
-
-def held_out_accuracy(model, tokenizer, encoded) -> dict:
-    """Pairwise accuracy and mean margin of the reward model on encoded held-out pairs."""
-    model.eval()
-    chosen = reward_scores(model, [e.prompt_ids + e.chosen_ids for e in encoded], tokenizer.pad_token_id)
-    rejected = reward_scores(model, [e.prompt_ids + e.rejected_ids for e in encoded], tokenizer.pad_token_id)
-    return {"pairs": len(encoded), "accuracy": pairwise_accuracy(chosen.tolist(), rejected.tolist()),
-            "mean_margin": (chosen - rejected).mean().item()}
+from llm_tuning.checkpoints import require_output_dir
+from llm_tuning.run_logs import run_log_callbacks
+from llm_tuning.training import parse_args
 
 
 @exits_on_user_error
-def main(args: PreferenceArguments, training_args: RewardConfig) -> dict | None:
+def main(args: ModelArguments, data_args: PreferenceDataArguments, batching_args: PairBatchingArguments,
+         training_args: RewardConfig) -> dict | None:
     require_output_dir(training_args)
+    resolve_pair_batching(batching_args, training_args)  # a flag mistake stops the run before anything loads
     set_seed(training_args.seed)
+    trust = training_args.trust_remote_code
 
     # Tokenizer and template: those of the SFT run, so the reward model reads what the policy writes.
-    tokenizer = load_tokenizer(args.model_name_or_path, training_args.trust_remote_code, padding_side="right")
-    template = resolve_template(args.template, tokenizer, args.model_name_or_path, training_args.trust_remote_code)
-    train = encode_pairs(tokenizer, template, load_preference_pairs(args.train_file), training_args.max_length)
-    held_out = (encode_pairs(tokenizer, template, load_preference_pairs(args.eval_file), training_args.max_length)
-                if args.eval_file else None)
+    tokenizer = load_tokenizer(args.model_name_or_path, trust, padding_side="right")
+    template = resolve_template(args.template, tokenizer, args.model_name_or_path, trust)
+    train = encode_pairs(tokenizer, template, load_preference_pairs(data_args.train_file), training_args.max_length)
+    held_out = load_preference_pairs(data_args.eval_file) if data_args.eval_file else None
     dataset = Dataset.from_dict({"chosen_ids": [e.prompt_ids + e.chosen_ids for e in train],
                                  "rejected_ids": [e.prompt_ids + e.rejected_ids for e in train]})
     print(f"{len(train)} training pairs; first chosen: {tokenizer.decode(dataset[0]['chosen_ids'])!r}")
 
-    # Model: the SFT model with a fresh scalar head; LoRA on its linear layers, the head trained fully.
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            args.model_name_or_path, num_labels=1, trust_remote_code=training_args.trust_remote_code)
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot load {args.model_name_or_path} as a reward model: {first_line(err)}") from None
+    # Model: the SFT model in --dtype with a fresh scalar head; LoRA on its linear layers, the head trained fully.
+    model = load_scoring_model(args.model_name_or_path, args.dtype, trust)
     model.config.pad_token_id = tokenizer.pad_token_id  # the head reads the last non-pad token
 
     training_args.max_length = None  # already filtered by encode_pairs
-    trainer = RewardTrainer(model=model, args=training_args, train_dataset=dataset, processing_class=tokenizer,
-                            peft_config=lora_config(model, args, "SEQ_CLS"), callbacks=run_log_callbacks())
-    if not train_and_save(trainer, tokenizer, args, template, "reward_model") or held_out is None:
+    # Pairs in length-sorted batches of a token budget unless --batching says otherwise.
+    trainer = pair_trainer(RewardTrainer, batching_args, model=model, args=training_args, train_dataset=dataset,
+                           processing_class=tokenizer, peft_config=lora_config(model, args, "SEQ_CLS"),
+                           callbacks=run_log_callbacks())
+    if not train_and_save(trainer, tokenizer, template, args, "reward_model", train_file=data_args.train_file) \
+            or held_out is None:
         return None
-    metrics = held_out_accuracy(trainer.model, tokenizer, held_out)
-    save_eval_metrics(training_args.output_dir, metrics)
+    trainer.model.eval()
+    metrics = save_eval_metrics(training_args.output_dir,
+                                score_pairs(trainer.model, tokenizer, template, held_out).summary())
     print(f"held-out pairwise accuracy: {metrics['accuracy']:.3f} on {metrics['pairs']} pairs "
           f"(mean margin {metrics['mean_margin']:.2f})")
     return metrics
@@ -86,7 +85,8 @@ def main(args: PreferenceArguments, training_args: RewardConfig) -> dict | None:
 
 @exits_on_user_error
 def cli(argv: list[str] | None = None) -> dict | None:
-    return main(*parse_args(PreferenceArguments, RewardConfig, argv=argv))
+    return main(*parse_args(ModelArguments, PreferenceDataArguments, PairBatchingArguments, RewardConfig,
+                            argv=argv))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
 # model set MODEL and the learning rates, e.g.
 #   MODEL=Qwen/Qwen2.5-7B-Instruct SFT_TYPE=lora SFT_LR=2e-4 RM_LR=2e-5 PPO_LR=1e-5 DPO_LR=5e-6 \
 #       ORPO_LR=8e-6 GRPO_LR=1e-5 EXTRA="--bf16 true" sh RLHF/rlhf.sh
+# The scripts' own defaults are for real models; the tiny model's settings are the values below.
 set -e
 cd "$(dirname "$0")/.."
 MODEL=${MODEL:-models/tiny-qwen2}          # the base chat model (hub id or path)
@@ -19,6 +20,16 @@ DPO_STEPS=${DPO_STEPS:-60};  DPO_LR=${DPO_LR:-2e-3}; DPO_LOSS=${DPO_LOSS:-sigmoi
 ORPO_STEPS=${ORPO_STEPS:-60}; ORPO_LR=${ORPO_LR:-2e-3}; ORPO_BETA=${ORPO_BETA:-0.5}     # β = ORPO's λ
 GRPO_STEPS=${GRPO_STEPS:-30}; GRPO_LR=${GRPO_LR:-5e-3}; GRPO_BETA=${GRPO_BETA:-0.0}   # β: KL to SFT (0: none)
 EXTRA=${EXTRA:---bf16 false}               # flags for every trainer (TRL defaults to bf16)
+# The tiny model writes short replies: PPO rolls out 32 prompts (16 a step) with 24 new tokens, GRPO
+# samples 16 tokens at temperature 0.7 for 8 prompts x 8 replies a step; another MODEL gets the
+# scripts' defaults (256 new tokens, 64 prompts a rollout; TRL's GRPO settings).
+TINY_PPO= TINY_GRPO= TINY_EVAL=
+if [ "$MODEL" = models/tiny-qwen2 ]; then
+    TINY_PPO="--batch_size 32 --mini_batch_size 16 --max_new_tokens 24"
+    TINY_GRPO="--per_device_train_batch_size 64 --max_completion_length 16 --temperature 0.7"
+    TINY_GRPO="$TINY_GRPO --gradient_checkpointing false --logging_steps 5"
+    TINY_EVAL="--max_new_tokens 24"
+fi
 SEED=${SEED:-0}                            # every stage's seed (initialisation, batch order, sampling)
 DATA=RLHF/data
 
@@ -51,7 +62,7 @@ echo "==> 4/7 PPO (LoRA policy, reference = adapter off, value head on the same 
 python RLHF/ppo.py --model_name_or_path "$OUT/sft" --reward_model "$OUT/reward_model" \
     --train_file $DATA/preference_train.jsonl --eval_file $DATA/preference_eval.jsonl \
     --output_dir "$OUT/ppo" --num_iterations "$PPO_ITERATIONS" --learning_rate "$PPO_LR" --kl_coef "$KL_COEF" \
-    --seed "$SEED"
+    --seed "$SEED" $TINY_PPO
 
 echo "==> 5/7 DPO (LoRA, reference = adapter off, TRL DPOTrainer, loss $DPO_LOSS)"
 python RLHF/dpo.py --model_name_or_path "$OUT/sft" --train_file $DATA/preference_train.jsonl \
@@ -69,11 +80,11 @@ echo "==> 6b/7 GRPO (LoRA, exact-answer reward on arithmetic, TRL GRPOTrainer, n
 python RLHF/grpo.py --model_name_or_path "$OUT/sft" --train_file $DATA/grpo_math.jsonl \
     --output_dir "$OUT/grpo" --reward_funcs exact_answer \
     --max_steps "$GRPO_STEPS" --learning_rate "$GRPO_LR" --beta "$GRPO_BETA" --report_to none --seed "$SEED" \
-    $EXTRA
+    $TINY_GRPO $EXTRA
 
 echo "==> 7/7 the figures, on held-out prompts"
 python RLHF/evaluate.py --sft "$OUT/sft" --reward_model "$OUT/reward_model" \
     --eval_file $DATA/preference_eval.jsonl --policy PPO="$OUT/ppo" --policy DPO="$OUT/dpo" \
-    --policy ORPO="$OUT/orpo" --policy GRPO="$OUT/grpo"
+    --policy ORPO="$OUT/orpo" --policy GRPO="$OUT/grpo" $TINY_EVAL
 cat "$OUT/grpo/eval_table.txt"
 echo "chat with a policy: python chat.py --base $OUT/sft --adapter $OUT/ppo"

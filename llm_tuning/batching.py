@@ -56,11 +56,11 @@ LENGTH_COLUMN = "length"
 GROUP_BY_LENGTH = "group_by_length"
 
 
-def row_lengths(dataset) -> list[int]:
-    """Token count of every row, read from the Arrow column (no decoding of the rows)."""
+def row_lengths(dataset, column: str = "input_ids") -> list[int]:
+    """Token count of every row (of a list column), read from the Arrow column (no decoding of the rows)."""
     import pyarrow.compute as pc
 
-    return pc.list_value_length(_arrow_column(dataset, "input_ids")).to_pylist()
+    return pc.list_value_length(_arrow_column(dataset, column)).to_pylist()
 
 
 def _arrow_column(dataset, name: str):
@@ -244,19 +244,20 @@ class LengthSortedBatchSampler(torch.utils.data.Sampler[list[int]]):
         return len(self._sizes)
 
 
-class BatchSamplerTrainer(Trainer):
-    """`Trainer` that draws its training batches from a batch sampler (`LengthSortedBatchSampler`).
+class BatchSamplerMixin:
+    """For a `Trainer` (sub)class: draw the training batches from `self.batch_sampler`
+    (a `LengthSortedBatchSampler`), or, while it is None, as the Trainer itself would.
 
     transformers' own samplers yield rows and leave batching to the DataLoader; a sampler that
     decides the batches goes in as the DataLoader's `batch_sampler`. `accelerator.prepare` then
-    shards it across processes and `skip_first_batches` resumes it, as for any other DataLoader."""
+    shards it across processes and `skip_first_batches` resumes it, as for any other DataLoader.
+    Whoever sets the sampler also adds `EpochSeedCallback(sampler)`."""
 
-    def __init__(self, *args, batch_sampler: LengthSortedBatchSampler, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.batch_sampler = batch_sampler
-        self.add_callback(EpochSeedCallback(batch_sampler))
+    batch_sampler: LengthSortedBatchSampler | None = None
 
     def get_train_dataloader(self) -> DataLoader:
+        if self.batch_sampler is None:
+            return super().get_train_dataloader()
         dataset = self._remove_unused_columns(self.train_dataset, description="training")
         loader = DataLoader(
             dataset, batch_sampler=self.batch_sampler, collate_fn=self.data_collator,
@@ -268,6 +269,15 @@ class BatchSamplerTrainer(Trainer):
                                    rank=self.args.process_index),
         )
         return self.accelerator.prepare(loader)
+
+
+class BatchSamplerTrainer(BatchSamplerMixin, Trainer):
+    """`Trainer` that draws its training batches from a batch sampler (`LengthSortedBatchSampler`)."""
+
+    def __init__(self, *args, batch_sampler: LengthSortedBatchSampler, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batch_sampler = batch_sampler
+        self.add_callback(EpochSeedCallback(batch_sampler))
 
 
 class EpochSeedCallback(TrainerCallback):
@@ -303,9 +313,9 @@ def resolve_batching(data_args, training_args) -> tuple[str, bool]:
     if data_args.batching not in BATCHING_MODES:
         raise UserError(f"--batching {data_args.batching!r} is unknown; choose {', '.join(BATCHING_MODES)}")
     asked = {data_args.batching} - {AUTO}
-    if data_args.packing:
+    if getattr(data_args, "packing", False):  # the older switches, where the arguments have them
         asked.add(PACKING)
-    if data_args.group_by_length or training_args.train_sampling_strategy == GROUP_BY_LENGTH:
+    if getattr(data_args, "group_by_length", False) or training_args.train_sampling_strategy == GROUP_BY_LENGTH:
         asked.add(GROUP_BY_LENGTH)
     elif training_args.train_sampling_strategy != "random":
         asked.add(RANDOM)

@@ -19,12 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from .cli import UserError
 from .conversation import Conversation, answer_of, split_reasoning
+from .generation import GenerationSettings, generate_in_batches
 from .records import RecordKeys, load_conversations, read_records
-from .generation import GenerationSettings, generate_batch
 from .metrics import choice_accuracy, continuation_log_probs, generation_scores, perplexity, best_option
 from .templates import Template, encode_chat, encode_conversation, encode_prompt, stop_token_ids
 
@@ -36,26 +34,22 @@ def load_eval_conversations(path: str | Path) -> list[Conversation]:
     return load_conversations(path, EVAL_KEYS)
 
 
-def _batches(items: Sequence, size: int, what: str, progress: bool):
-    starts = range(0, len(items), size)
-    for start in tqdm(starts, desc=what, unit="batch", disable=not progress):
-        yield items[start:start + size]
-
-
 def evaluate_generation(model, tokenizer, template: Template, conversations: Sequence[Conversation],
                         settings: GenerationSettings | None = None, batch_size: int = 16,
                         progress: bool = True) -> tuple[dict, list[dict]]:
     """Greedy (or `settings`) replies to each last question; rouge/bleu/exact match against its answer."""
     settings = settings or GenerationSettings(max_new_tokens=256)
-    stops = stop_token_ids(tokenizer, template)
+    prompts = [encode_chat(tokenizer, template, c.messages[:c.assistant_indices()[-1]], c.tools)
+               for c in conversations]
+    # Batches of similar prompt lengths (little padding); the replies come back in file order.
+    replies = generate_in_batches(model, tokenizer, prompts, [settings] * len(prompts),
+                                  stop_token_ids(tokenizer, template), batch_size,
+                                  desc="generating" if progress else None)
     rows = []
-    for chunk in _batches(list(conversations), batch_size, "generating", progress):
-        prompts = [encode_chat(tokenizer, template, c.messages[:c.assistant_indices()[-1]], c.tools) for c in chunk]
-        replies = generate_batch(model, tokenizer, prompts, [settings] * len(prompts), stops)
-        for conversation, reply in zip(chunk, replies):
-            reasoning, answer = split_reasoning(reply)
-            rows.append({"q": last_question(conversation), "reference": answer_of(conversation.messages[-1]),
-                         "prediction": answer, **({"reasoning": reasoning} if reasoning else {})})
+    for conversation, reply in zip(conversations, replies):
+        reasoning, answer = split_reasoning(reply)
+        rows.append({"q": last_question(conversation), "reference": answer_of(conversation.messages[-1]),
+                     "prediction": answer, **({"reasoning": reasoning} if reasoning else {})})
     return generation_scores([r["prediction"] for r in rows], [r["reference"] for r in rows]), rows
 
 

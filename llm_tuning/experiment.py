@@ -23,11 +23,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from .cli import UserError
 from .data import RecordKeys, TokenizeConfig, save_tokenized, tokenize_file
-from .generation import GenerationSettings, generate_batch
+from .generation import GenerationSettings, generate_in_batches
 from .inference import load_for_inference
 from .merging import merge_adapter as merge_into_base
 from .metrics import continuation_log_probs
@@ -89,12 +87,10 @@ def answer_all(
     batch_size: int = 16, desc: str = "Answering",
 ) -> list[str]:
     """Greedy replies to each query (no history), decoded in batches; the order is kept."""
-    settings = GenerationSettings(max_new_tokens=max_new_tokens)
-    stops = stop_token_ids(tokenizer, template)
-    replies: list[str] = []
-    for start in tqdm(range(0, len(queries), batch_size), desc=desc, leave=False):
-        prompts = [encode_prompt(tokenizer, template, q) for q in queries[start:start + batch_size]]
-        replies += generate_batch(model, tokenizer, prompts, [settings] * len(prompts), stops)
+    prompts = [encode_prompt(tokenizer, template, q) for q in queries]
+    settings = [GenerationSettings(max_new_tokens=max_new_tokens)] * len(prompts)
+    replies = generate_in_batches(model, tokenizer, prompts, settings, stop_token_ids(tokenizer, template),
+                                  batch_size, desc=desc)
     return [reply.strip() for reply in replies]
 
 

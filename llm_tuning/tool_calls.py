@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass
 
 from .conversation import Conversation
-from .native_template import PROBE_ARGUMENT, PROBE_FUNCTION, prepared_messages, render, traits_of
+from .native_template import PROBE_ARGUMENT, PROBE_FUNCTION, per_tokenizer, traits_of, written_turn
 
 
 @dataclass(frozen=True)
@@ -144,34 +144,29 @@ _PROBE_CALL = {"role": "assistant", "content": None, "tool_calls": [
 _PROBE_TOOLS = [{"type": "function", "function": {
     "name": PROBE_FUNCTION, "description": "a probe",
     "parameters": {"type": "object", "properties": {PROBE_ARGUMENT: {"type": "integer"}}}}}]
-_PROBED: dict[tuple[int, bool], tuple[object, str, str | None]] = {}  # (id(tokenizer), thinking) -> ...
+_PROBED: dict = {}
 
 
 def probe_call_turn(tokenizer, thinking: bool = False) -> str | None:
     """The assistant turn the tokenizer's own template writes for one probe call, from the end of
     the generation prompt to its end-of-turn; None when the template cannot write tool calls."""
-    template = getattr(tokenizer, "chat_template", None)
-    key = (id(tokenizer), thinking)
-    cached = _PROBED.get(key)
-    if cached is not None and cached[0] is tokenizer and cached[1] == template:
-        return cached[2]
-    turn = None
+    made = per_tokenizer(_PROBED, tokenizer, lambda _: {})  # thinking -> turn
+    if thinking not in made:
+        made[thinking] = _probe_call_turn(tokenizer, thinking)
+    return made[thinking]
+
+
+def _probe_call_turn(tokenizer, thinking: bool) -> str | None:
     try:
         traits = traits_of(tokenizer)
-        if traits.renders_tool_calls:
-            tools = _PROBE_TOOLS if traits.renders_tools else None
-            messages = prepared_messages(tokenizer, traits, Conversation(
-                [{"role": "user", "content": "Hi"}, _PROBE_CALL], tools))
-            prompt = render(tokenizer, messages[:1], tools, generation_prompt=True, thinking=thinking)
-            full = render(tokenizer, messages, tools, generation_prompt=False, thinking=thinking)
-            if full.startswith(prompt):
-                turn = full[len(prompt):]
-                ends = [i for stop in traits.stop_texts if (i := turn.find(stop)) >= 0]
-                turn = turn[:min(ends)] if ends else turn
+        if not traits.renders_tool_calls:
+            return None
+        conversation = Conversation([{"role": "user", "content": "Hi"}, _PROBE_CALL],
+                                    _PROBE_TOOLS if traits.renders_tools else None)
+        turn = written_turn(tokenizer, conversation, thinking)
     except Exception:  # any template that cannot render the probe writes no tool calls we can read
-        turn = None
-    _PROBED[key] = (tokenizer, template, turn)
-    return turn
+        return None
+    return turn.removesuffix(next(stop for stop in traits.stop_texts if turn.endswith(stop)))
 
 
 def tool_call_format(tokenizer) -> ToolCallFormat | None:

@@ -52,9 +52,9 @@ from llm_tuning.pretrain.blocks import (
     SOURCE_TOKENS_KEY, PretrainArguments, PretrainTrainer, ResumableStream, StreamStateCallback, block_stream, collate_blocks, heldout_blocks, mean_tokens_per_text, read_stream_state, realised_token_shares,
 )
 from llm_tuning.pretrain.shards import load_manifest
-from llm_tuning.training import (
-    FinetuneArguments, ModelArguments, parse_args, require_output_dir, resume_argument, run_log_callbacks,
-)
+from llm_tuning.checkpoints import require_output_dir, resume_argument
+from llm_tuning.run_logs import run_log_callbacks
+from llm_tuning.training import FinetuneArguments, ModelArguments, parse_args
 from llm_tuning.pretrain.vocab import embedding_module_names, read_vocab_extension
 
 # Pretraining adapts every layer: LoRA on all linear layers, not only attention.

@@ -17,7 +17,7 @@ bigger stand-in), rulai (projects/RulaiGPT/README.md and both READMEs), hc3
 continued pretraining, and the token mixture), mixture (pretrain/README.md: the deterministic shard
 and mixture tables), vocab (pretrain/README.md: the token counts before and after the vocabulary
 merge), generation (both READMEs: batched generation speed, three
-timed repeats). With OMP_NUM_THREADS=1 on 2 CPU cores shared with other jobs one seed took:
+timed repeats), real (both READMEs: SmolLM2-135M-Instruct before and after `REAL=1 bash demo.sh`). With OMP_NUM_THREADS=1 on 2 CPU cores shared with other jobs one seed took:
 rlhf 2-3.5 min, sde 2.5-5.5 min, sde_bigger 1 min, rulai 1-2 min, hc3 20-45 s, pretrain 12-30 s
 (two runs), generation 12 s; all of them, three seeds, about 25 minutes.
 """
@@ -35,6 +35,8 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from llm_tuning.real_model import GENERAL_QUESTIONS_FILE, HELD_OUT_ROWS, score_real_replies, write_real_eval_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("torch", "transformers", "peft", "trl", "datasets")
@@ -328,6 +330,47 @@ def pretrain(seeds: Sequence[int], work_dir: Path, reuse: bool) -> str:
         token_shares_line(token_outputs)])
 
 
+# --- a real model ----------------------------------------------------------------------------------
+
+REAL_MODEL = "models/smollm2-135m-instruct"  # demo.sh's REAL=1 model
+REAL_ADAPTER = "weights/demo_math_real"      # and the adapter it trains
+
+
+def real(seeds: Sequence[int], work_dir: Path, reuse: bool) -> str:
+    """`REAL=1 bash demo.sh` once per seed (SmolLM2-135M-Instruct, LoRA on 96 rows of arithmetic), then
+    `eval.py generate` on 50 held-out arithmetic rows and 10 general questions: the base model once
+    (greedy, no seed), each seed's adapter; the training time and peak memory from its trainer_log.jsonl."""
+    folder = work_dir / "real"
+    eval_file = write_real_eval_file(folder / "eval.jsonl")
+
+    def evaluate(model_flags: list[str], out: Path):
+        run_logged(python_command("eval.py", "generate", *model_flags, "--data", str(eval_file), "--output",
+                                  str(out / "replies.jsonl"), "--max_new_tokens", "32", "--batch_size", "60",
+                                  "--progress", "false"), out / "log.txt", reuse)
+        return score_real_replies(out / "replies.jsonl")
+
+    tuned, runtime, memory = [], [], []
+    for seed in seeds:
+        out = folder / f"seed{seed}"
+        run_logged(["bash", "demo.sh"], out / "demo" / "log.txt", reuse, env={"REAL": "1", "SEED": str(seed)})
+        summary_file = out / "demo" / "trainer_log.jsonl"
+        if not summary_file.is_file():  # this seed's run, before the next seed's replaces it
+            shutil.copy2(REPO_ROOT / REAL_ADAPTER / "trainer_log.jsonl", summary_file)
+        summary = [json.loads(line) for line in summary_file.read_text().splitlines()][-1]
+        runtime.append(summary["train_runtime"])
+        memory.append(summary["peak_memory_mib"])
+        tuned.append(evaluate(["--adapter", REAL_ADAPTER], out / "eval"))
+    base = evaluate(["--base", REAL_MODEL], folder / "base")
+    general = f"general questions right (of {base.general_total})"
+    return markdown_table(
+        ["model", f"held-out exact match ({HELD_OUT_ROWS} rows)", general, "training time", "peak memory"],
+        [["SmolLM2-135M-Instruct (Q4_1-rounded)", cell([base.exact_match], 2), str(base.general_right), "", ""],
+         ["+ LoRA, `REAL=1 bash demo.sh`", cell([t.exact_match for t in tuned], 2),
+          cell([float(t.general_right) for t in tuned], 1), f"{cell(runtime, 0)} s", f"{cell(memory, 0)} MiB"]],
+    ) + (f"\n\nheld-out rows: the last {HELD_OUT_ROWS} of data/simple_math_4op.jsonl (the demo trains on its "
+         f"first 96); general questions: {GENERAL_QUESTIONS_FILE}, a reply is right when it names the answer")
+
+
 # --- batched generation ----------------------------------------------------------------------------
 
 def generation(seeds: Sequence[int], work_dir: Path, reuse: bool) -> str:
@@ -347,7 +390,7 @@ def generation(seeds: Sequence[int], work_dir: Path, reuse: bool) -> str:
 
 FIGURES: dict[str, Callable[[Sequence[int], Path, bool], str]] = {
     "rlhf": rlhf, "sde": sde, "rulai": rulai, "hc3": hc3, "pretrain": pretrain, "mixture": mixture,
-    "generation": generation, "vocab": vocab, "sde_bigger": sde_bigger,
+    "generation": generation, "vocab": vocab, "sde_bigger": sde_bigger, "real": real,
 }
 DETERMINISTIC = {"mixture", "vocab"}
 REPEATED = {"generation"}  # timings: the seeds only count the runs

@@ -229,3 +229,19 @@ def test_the_script_serves_as_a_user_starts_it(adapter):
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_the_engine_batches_the_oldest_request_with_those_nearest_its_length():
+    from types import SimpleNamespace
+
+    from llm_tuning.serve.engines import pick_batch
+
+    def job(prompt_length, choices=1):
+        return SimpleNamespace(prompt_ids=[0] * prompt_length, settings=[None] * choices)
+
+    pending = [job(50), job(10), job(48), job(12), job(55, choices=2), job(49)]
+    lengths = lambda jobs: [len(j.prompt_ids) for j in jobs]  # noqa: E731
+    # The oldest first, then the nearest lengths; the 2-choice job no longer fits, a short one does.
+    assert lengths(pick_batch(pending, max_rows=4)) == [50, 49, 48, 12]
+    assert lengths(pending) == [10, 55]  # the rest wait, oldest first
+    assert lengths(pick_batch(pending, max_rows=4)) == [10, 55] and pending == []

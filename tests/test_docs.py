@@ -65,8 +65,11 @@ NOT_RUN = {
     "bash test.sh": "runs the whole test suite, this test included",
     "pytest tests/": "runs tests of this suite, which CI runs anyway",
     "my_pairs.jsonl": "a pattern for the user's own preference data",
-    "bench/train_throughput.py": "a 5-12 min benchmark that prints figures, not a check "
-                                 "(its batching modes are tested in tests/test_batching.py)",
+    "bench/train_throughput.py": "a 5-40 min benchmark that prints figures, not a check (its batching "
+                                 "modes are tested in tests/test_batching.py and tests/test_pair_batches.py)",
+    "--scale 10000,100000,1000000": "a 15 min benchmark of the tokenize step on up to a million generated rows "
+                                    "(streaming is tested in tests/test_tokenize_streaming.py)",
+    "REAL=1 bash demo.sh": "trains the real SmolLM2 for minutes: tests/test_real_model.py runs it and checks it",
 }
 MAX_STEPS = "2"
 # With README.md, the folder READMEs run beside it in these two background streams of about equal
@@ -266,6 +269,7 @@ def sandbox_env(sandbox: Path, hub_cache: Path) -> dict[str, str]:
     env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", PYTHONPATH=str(sandbox),
                HF_HUB_CACHE=str(hub_cache), HF_HUB_OFFLINE="1", HF_HOME=str(hub_cache.parent / "hf_home"),
                LLM_TUNING_MAX_STEPS=MAX_STEPS, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+               LLM_TUNING_CACHE=str(REPO / ".cache"),  # the real model is fetched and converted once, not per sandbox
                MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
     return env
 

@@ -134,6 +134,10 @@ def test_bad_data_and_flags_stop_with_one_sentence(tiny_qwen2, tmp_path, capsys,
 # --- A short seeded run on the tutorial's data -------------------------------------------------------
 
 
+# rlhf.sh's GRPO settings for the tiny model (grpo.py's defaults are TRL's, for a real model)
+TINY_GRPO = ["--max_steps", "30", "--learning_rate", "5e-3", "--per_device_train_batch_size", "64",
+             "--max_completion_length", "16", "--temperature", "0.7", "--gradient_checkpointing", "false",
+             "--logging_steps", "5"]
 # SFT (300 steps) + GRPO (30 steps) take a few minutes on 2 cores; the first test pays for the fixture,
 # and on a machine shared with other jobs that can pass the suite's 600 s.
 RUN_TIMEOUT = pytest.mark.timeout(1800)
@@ -142,8 +146,9 @@ RUN_TIMEOUT = pytest.mark.timeout(1800)
 @pytest.fixture(scope="module")
 def grpo_run(tiny_qwen2, tmp_path_factory):
     """The SFT model of rlhf.sh (full fine-tuning on RLHF/data/sft.jsonl, 300 steps), then GRPO with the
-    exact-answer reward on the 24 arithmetic questions of RLHF/data/grpo_math.jsonl, with
-    grpo.py's defaults (30 steps of 8 questions × 8 replies, seed 42), as rlhf.sh runs it."""
+    exact-answer reward on the 24 arithmetic questions of RLHF/data/grpo_math.jsonl, with rlhf.sh's
+    settings for the tiny model (30 steps of 8 questions × 8 replies; grpo.py's defaults are a real
+    model's) at TRL's seed 42."""
     from llm_tuning.testing import save_tokenized_pairs, train_tiny
 
     sys.path.insert(0, str(REPO_ROOT))
@@ -157,7 +162,7 @@ def grpo_run(tiny_qwen2, tmp_path_factory):
                learning_rate=2e-3)
     metrics = load_grpo_script().cli([
         "--model_name_or_path", str(out / "sft"), "--train_file", str(MATH), "--output_dir", str(out / "grpo"),
-        "--reward_funcs", "exact_answer", "--bf16", "false"])
+        "--reward_funcs", "exact_answer", *TINY_GRPO, "--bf16", "false"])
     return {"metrics": metrics, "out": out}
 
 
@@ -203,7 +208,8 @@ def test_combined_rewards_a_kl_penalty_and_another_loss_variant_run_and_log(grpo
         "--reward_funcs", "exact_answer", "format", "--reward_weights", "1.0", "0.2",
         "--output_dir", str(tmp_path / "grpo"), "--max_steps", "2", "--logging_steps", "1", "--beta", "0.1",
         "--loss_type", "dr_grpo", "--num_generations", "4", "--per_device_train_batch_size", "16",
-        "--eval_samples", "2", "--report_to", "none", "--bf16", "false"])
+        "--learning_rate", "5e-3", "--max_completion_length", "16", "--temperature", "0.7",
+        "--gradient_checkpointing", "false", "--eval_samples", "2", "--report_to", "none", "--bf16", "false"])
     log = [json.loads(line) for line in (tmp_path / "grpo" / "trainer_log.jsonl").read_text().splitlines()]
     assert all(entry["kl"] >= 0 for entry in log if "reward" in entry) and "kl" in log[0]
     # the logged reward is the weighted sum of the two rewards

@@ -82,3 +82,36 @@ def test_the_rlhf_figure_averages_the_seeds_logs(tmp_path):
     assert "reward model held-out pairwise accuracy: 0.975 ± 0.035" in figure
     assert "| PPO | 3.00 ± 1.41 | 6.00 ± 0.00 |" in figure and "`'ppo 0'`" in figure and "ppo 1" not in figure
     assert "| SFT | 0.45 ± 0.07 |" in figure and "first greedy reply (seed 0)" in figure
+
+
+def test_the_real_model_figure_scores_each_seeds_replies(tmp_path):
+    """The real-model table from logs (--reuse): exact match and general answers from eval.py's replies,
+    training time and peak memory from each seed's trainer_log.jsonl summary."""
+    import json
+
+    from llm_tuning.real_model import HELD_OUT_ROWS
+
+    general = [json.loads(line) for line in (REPO_ROOT / "data/eval/general_questions.jsonl").read_text().splitlines()]
+
+    def write_replies(folder, right, known):
+        rows = [{"q": "q", "reference": "1 + 1 = 2", "prediction": "1 + 1 = 2" if i < right else "2"}
+                for i in range(HELD_OUT_ROWS)]
+        rows += [{"q": g["q"], "reference": g["a"], "prediction": g["a"] if i < known else "?"}
+                 for i, g in enumerate(general)]
+        folder.mkdir(parents=True)
+        (folder / "log.txt").write_text("eval.py's output\n")
+        (folder / "replies.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+    write_replies(tmp_path / "real" / "base", 0, 10)
+    for seed, (right, known, runtime, memory) in {0: (20, 9, 100.0, 2000), 1: (25, 10, 120.0, 2100)}.items():
+        demo = tmp_path / "real" / f"seed{seed}" / "demo"
+        demo.mkdir(parents=True)
+        (demo / "log.txt").write_text("demo.sh's output\n")
+        (demo / "trainer_log.jsonl").write_text(json.dumps({"step": 6, "loss": 0.3}) + "\n" + json.dumps(
+            {"step": 12, "train_runtime": runtime, "peak_memory_mib": memory}) + "\n")
+        write_replies(tmp_path / "real" / f"seed{seed}" / "eval", right, known)
+
+    figure = figures.real([0, 1], tmp_path, reuse=True)
+
+    assert "| SmolLM2-135M-Instruct (Q4_1-rounded) | 0.00 | 10 |  |  |" in figure
+    assert "| 0.45 ± 0.07 | 9.5 ± 0.7 | 110 ± 14 s | 2050 ± 71 MiB |" in figure

@@ -17,12 +17,13 @@ import torch
 
 from conftest import REPO_ROOT
 from llm_tuning.cli import UserError
-from llm_tuning.rlhf.ppo import (
-    PolicyWithValue, cut_at_stop, gae, generate_replies, kl_shaped_rewards, pack, ppo_losses, score_rollout, token_logprobs, whiten,
-)
 from llm_tuning.rlhf.pairs import EncodedPair, load_preference_pairs
-from llm_tuning.rlhf.pair_training import check_same_ids
+from llm_tuning.rlhf.ppo import (
+    PolicyWithValue, gae, kl_shaped_rewards, ppo_losses, score_rollout, token_logprobs, whiten,
+)
 from llm_tuning.rlhf.reward_model import pairwise_accuracy
+from llm_tuning.rlhf.rollouts import cut_at_stop, generate_replies, pack
+from llm_tuning.rlhf.stage import check_same_ids
 
 RLHF_DIR = REPO_ROOT / "RLHF"
 DATA = RLHF_DIR / "data"
@@ -243,12 +244,16 @@ def pipeline(tiny_qwen2, tmp_path_factory):
                      "--report_to", "none"]
     rm = load_script("reward_model").cli(["--model_name_or_path", sft, *data, "--output_dir", str(out / "rm"),
                                           "--max_steps", "100", "--learning_rate", "3e-3", *trainer_flags])
+    # the tiny model's PPO settings, as rlhf.sh passes them (ppo.py's defaults are a real model's)
     ppo = load_script("ppo").cli(["--model_name_or_path", sft, *data, "--reward_model", str(out / "rm"),
-                                  "--output_dir", str(out / "ppo"), "--num_iterations", "20", "--report_to", "none"])
+                                  "--output_dir", str(out / "ppo"), "--num_iterations", "20", "--learning_rate", "1e-3",
+                                  "--kl_coef", "0.2", "--batch_size", "32", "--mini_batch_size", "16",
+                                  "--max_new_tokens", "24", "--report_to", "none"])
     dpo = load_script("dpo").cli(["--model_name_or_path", sft, *data, "--output_dir", str(out / "dpo"),
                                   "--max_steps", "40", "--learning_rate", "2e-3", *trainer_flags])
     rows = load_script("evaluate").measure_policies(sft, str(out / "rm"), str(DATA / "preference_eval.jsonl"),
-                                                    {"PPO": str(out / "ppo"), "DPO": str(out / "dpo")})
+                                                    {"PPO": str(out / "ppo"), "DPO": str(out / "dpo")},
+                                                    max_new_tokens=24)
     return {"rm": rm, "ppo": ppo, "dpo": dpo, "rows": {r.name: r for r in rows}, "out": out}
 
 
@@ -292,7 +297,7 @@ def orpo(pipeline):
         "--max_steps", "40", "--learning_rate", "2e-3", "--beta", "0.5", "--bf16", "false",
         "--per_device_train_batch_size", "16", "--save_strategy", "no", "--report_to", "none"])
     [row] = load_script("evaluate").measure_policies(sft, str(out / "rm"), str(DATA / "preference_eval.jsonl"),
-                                                     {"ORPO": str(out / "orpo")})[1:]
+                                                     {"ORPO": str(out / "orpo")}, max_new_tokens=24)[1:]
     return {"metrics": metrics, "row": row, "out": out / "orpo"}
 
 
@@ -331,6 +336,65 @@ def test_a_bad_record_stops_the_script_with_file_line_and_exit_code_2(tiny_qwen2
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: {bad}:2: the chosen and the rejected reply are the same; a pair must differ")
     assert "Traceback" not in result.stderr
+
+
+# --- Every stage loads its models in --dtype ----------------------------------------------------------
+
+
+@pytest.fixture
+def loaded_models(monkeypatch):
+    """(class name, dtype) of every model `from_pretrained` returns while the test runs, whatever
+    the code path (AutoModelFor*, a reward adapter's base, a TRL trainer)."""
+    from transformers import PreTrainedModel
+
+    loaded = []
+    from_pretrained = PreTrainedModel.from_pretrained.__func__
+
+    def recording(cls, *args, **kwargs):
+        model = from_pretrained(cls, *args, **kwargs)
+        loaded.append((cls.__name__, model.dtype))
+        return model
+
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(recording))
+    return loaded
+
+
+def test_every_stage_loads_its_models_in_the_dtype_asked(tiny_qwen2, tmp_path, loaded_models):
+    """bfloat16 holds a model in half the memory of float32: the SFT model (policy and reference),
+    the reward model being trained and the one scoring are all loaded in it, not cast by autocast."""
+    policy, scorer = ("Qwen2ForCausalLM", torch.bfloat16), ("Qwen2ForSequenceClassification", torch.bfloat16)
+    model = ["--model_name_or_path", str(tiny_qwen2), "--template", "qwen", "--dtype", "bfloat16"]
+    pairs = ["--train_file", str(DATA / "preference_train.jsonl"), "--eval_file", str(DATA / "preference_eval.jsonl")]
+    short = ["--max_steps", "1", "--per_device_train_batch_size", "4", "--save_strategy", "no", "--report_to", "none",
+             "--bf16", "false"]
+    grpo = load_script("grpo")
+    sys.modules[grpo.__name__] = grpo  # Trainer.save_model pickles GRPOArguments: importable by name
+    stages = {
+        "reward_model": (lambda: load_script("reward_model").cli([*model, *pairs, "--output_dir", str(tmp_path / "rm"),
+                                                                  *short]), {scorer}),
+        "ppo": (lambda: load_script("ppo").cli([*model, *pairs, "--output_dir", str(tmp_path / "ppo"),
+                                                "--reward_model", str(tmp_path / "rm"), "--num_iterations", "1",
+                                                "--batch_size", "4", "--mini_batch_size", "4", "--ppo_epochs", "1",
+                                                "--max_new_tokens", "4", "--report_to", "none"]), {policy, scorer}),
+        "dpo": (lambda: load_script("dpo").cli([*model, *pairs, "--output_dir", str(tmp_path / "dpo"), *short,
+                                                "--trust_remote_code", "true"]), {policy}),
+        "orpo": (lambda: load_script("orpo").cli([*model, *pairs, "--output_dir", str(tmp_path / "orpo"), *short]),
+                 {policy}),
+        "grpo": (lambda: grpo.cli([*model, "--train_file", str(DATA / "grpo_math.jsonl"),
+                                   "--output_dir", str(tmp_path / "grpo"), *short, "--num_generations", "2",
+                                   "--max_completion_length", "4", "--eval_samples", "1",
+                                   "--gradient_checkpointing", "false"]), {policy}),
+        "evaluate": (lambda: load_script("evaluate").measure_policies(
+            str(tiny_qwen2), str(tmp_path / "rm"), str(DATA / "preference_eval.jsonl"), {"DPO": str(tmp_path / "dpo")},
+            "qwen", max_new_tokens=4, dtype="bfloat16"), {policy, scorer}),
+    }
+    for stage, (run_stage, expected) in stages.items():
+        loaded_models.clear()
+        run_stage()
+        assert set(loaded_models) == expected, stage
+    # what later stages and chat.py read: whether the stage's model runs its own code
+    assert json.loads((tmp_path / "dpo" / "llm_tuning.json").read_text())["trust_remote_code"] is True
+    assert json.loads((tmp_path / "ppo" / "llm_tuning.json").read_text())["trust_remote_code"] is False
 
 
 # --- The README's stage commands are rlhf.sh's ---------------------------------------------------

@@ -14,9 +14,8 @@ from llm_tuning.cli import UserError
 from llm_tuning.modeling import load_model, load_tokenizer, looks_local
 from llm_tuning.records import RecordKeys, load_conversations
 from llm_tuning.testing import save_tokenized_pairs, train_tiny
-from llm_tuning.training import (
-    LOSS_PLOT_FILE, TRAINER_LOG_FILE, DataArguments, FinetuneArguments, LossPlotCallback, ModelArguments, parse_args,
-)
+from llm_tuning.run_logs import LOSS_PLOT_FILE, TRAINER_LOG_FILE, LossPlotCallback
+from llm_tuning.training import DataArguments, FinetuneArguments, ModelArguments, parse_args
 from qwen_lora_tuning import QWEN
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

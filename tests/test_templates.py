@@ -1,4 +1,5 @@
-"""Family templates and default LoRA targets against the real families' facts.
+"""Family templates and default LoRA targets against the real families' facts, and which recipe
+trains which registry template (each recipe's `Family.templates`) against the README's table.
 
 Parity: where the real tokenizer ships a chat template (Qwen, LLaMA-2, Mistral, InternLM2, GLM-4;
 the stand-ins carry copies), our inference prompt is token-for-token `apply_chat_template`.
@@ -10,13 +11,16 @@ names of each family (listed below from their modeling code), since those models
 from __future__ import annotations
 
 import importlib
+import re
+from pathlib import Path
 
 import pytest
 import torch
 
 from llm_tuning.cli import UserError
+from llm_tuning.finetune import Family
 from llm_tuning.modeling import linear_module_names, load_tokenizer, resolve_lora_targets
-from llm_tuning.templates import encode_prompt, get_template
+from llm_tuning.templates import MODEL_TYPE_TEMPLATES, TEMPLATES, encode_prompt, get_template
 
 HISTORY = [("你好", "你好！有什么可以帮你？")]
 QUERY = "What is 3 + 4?"
@@ -136,3 +140,52 @@ def test_native_families_target_every_linear_layer_of_the_real_architecture(arch
 def test_a_wrong_target_names_the_layers_that_exist():
     with pytest.raises(UserError, match="query_key_value match no linear layer of this model; its linear layers are: W_pack"):
         resolve_lora_targets(skeleton(["model.layers.0.self_attn.W_pack", "lm_head"]), "query_key_value")
+
+
+# --- Which family trains which template: declared once, in each recipe's Family block ------------
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RECIPE_ROW = re.compile(r"^\| `(\w+_lora_tuning\.py)` \|")
+CODE_WORD = re.compile(r"(?<!`)`([\w.-]+)`(?!`)")  # `qwen2.5`, not a ``` fence
+
+
+def recipe_family(script: str) -> Family:
+    module = importlib.import_module(script.removesuffix(".py"))
+    return next(value for value in vars(module).values() if isinstance(value, Family))
+
+
+def family_table(readme: str) -> dict[str, set[str]]:
+    """Recipe -> the registry templates its row of the README's family table names."""
+    rows = {}
+    for line in (REPO_ROOT / readme).read_text(encoding="utf-8").splitlines():
+        match = RECIPE_ROW.match(line)
+        if match:
+            template_cell = [cell.strip() for cell in line.strip().strip("|").split("|")][2]
+            rows[match.group(1)] = set(CODE_WORD.findall(template_cell)) & set(TEMPLATES)
+    return rows
+
+
+@pytest.mark.parametrize("readme", ["README.md", "README_zh.md"])
+def test_every_registry_template_the_readme_names_is_trained_by_the_recipe_it_is_sent_to(readme):
+    named = set(CODE_WORD.findall((REPO_ROOT / readme).read_text(encoding="utf-8"))) & set(TEMPLATES)
+    assert named == set(TEMPLATES), f"{readme} never names the registry templates {sorted(set(TEMPLATES) - named)}"
+    table = family_table(readme)
+    assert {path.name for path in REPO_ROOT.glob("*_lora_tuning.py")} == set(table)
+    for template in sorted(named):
+        sent_to = [recipe for recipe, templates in table.items() if template in templates]
+        assert sent_to, f"{readme}'s family table sends the registry template {template!r} to no recipe"
+        for recipe in sent_to:
+            assert template in recipe_family(recipe).templates, \
+                f"{readme} sends {template!r} to {recipe}, which refuses data tokenized with it"
+    for recipe, templates in table.items():
+        if recipe != "generic_lora_tuning.py":  # it trains every one; its row names an example
+            assert templates == recipe_family(recipe).templates, f"{readme}'s row of {recipe}"
+
+
+def test_the_auto_template_of_a_model_type_is_trained_by_a_recipe_for_that_type():
+    families = [recipe_family(path.name) for path in sorted(REPO_ROOT.glob("*_lora_tuning.py"))]
+    for model_type, template in MODEL_TYPE_TEMPLATES.items():
+        recipes = [family for family in families if model_type in family.lora_targets]
+        assert recipes, f"no recipe declares LoRA targets for model type {model_type!r}"
+        assert any(template in family.templates for family in recipes), \
+            f"--template auto picks {template!r} for {model_type!r}, which no recipe for that type trains"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import socket
 
-import pytest
 
 import web_demo
 from tests.inference_fixtures import REASONING_EXCHANGES, REPO_ROOT, train_tiny_adapter, train_tool_adapter, training_pairs

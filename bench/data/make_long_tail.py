@@ -1,4 +1,5 @@
-"""Write bench/data/long_tail.jsonl: q/a pairs whose lengths follow a long-tailed distribution.
+"""Write bench/data/long_tail.jsonl: q/a pairs whose lengths follow a long-tailed distribution, and
+bench/data/long_tail_pairs.jsonl: the same rows as preference pairs.
 
     python bench/data/make_long_tail.py [--rows 1200] [--seed 7]
 
@@ -7,6 +8,11 @@ to summarise or long explanations. That shape decides how much dynamic padding w
 throughput benchmark (bench/train_throughput.py) runs on it. Lengths are log-normal (median ~25
 words per side, a tail past 600); half the rows are Chinese, half English. The text is filler
 built from fixed phrases: it exercises the tokenizer and the model, it teaches nothing.
+
+The preference pairs (the first 400 rows; the DPO table of train_throughput.py) take each row's
+question and answer as prompt and chosen reply, and as the rejected reply the answer of the next
+row in the same language: an answer to another question, whose length is drawn independently of
+the chosen one's, as in real preference sets where the two replies differ in length.
 
 It lives under bench/, not data/: llm_tuning.testing trains the tiny tokenizer on every file
 under data/, and this set must not change it.
@@ -19,6 +25,7 @@ import random
 from pathlib import Path
 
 OUT_FILE = Path(__file__).resolve().parent / "long_tail.jsonl"
+PAIRS_FILE = OUT_FILE.with_name("long_tail_pairs.jsonl")
 
 PHRASES = {
     "en": ["the model reads the prompt", "each batch is padded", "memory grows with length",
@@ -58,18 +65,40 @@ def make_row(rng: random.Random) -> dict[str, str]:
             "a": answer_format.format(body=answer_body)}
 
 
+def preference_pairs(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Each row's q/a as prompt and chosen reply; rejected: the next different answer in the same language."""
+    def language(row):
+        return "zh" if any("\u4e00" <= ch <= "\u9fff" for ch in row["q"]) else "en"
+
+    pairs = []
+    for i, row in enumerate(rows):
+        later = (rows[(i + step) % len(rows)] for step in range(1, len(rows)))
+        other = next((r for r in later if language(r) == language(row) and r["a"] != row["a"]), None)
+        if other is not None:
+            pairs.append({"prompt": row["q"], "chosen": row["a"], "rejected": other["a"]})
+    return pairs
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    tmp.replace(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1200)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=OUT_FILE)
+    parser.add_argument("--pairs_out", type=Path, default=PAIRS_FILE)
+    parser.add_argument("--pairs", type=int, default=400, help="preference pairs, from the first rows")
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    lines = [json.dumps(make_row(rng), ensure_ascii=False) for _ in range(args.rows)]
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tmp.replace(args.out)
-    print(f"wrote {args.rows} rows to {args.out}")
+    rows = [make_row(rng) for _ in range(args.rows)]
+    write_jsonl(args.out, rows)
+    pairs = preference_pairs(rows)[:args.pairs]
+    write_jsonl(args.pairs_out, pairs)
+    print(f"wrote {args.rows} rows to {args.out} and {len(pairs)} preference pairs to {args.pairs_out}")
 
 
 if __name__ == "__main__":

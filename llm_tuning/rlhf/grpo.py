@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 
 from ..cli import UserError
-from .ppo import full_kl, generate_replies, pack, policy_logits
-from .pairs import EncodedPair, render_prompt
-from .pair_training import check_same_ids
 from ..records import RecordKeys, detect_format, read_records, record_to_conversation
-from .rewards import final_number
 from ..templates import Template, encode_prompt
+from .pairs import EncodedPair, render_prompt
+from .rewards import final_number
+from .rollouts import full_kl, generate_replies, pack, policy_logits
+from .stage import check_same_ids
 
 RECORD_KEYS = RecordKeys(prompt="q", target="a", history="history", system="system", format="auto")
 

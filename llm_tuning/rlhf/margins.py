@@ -2,36 +2,23 @@
 
 `preference_margin`: mean log π(chosen) − log π(rejected) (the policy alone); `implicit_reward_margin`:
 DPO's margin against the reference (the same model, adapters off). RLHF/evaluate.py reports both,
-the pair trainers (DPO, ORPO) measure the first before and after training.
+the pair trainers (DPO, ORPO) measure the first before and after training. A reply's log-probability
+is `llm_tuning.metrics.continuation_log_probs`, the one evaluation's perplexity and choices use.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
-from .ppo import pack, policy_logits, token_logprobs
-
-
-@torch.no_grad()
-def reply_logprob_sums(model, prompts: Sequence[Sequence[int]], replies: Sequence[Sequence[int]],
-                       pad_id: int, batch_size: int = 16) -> torch.Tensor:
-    """log π(reply | prompt), summed over the reply's tokens, for each pair."""
-    sums = []
-    for start in range(0, len(prompts), batch_size):
-        batch = pack(prompts[start:start + batch_size], replies[start:start + batch_size], pad_id)
-        logp, _ = token_logprobs(policy_logits(model, batch), batch.reply_ids)
-        sums.append((logp * batch.reply_mask).sum(-1))
-    return torch.cat(sums)
+from ..metrics import continuation_log_probs
 
 
 def logprob_margins(model, pairs, pad_id: int) -> torch.Tensor:
     """log π(chosen | prompt) - log π(rejected | prompt), summed over each reply's tokens, per pair."""
     prompts = [e.prompt_ids for e in pairs]
-    chosen = reply_logprob_sums(model, prompts, [e.chosen_ids for e in pairs], pad_id)
-    rejected = reply_logprob_sums(model, prompts, [e.rejected_ids for e in pairs], pad_id)
-    return chosen - rejected
+    chosen = continuation_log_probs(model, prompts, [e.chosen_ids for e in pairs], pad_id)
+    rejected = continuation_log_probs(model, prompts, [e.rejected_ids for e in pairs], pad_id)
+    return torch.tensor([c - r for (c, _), (r, _) in zip(chosen, rejected, strict=True)])
 
 
 def preference_margin(model, pairs, pad_id: int) -> float:

@@ -26,6 +26,14 @@ FORMATS_HELP = ("prompt/chosen/rejected, prompt/selected/rejected, "
 
 
 @dataclass
+class PreferenceDataArguments:
+    """The pairs of a reward-model, DPO, ORPO or PPO run (PPO takes only their prompts)."""
+
+    train_file: str = field(metadata={"help": "Preference pairs (.json/.jsonl) in any accepted format."})
+    eval_file: str | None = field(default=None, metadata={"help": "Held-out pairs the figures are measured on."})
+
+
+@dataclass
 class PreferencePair:
     prompt: str
     chosen: str

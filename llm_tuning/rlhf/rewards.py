@@ -132,8 +132,10 @@ class RewardModelReward:
 
 
 def build_reward_functions(names: Sequence[str], tokenizer=None, format_pattern: str | None = None,
-                           reward_model_path: str | None = None, trust_remote_code: bool = False) -> list[Callable]:
-    """The reward functions for `names`, in order; a UserError names an unknown one."""
+                           reward_model_path: str | None = None, trust_remote_code: bool = False,
+                           dtype: str = "auto") -> list[Callable]:
+    """The reward functions for `names`, in order (a reward model loaded in `dtype`); a UserError
+    names an unknown one."""
     unknown = [name for name in names if name not in REWARD_NAMES]
     if unknown or not names:
         raise UserError(f"unknown reward function {unknown[0]!r}; choose from: {', '.join(REWARD_NAMES)}"
@@ -152,7 +154,7 @@ def build_reward_functions(names: Sequence[str], tokenizer=None, format_pattern:
                                 "RLHF/reward_model.py")
             from .reward_model import load_reward_model
 
-            model = load_reward_model(reward_model_path, trust_remote_code=trust_remote_code)
+            model = load_reward_model(reward_model_path, dtype, trust_remote_code)
             model.config.pad_token_id = tokenizer.pad_token_id
             functions.append(RewardModelReward(model, tokenizer))
     return functions

@@ -5,9 +5,10 @@ Both engines take token ids (the prompt the template built) and `GenerationSetti
 which one runs:
 
 - `TransformersEngine` (default, CPU or GPU): one worker thread owns the model. Requests queue up;
-  the worker takes every waiting request (up to `max_batch_size` choices), decodes them together
-  in one left-padded batch (`generation.BatchDecoder`), and streams each piece back to its
-  request's event loop. Requests arriving while a batch runs wait for the next batch.
+  the worker takes the oldest waiting request and those whose prompts are nearest its length (up
+  to `max_batch_size` choices), decodes them together in one left-padded batch
+  (`generation.BatchDecoder`), and streams each piece back to its request's event loop. Requests
+  arriving while a batch runs wait for the next batch.
 - `VllmEngine` (GPU, `pip install vllm`): vLLM's own continuous batching and paged KV cache, with
   the LoRA adapter applied per request (`enable_lora`).
 """
@@ -47,6 +48,22 @@ class _Job:
         self.loop.call_soon_threadsafe(self.events.put_nowait, item)
 
 
+def pick_batch(pending: list, max_rows: int) -> list:
+    """Take the next batch out of `pending` (jobs oldest first): the oldest job, so none waits
+    forever, and then the jobs whose prompts are nearest its length, up to `max_rows` choices.
+    Rows of similar length pad little, and a padded position costs as much as a real one."""
+    first = pending[0]
+    rows = len(first.settings)
+    batch = [first]
+    for job in sorted(pending[1:], key=lambda job: abs(len(job.prompt_ids) - len(first.prompt_ids))):
+        if rows + len(job.settings) <= max_rows:
+            batch.append(job)
+            rows += len(job.settings)
+    taken = {id(job) for job in batch}
+    pending[:] = [job for job in pending if id(job) not in taken]
+    return batch
+
+
 class TransformersEngine:
     """Queue + batching worker over a transformers model (optionally with peft adapters)."""
 
@@ -84,32 +101,39 @@ class TransformersEngine:
 
     # --- the worker thread ---
 
-    def _take_batch(self, first: _Job, leftover: list[_Job]) -> tuple[list[_Job], bool]:
-        """`first` plus whatever else waits, up to max_batch_size choices; (jobs, closing)."""
-        jobs, rows = [first], len(first.settings)
+    def _collect(self, pending: list[_Job]) -> bool:
+        """Wait up to batch_wait_s for a full batch, then take everything else already waiting, so
+        that the batch can be chosen by prompt length; True once close() was called."""
         deadline = time.monotonic() + self.batch_wait_s
-        while rows < self.max_batch_size:
+        while sum(len(job.settings) for job in pending) < self.max_batch_size:
             try:
                 job = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 break
             if job is None:
-                return jobs, True
-            if rows + len(job.settings) > self.max_batch_size:
-                leftover.append(job)
-                break
-            jobs.append(job)
-            rows += len(job.settings)
-        return jobs, False
+                return True
+            pending.append(job)
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return False
+            if job is None:
+                return True
+            pending.append(job)
 
     def _run(self) -> None:
-        leftover: list[_Job] = []
+        pending: list[_Job] = []  # arrived and not decoded yet, oldest first
         closing = False
-        while not closing or leftover:
-            first = leftover.pop(0) if leftover else self._queue.get()
-            if first is None:
-                return
-            jobs, closing = self._take_batch(first, leftover) if not closing else ([first], True)
+        while not closing or pending:
+            if not pending:
+                job = self._queue.get()
+                if job is None:
+                    return
+                pending.append(job)
+            if not closing:
+                closing = self._collect(pending)
+            jobs = pick_batch(pending, self.max_batch_size)
             jobs = [job for job in jobs if not job.cancelled]
             if jobs:
                 self._decode(jobs)
