@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up .venv (CPU torch first, then the project with every extra) and run the tests.
 #   bash test.sh           every test (the command CI runs)
-#   bash test.sh --fast    the quick tier: pytest -m "not slow", about 2 minutes on 2 cores
+#   bash test.sh --fast    the quick tier: pytest -m "not slow" (README "Test tiers")
 # Extra arguments go to pytest:  bash test.sh -k templates -x
 set -euo pipefail
 cd "$(dirname "$0")"
