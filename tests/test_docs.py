@@ -62,6 +62,7 @@ HUB_STAND_INS = {"Qwen/Qwen2.5-7B-Instruct": "qwen2", "Qwen/Qwen3-8B": "qwen3",
                  "baichuan-inc/Baichuan-7B": "baichuan"}
 # Commands that are not run, by a piece of their text, with the reason.
 NOT_RUN = {
+    "bash test.sh --fast": "runs the quick tier of this suite, which CI runs whole",
     "bash test.sh": "runs the whole test suite, this test included",
     "pytest tests/": "runs tests of this suite, which CI runs anyway",
     "my_pairs.jsonl": "a pattern for the user's own preference data",

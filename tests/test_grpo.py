@@ -147,6 +147,9 @@ TINY_GRPO = ["--max_steps", "30", "--learning_rate", "5e-3", "--per_device_train
 # SFT (300 steps) + GRPO (30 steps) take a few minutes on 2 cores; the first test pays for the fixture,
 # and on a machine shared with other jobs that can pass the suite's 600 s.
 RUN_TIMEOUT = pytest.mark.timeout(1800)
+# rlhf.sh's default. GRPO's gain is not established on the tiny model (RLHF/README.md, GRPO section):
+# these tests assert only what held at each of seeds 0, 1 and 2 (run once each with SEED changed).
+SEED = 0
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +157,7 @@ def grpo_run(tiny_qwen2, tmp_path_factory):
     """The SFT model of rlhf.sh (full fine-tuning on RLHF/data/sft.jsonl, 300 steps), then GRPO with the
     exact-answer reward on the 24 arithmetic questions of RLHF/data/grpo_math.jsonl, with rlhf.sh's
     settings for the tiny model (30 steps of 8 questions × 8 replies; grpo.py's defaults are a real
-    model's) at TRL's seed 42."""
+    model's), both at rlhf.sh's SEED: `sh RLHF/rlhf.sh`'s GRPO stage."""
     from tests.tiny_training import save_tokenized_pairs, train_tiny
 
     sys.path.insert(0, str(REPO_ROOT))
@@ -164,11 +167,11 @@ def grpo_run(tiny_qwen2, tmp_path_factory):
     records = [json.loads(line) for line in (RLHF_DIR / "data" / "sft.jsonl").read_text(encoding="utf-8").splitlines()]
     dataset = save_tokenized_pairs(tiny_qwen2, "qwen", out / "tokenized" / "sft",
                                    pairs=[(r["q"], r["a"]) for r in records], max_seq_length=256)
-    train_tiny(qwen_lora_tuning.QWEN, dataset, out / "sft", "--finetuning_type", "full", steps=300,
-               learning_rate=2e-3)
+    train_tiny(qwen_lora_tuning.QWEN, dataset, out / "sft", "--finetuning_type", "full", "--seed", str(SEED),
+               steps=300, learning_rate=2e-3)
     metrics = load_grpo_script().cli([
         "--model_name_or_path", str(out / "sft"), "--train_file", str(MATH), "--output_dir", str(out / "grpo"),
-        "--reward_funcs", "exact_answer", *TINY_GRPO, "--bf16", "false"])
+        "--reward_funcs", "exact_answer", *TINY_GRPO, "--bf16", "false", "--seed", str(SEED)])
     return {"metrics": metrics, "out": out}
 
 
@@ -182,15 +185,19 @@ def test_the_sft_policy_half_knows_the_answers(grpo_run):
 
 
 @RUN_TIMEOUT
-def test_grpo_raises_the_exact_answer_reward_and_greedy_accuracy(grpo_run):
+def test_grpo_sharpens_the_samples_at_the_cost_of_their_diversity(grpo_run):
+    """What held at seeds 0, 1 and 2. Greedy pass@1 and the sampled accuracy rose at seed 0 only, so
+    they are not asserted. 24 questions × 8 samples each, the same seed for both policies."""
     before, after = grpo_run["metrics"]["before"], grpo_run["metrics"]["after"]
-    # 24 questions × 8 samples each, the same seed for both policies
-    assert after["sample_accuracy"] >= before["sample_accuracy"] + 0.1
-    assert after["mean_reward"] > before["mean_reward"] + 0.1
-    # greedy: at least one more of the 24 questions right (each is 1/24; the sampled accuracy over
-    # 192 replies above is the finer measure)
-    assert after["pass_at_1"] > before["pass_at_1"]
-    assert 0 < after["kl"] < 10
+    # pass@8 falls by at least two questions of the 24 (it fell by 3, 7 and 12)
+    assert after["pass_at_k"] <= before["pass_at_k"] - 2 / 24
+    # the samples agree more: the gap between "some sample is right" and "a sample is right" narrows
+    # by at least 0.2 (it narrowed by 0.32, 0.25 and 0.40, from 0.44-0.46)
+    assert after["pass_at_k"] - after["sample_accuracy"] <= before["pass_at_k"] - before["sample_accuracy"] - 0.2
+    assert after["mean_reward"] == pytest.approx(after["sample_accuracy"])  # exact_answer alone
+    # the policy moved off the SFT model (2.2, 3.1 and 17 nats per greedy reply), in form: replies as long
+    assert 0 < after["kl"] < 40
+    assert abs(after["mean_length"] - before["mean_length"]) < 2
 
 
 @RUN_TIMEOUT
@@ -201,7 +208,8 @@ def test_grpo_logs_rewards_accuracy_kl_length_and_clip_ratio(grpo_run):
     assert len(steps) == 6  # every 5 of the 30 steps
     assert {"rewards/exact_answer/mean", "accuracy", "completions/mean_length",
             "clip_ratio/region_mean"} <= set(steps[0])
-    assert steps[-1]["accuracy"] > steps[0]["accuracy"]
+    # exact_answer logs its accuracy, which is its mean reward (its rise is not asserted: see above)
+    assert all(step["accuracy"] == pytest.approx(step["rewards/exact_answer/mean"]) for step in steps)
     assert list((run_dir / "runs").rglob("events.out.tfevents.*"))
     config = json.loads((run_dir / "llm_tuning.json").read_text())
     assert config["stage"] == "grpo" and config["reward_funcs"] == ["exact_answer"]
@@ -218,7 +226,10 @@ def test_combined_rewards_a_kl_penalty_and_another_loss_variant_run_and_log(grpo
         "--learning_rate", "5e-3", "--max_completion_length", "16", "--temperature", "0.7",
         "--gradient_checkpointing", "false", "--eval_samples", "2", "--report_to", "none", "--bf16", "false"])
     log = [json.loads(line) for line in (tmp_path / "grpo" / "trainer_log.jsonl").read_text().splitlines()]
-    assert all(entry["kl"] >= 0 for entry in log if "reward" in entry) and "kl" in log[0]
+    # --beta 0.1 keeps the reference: the first step's policy is it (the adapter starts as a no-op),
+    # the second step's has moved away from it
+    kls = [entry["kl"] for entry in log if "reward" in entry]
+    assert kls[0] == 0 and kls[1] > 0
     # the logged reward is the weighted sum of the two rewards
     assert log[0]["reward"] == pytest.approx(log[0]["rewards/exact_answer/mean"] + 0.2 * log[0]["rewards/format/mean"])
-    assert metrics["after"]["kl"] >= 0 and metrics["script"]["eval_samples"] == 2
+    assert metrics["after"]["kl"] > 0 and metrics["script"]["eval_samples"] == 2

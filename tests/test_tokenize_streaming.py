@@ -5,6 +5,8 @@ Memory against file size is measured by bench/tokenize_throughput.py --scale."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -56,13 +58,16 @@ def test_a_killed_run_leaves_the_previous_dataset_as_it_was(tiny_qwen2, tmp_path
     before, _ = load_tokenized(tmp_path / "out" / "rows")
     before_rows = before["input_ids"]
 
-    process = subprocess.Popen([*command, "--input_file", str(big)], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen([*command, "--input_file", str(big)], cwd=REPO, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
     deadline = time.monotonic() + 300
     for line in iter(process.stderr.readline, ""):  # kill it while it tokenizes the 48,000 records
         if "Tokenizing" in line or time.monotonic() > deadline:
             break
     process.send_signal(signal.SIGKILL)
     process.wait()
+    with contextlib.suppress(ProcessLookupError):  # its tokenizing workers, orphaned: they would run on
+        os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == -signal.SIGKILL
 
     after, metadata = load_tokenized(tmp_path / "out" / "rows")
