@@ -11,8 +11,8 @@ What they check on that adapter, with the commands of the README:
   --only real), so 0.2 fails a run that learned nothing and leaves room for the seed's spread;
 - eval.py: of 10 general questions the base answers (all 10), the tuned model still gets at least 6
   right. The demo's 12 steps at lr 2e-3 teach a terse one-line answer, and with it the model loses
-  2-3 of them ("Who painted the Mona Lisa?" -> "... a woman named Lisa Gouled."): 7 and 8 right at
-  seeds 0 and 1, 8 at lr 1e-3 (seed 0, exact match 0.38). The bound fails a run that wrecks the
+  2-3 of them ("Who painted the Mona Lisa?" -> "... a woman named Lisa Gouled."): 7, 8 and 7 right at
+  seeds 0, 1, 2, 8 at lr 1e-3 (seed 0, exact match 0.38). The bound fails a run that wrecks the
   model's knowledge and leaves one answer of room for the machine;
 - merge_lora.py: the merged model gives the adapter's greedy answers, logits within 1e-3;
 - api_server.py: the official openai client gets the trained answer;
