@@ -62,7 +62,6 @@ from llm_tuning.rlhf.ppo import (
     gae,
     kl_shaped_rewards,
     masked_mean,
-    peak_memory_mb,
     ppo_losses,
     score_rollout,
     token_logprobs,
@@ -71,6 +70,7 @@ from llm_tuning.rlhf.ppo import (
 from llm_tuning.rlhf.reward_model import load_reward_model, reward_scores
 from llm_tuning.rlhf.rollouts import evaluate_policy, generate_replies, pack
 from llm_tuning.rlhf.stage import ModelArguments, lora_config, save_eval_metrics, save_stage_files
+from llm_tuning.run_logs import peak_memory_mib
 from llm_tuning.templates import resolve_template, stop_token_ids
 from llm_tuning.training import parse_args
 
@@ -156,7 +156,7 @@ def ppo_iteration(policy: PolicyWithValue, optimizer, reward_model, prompts, sto
         "policy_loss": sum(p.policy_loss for p in parts) / len(parts),
         "value_loss": sum(p.value_loss for p in parts) / len(parts),
         "approx_kl": sum(p.approx_kl for p in parts) / len(parts),
-        "peak_memory_mb": peak_memory_mb(device),  # GPU: this iteration's peak allocation; CPU: peak RSS so far
+        "peak_memory_mb": peak_memory_mib(device),  # GPU: this iteration's peak allocation; CPU: peak RSS so far
     }
 
 

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -211,6 +210,8 @@ def train_measured(mode: str, trainer, real_tokens: int) -> dict:
     """Train, timing it and measuring the positions computed and the peak memory."""
     import torch
 
+    from llm_tuning.run_logs import peak_memory_mib
+
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
         before_mb = torch.cuda.memory_allocated() / 2**20
@@ -219,10 +220,7 @@ def train_measured(mode: str, trainer, real_tokens: int) -> dict:
     start, cpu_start = time.perf_counter(), time.process_time()
     trainer.train()
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-    if torch.cuda.is_available():
-        peak_mb = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    peak_mb = peak_memory_mib()
     positions = trainer.data_collator.positions
     return {"mode": mode, "seconds": seconds, "cpu_seconds": cpu_seconds, "real_tokens": real_tokens,
             "positions": positions, "steps": trainer.state.global_step, "peak_mb": peak_mb, "before_mb": before_mb}

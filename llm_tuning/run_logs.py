@@ -32,10 +32,12 @@ class TrainerLogCallback(TrainerCallback):
                 f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
 
-def peak_memory_mib() -> float:
-    """Peak memory of this process so far: CUDA's peak allocation on a GPU, else the peak resident set."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
+def peak_memory_mib(device: torch.device | None = None) -> float:
+    """Peak memory of this process: CUDA's peak allocation (since the last reset) on `device`, or on the
+    current GPU when there is one and no device is named; else the peak resident set so far."""
+    on_gpu = device.type == "cuda" if device is not None else torch.cuda.is_available()
+    if on_gpu:
+        return torch.cuda.max_memory_allocated(device) / 2**20
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -10,7 +10,6 @@ score on the last token) → `gae` → `whiten` → `ppo_losses` (clipped policy
 
 from __future__ import annotations
 
-import resource
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -91,13 +90,6 @@ def score_rollout(policy: PolicyWithValue, batch: Packed, temperature: float, ba
         ref_logp, _ = token_logprobs(policy.reference_logits(chunk), chunk.reply_ids, temperature, banned_first)
         parts.append((logp, ref_logp, values, entropy))
     return ScoredRollout(*(torch.cat(column) for column in zip(*parts)))
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak accelerator memory allocated (since the last reset) on a GPU, else the process's peak RSS."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
