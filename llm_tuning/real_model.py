@@ -139,6 +139,7 @@ ARITHMETIC_FILE = "data/simple_math_4op.jsonl"
 HELD_OUT_ROWS = 50
 # Questions the base model knows; a reply is right when it contains one of the row's `keys`.
 GENERAL_QUESTIONS_FILE = "data/eval/general_questions.jsonl"
+GENERAL_REPLAY_FILE = "data/general_replay.jsonl"  # what demo.sh replays: other general questions
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -37,7 +37,13 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from llm_tuning.real_model import GENERAL_QUESTIONS_FILE, HELD_OUT_ROWS, score_real_replies, write_real_eval_file
+from llm_tuning.real_model import (
+    GENERAL_QUESTIONS_FILE,
+    GENERAL_REPLAY_FILE,
+    HELD_OUT_ROWS,
+    score_real_replies,
+    write_real_eval_file,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("torch", "transformers", "peft", "trl", "datasets")
@@ -338,9 +344,10 @@ REAL_ADAPTER = "weights/demo_math_real"      # and the adapter it trains
 
 
 def real(seeds: Sequence[int], work_dir: Path, reuse: bool) -> str:
-    """`REAL=1 bash demo.sh` once per seed (SmolLM2-135M-Instruct, LoRA on 96 rows of arithmetic), then
-    `eval.py generate` on 50 held-out arithmetic rows and 10 general questions: the base model once
-    (greedy, no seed), each seed's adapter; the training time and peak memory from its trainer_log.jsonl."""
+    """`REAL=1 bash demo.sh` once per seed (SmolLM2-135M-Instruct, LoRA on 96 rows of arithmetic and 24
+    replayed general questions), then `eval.py generate` on 50 held-out arithmetic rows and 10 other
+    general questions: the base model once (greedy, no seed), each seed's adapter; the training time
+    and peak memory from its trainer_log.jsonl."""
     folder = work_dir / "real"
     eval_file = write_real_eval_file(folder / "eval.jsonl")
 
@@ -369,7 +376,8 @@ def real(seeds: Sequence[int], work_dir: Path, reuse: bool) -> str:
          ["+ LoRA, `REAL=1 bash demo.sh`", cell([t.exact_match for t in tuned], 2),
           cell([float(t.general_right) for t in tuned], 1), f"{cell(runtime, 0)} s", f"{cell(memory, 0)} MiB"]],
     ) + (f"\n\nheld-out rows: the last {HELD_OUT_ROWS} of data/simple_math_4op.jsonl (the demo trains on its "
-         f"first 96); general questions: {GENERAL_QUESTIONS_FILE}, a reply is right when it names the answer")
+         f"first 96, with the 24 general questions of {GENERAL_REPLAY_FILE}); general questions: "
+         f"{GENERAL_QUESTIONS_FILE} (none of them replayed), a reply is right when it names the answer")
 
 
 # --- batched generation ----------------------------------------------------------------------------

@@ -2,18 +2,21 @@
 
 The tests marked `real` share one training run: `REAL=1 bash demo.sh`, once per session, in a copy
 of the repository (the model comes from a PyPI wheel, converted once into .cache/real_models/; the
-demo tokenizes the first 96 rows of data/simple_math_4op.jsonl and trains LoRA for 12 steps).
+demo tokenizes the first 96 rows of data/simple_math_4op.jsonl with the 24 general questions of
+data/general_replay.jsonl, and trains LoRA for 45 steps).
 What they check on that adapter, with the commands of the README:
 
 - eval.py: exact match on the file's last 50 rows (never trained on) rises by at least 0.2. The base
   model answers in sentences ("To add 37 and 85, ..."), so it scores 0.00; the trained format plus
-  the 135M model's own arithmetic gave 0.30-0.46 at seeds 0, 1, 2 (scripts/reproduce_figures.py
+  the 135M model's own arithmetic gave 0.46-0.56 at seeds 0, 1, 2 (scripts/reproduce_figures.py
   --only real), so 0.2 fails a run that learned nothing and leaves room for the seed's spread;
-- eval.py: of 10 general questions the base answers (all 10), the tuned model still gets at least 6
-  right. The demo's 12 steps at lr 2e-3 teach a terse one-line answer, and with it the model loses
-  2-3 of them ("Who painted the Mona Lisa?" -> "... a woman named Lisa Gouled."): 7, 8 and 7 right at
-  seeds 0, 1, 2, 8 at lr 1e-3 (seed 0, exact match 0.38). The bound fails a run that wrecks the
-  model's knowledge and leaves one answer of room for the machine;
+- eval.py: of 10 general questions the base answers (all 10), the tuned model still gets at least 9
+  right: the base's count less one. Arithmetic alone teaches a terse one-line answer, and with it the
+  model loses some of what it knew ("Who painted the Mona Lisa?" -> "... a woman named Lisa
+  Gherardini."): 7, 8 and 7 of 10 at seeds 0, 1, 2 with the 96 arithmetic rows only (12 steps at lr
+  2e-3). The replayed questions (none of them asked here) and a lower learning rate keep them: 9 at
+  each of seeds 0, 1, 2 (scripts/reproduce_figures.py --only real), exact match 0.46-0.56; either
+  change alone kept 8 at some seed. Seeds 0 and 1 gave the same replies on 1 thread as on 2;
 - merge_lora.py: the merged model gives the adapter's greedy answers, logits within 1e-3;
 - api_server.py: the official openai client gets the trained answer;
 - RLHF/dpo.py on the merged model: the held-out preference margin rises, as in RLHF/README.md's table;
@@ -49,7 +52,7 @@ MODEL_DIR = "models/smollm2-135m-instruct"  # demo.sh's REAL=1 model
 ADAPTER_DIR = "weights/demo_math_real"      # and the adapter it trains
 TRAINED_FORMAT = re.compile(r"^\d+ [-+*/] \d+ = -?\d+$")  # "37 + 85 = 122"
 MIN_EXACT_MATCH_GAIN = 0.2
-MAX_GENERAL_ANSWERS_LOST = 4
+MAX_GENERAL_ANSWERS_LOST = 1
 MAX_LOGIT_DIFF = 1e-3
 # The first test pays for the shared demo run: about 3 minutes on 2 idle cores, 13 on 2 cores shared
 # with three other test runs (measured here).
@@ -152,7 +155,7 @@ def test_the_demo_shows_held_out_answers_before_and_after_training(demo, sandbox
     assert f"==> {in_format} of 2 replies in the trained format" in after
     assert re.search(r"==> training took \d+ s, the whole demo \d+ s", demo)
     summary = json.loads((sandbox.root / ADAPTER_DIR / TRAINER_LOG_FILE).read_text().splitlines()[-1])
-    assert summary["step"] == 12 and summary["peak_memory_mib"] > 500
+    assert summary["step"] == 45 and summary["peak_memory_mib"] > 500
 
 
 @pytest.mark.real
@@ -264,6 +267,17 @@ def test_the_folder_is_a_plain_checkpoint_laid_out_as_the_hub_one(sandbox, demo)
 
 
 # --- what the real model needed from the library (quick, no real model) ------------------------------
+
+def test_the_demo_replays_general_questions_it_is_never_asked():
+    from llm_tuning.real_model import ARITHMETIC_FILE, GENERAL_QUESTIONS_FILE, GENERAL_REPLAY_FILE, read_jsonl
+
+    replay, general = read_jsonl(REPO_ROOT / GENERAL_REPLAY_FILE), read_jsonl(REPO_ROOT / GENERAL_QUESTIONS_FILE)
+    held_out = {row["q"] for row in read_jsonl(REPO_ROOT / ARITHMETIC_FILE)[-HELD_OUT_ROWS:]}
+    assert len(replay) == 24 and not {row["q"] for row in replay} & ({row["q"] for row in general} | held_out)
+    # nor does a replayed answer teach an asked one
+    assert not [(row["a"], key) for row in replay for asked in general for key in asked["keys"] if key in row["a"]]
+    assert GENERAL_REPLAY_FILE in (REPO_ROOT / "demo.sh").read_text()
+
 
 def test_auto_dtype_loads_float32_on_a_cpu(tiny_model, tmp_path):
     """SmolLM2 (like most checkpoints) says bfloat16; a CPU without bf16 instructions emulates it,
