@@ -2,6 +2,9 @@
 #   source scripts/setup_env.sh [EXTRAS]     e.g. EXTRAS=all,dev
 # The CPU build of torch goes in first (TORCH_SPEC): a plain `torch` requirement would pull a
 # multi-GB CUDA build. On a GPU machine set TORCH_SPEC=torch to get the CUDA build instead.
+# Any error stops the set-up. A sourcing script keeps its own `set -e` afterwards (demo.sh and
+# test.sh stop at a failed step); a shell without it, such as your terminal, gets it back off.
+case $- in *e*) caller_errexit=1 ;; *) caller_errexit= ;; esac
 set -e
 EXTRAS=${1:-}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0+cpu}
@@ -25,4 +28,5 @@ if ! grep -qxF "$want" "$stamp" 2>/dev/null; then
     echo "$want" >> "$stamp"
 fi
 export TOKENIZERS_PARALLELISM=false
-set +e
+[ -n "$caller_errexit" ] || set +e
+unset caller_errexit

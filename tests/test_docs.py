@@ -568,3 +568,20 @@ def test_max_steps_env_caps_every_training_run(monkeypatch, capsys, tmp_path):
         cap_training_steps(runs)
     assert exit_info.value.code == 2
     assert "LLM_TUNING_MAX_STEPS must be a positive whole number of steps, not 'two'" in capsys.readouterr().err
+
+
+def test_a_failed_step_stops_the_scripts_that_source_setup_env(tmp_path):
+    """demo.sh and test.sh run under `set -e` and source scripts/setup_env.sh: a step that fails after
+    it stops them. A shell that sourced it without `set -e` (a terminal) keeps going."""
+    sandbox = make_sandbox(tmp_path)
+    env = {key: value for key, value in os.environ.items() if key not in {"VIRTUAL_ENV", "PYTHONHOME"}}
+
+    def fail_a_step(options: str) -> subprocess.CompletedProcess:
+        script = f"{options}source scripts/setup_env.sh; false; echo after the failed step"
+        return subprocess.run(["bash", "-c", script], cwd=sandbox, env=env, capture_output=True, text=True,
+                              timeout=120)
+
+    stopped, kept_going = fail_a_step("set -euo pipefail; "), fail_a_step("")
+    assert stopped.returncode == 1 and "after the failed step" not in stopped.stdout, stopped
+    assert kept_going.returncode == 0 and "after the failed step" in kept_going.stdout, kept_going
+    assert "installing" not in stopped.stdout + kept_going.stdout  # the sandbox's .venv counts as set up
