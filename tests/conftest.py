@@ -5,12 +5,20 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections import Counter
 from fnmatch import fnmatchcase
 from pathlib import Path
 
 import pytest
 
-from llm_tuning.tiny_models import save_tiny_model
+# `bash test.sh` runs the tests in parallel workers (pytest -n, pytest-xdist), one file to a worker.
+# The workers share the cores, so each one, and every script it starts, gets its share of threads
+# instead of all of them each; set before torch is imported. An OMP_NUM_THREADS you set wins.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // WORKERS)))
+
+from llm_tuning.tiny_models import save_tiny_model  # noqa: E402  (imports torch)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,6 +82,17 @@ def tier_markers(file: str, name: str, fixtures: set[str], markers: set[str]) ->
     return tiers
 
 
+# The longest files, started first: under `bash test.sh` each worker takes whole files in this order
+# (--dist loadfile --no-loadscope-reorder), so the longest run beside the others instead of alone at
+# the end (the real tier: about 7 min on one thread; the docs: every README command). The other files
+# follow, those with the most tests first.
+RUN_FIRST = ("test_real_model.py", "test_docs.py")
+
+
+def run_order(file: str, tests_in_file: int) -> tuple:
+    return (RUN_FIRST.index(file) if file in RUN_FIRST else len(RUN_FIRST), -tests_in_file, file)
+
+
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by these markers
 def pytest_collection_modifyitems(items):
     for item in items:
@@ -81,6 +100,9 @@ def pytest_collection_modifyitems(items):
         name = getattr(item, "originalname", item.name)
         for marker in tier_markers(item.path.name, name, set(item.fixturenames), own) - own:
             item.add_marker(marker)
+    tests_in_file = Counter(item.path.name for item in items)
+    # a stable sort: the tests of a file keep their order
+    items.sort(key=lambda item: run_order(item.path.name, tests_in_file[item.path.name]))
 
 
 @pytest.fixture(scope="session")

