@@ -13,6 +13,8 @@ request through the openai client), and are stopped; an interactive chat.py gets
 `exit` on stdin. A command shown in several places runs once: README_zh.md shares README.md's
 sandbox, and README.md, which repeats commands of the folder READMEs, reuses their results (and
 the files those commands wrote) while the folder READMEs run beside it in two background streams.
+Commands a doc lists as what one of its scripts runs (RUN_BY_SCRIPT) ran when the script did: the
+test checks the files they promise in the script's sandbox.
 
 Not run, each skipped by name with the reason: commands marked for a GPU (a comment holding "GPU"
 on the command's line or in the comment lines just above it), and the few in NOT_RUN.
@@ -77,6 +79,14 @@ MAX_STEPS = "2"
 # length (measured alone on 2 cores: RLHF ~95 s, pretrain ~40 s, HC3 ~50 s, RulaiGPT ~30 s; SDE ~160 s,
 # bench ~55 s), so the three keep both cores busy: each command is one process on one thread.
 BACKGROUND_STREAMS = (("RLHF", "pretrain", "HC3", "RulaiGPT"), ("SDE", "bench", "configs"))
+# Commands a doc lists as what one of its scripts runs, by the words of the comment that introduces
+# them; the list ends at the block's first blank line. They ran when the script ran, earlier in the
+# same group, so they are not run a second time: their promised files must be there. The value names
+# the script's command and the test that checks the list is exactly what the script runs.
+RUN_BY_SCRIPT = {
+    "exactly what `sh RLHF/rlhf.sh` runs":
+        ("sh RLHF/rlhf.sh", "tests/test_rlhf.py::test_the_readme_stage_commands_are_what_rlhf_sh_runs"),
+}
 # Commands that run their full length: the demo checks that its model learned the answers.
 UNCAPPED = ("bash demo.sh",)
 COMMAND_TIMEOUT_S = 600
@@ -90,6 +100,7 @@ class DocCommand:
     line: int
     text: str
     comment: str  # its trailing comment and the comment lines just above it
+    run_by: str | None = None  # a RUN_BY_SCRIPT marker above it in its block: the script runs it
 
     @property
     def test_id(self) -> str:
@@ -153,6 +164,7 @@ def extract_commands(doc: str, text: str | None = None) -> list[DocCommand]:
     text = (REPO / doc).read_text(encoding="utf-8") if text is None else text
     for start, shell_block, body in code_blocks(text.splitlines()):
         comments: list[str] = []
+        run_by = None
         j = 0
         while j < len(body):
             number, text = start + j, body[j].rstrip()
@@ -162,17 +174,19 @@ def extract_commands(doc: str, text: str | None = None) -> list[DocCommand]:
             j += 1
             stripped = text.strip()
             if not stripped:
-                comments = []
+                comments, run_by = [], None
                 continue
             if stripped.startswith("#"):
                 comments.append(stripped.lstrip("#").strip())
+                run_by = next((marker for marker in RUN_BY_SCRIPT if marker in stripped), run_by)
                 continue
             try:
                 word = first_word(shlex.split(stripped, comments=True))
             except ValueError:
                 word = None
             if word in COMMAND_WORDS:
-                commands.append(DocCommand(doc, number, stripped, " ".join([*comments, trailing_comment(stripped)])))
+                commands.append(DocCommand(doc, number, stripped, " ".join([*comments, trailing_comment(stripped)]),
+                                           run_by))
             elif shell_block:
                 raise AssertionError(f"{doc}:{number}: {stripped!r} is neither a comment nor a command "
                                      f"starting with one of {sorted(COMMAND_WORDS)}")
@@ -428,6 +442,8 @@ class GroupRunner:
             return self.results[index]
 
     def run(self, command: DocCommand) -> Result:
+        if command.run_by:
+            return self.ran_by_script(command)
         for other in self.others:  # the same command in a group running beside this one: wait for it there
             same = [i for i, places in enumerate(other.commands) if places[0].key == command.key]
             if same:
@@ -450,6 +466,19 @@ class GroupRunner:
             written = [name for name, stat in after.items() if before.get(name) != stat]
             self.passed[command.key] = Ran(result, self.sandbox, written, command.test_id)
         return result
+
+
+    def ran_by_script(self, command: DocCommand) -> Result:
+        """A command the doc lists as what a script runs: the script's run, earlier in this sandbox, stands for it."""
+        script, checked_by = RUN_BY_SCRIPT[command.run_by]
+        index = next((i for i, places in enumerate(self.commands[:len(self.results)]) if places[0].key == script), None)
+        if index is None:
+            return Result(1, f"[test] `{script}` is not shown before the commands it runs")
+        ran, place = self.results[index], self.commands[index][0].test_id
+        if ran is None or ran.returncode != 0 or ran.missing:
+            return Result(1, f"[test] run by `{script}` ({place}), which did not pass")
+        output = f"{ran.output}\n[test] run by `{script}` ({place}); {checked_by} checks it runs this command\n"
+        return Result(0, output, missing_promises(command, self.sandbox, output))
 
 
 @pytest.fixture(scope="session")
@@ -541,6 +570,16 @@ def test_extract_commands_joins_lines_and_keeps_comments():
     assert [why_not_run(c) is not None for c in commands] == [False, True, False]
     assert promised_paths(extract_commands("X.md", "```bash\nSAVE_NAME=s sh tokenize.sh\n```")[0]) == [
         "data/tokenized_data/s"]
+
+
+def test_commands_a_doc_lists_as_what_a_script_runs_are_marked_to_the_blank_line():
+    marker = "exactly what `sh RLHF/rlhf.sh` runs"
+    doc = f"```bash\n# every stage: {marker}\npython a.py\npython b.py\n\npython c.py\n```\n"
+    assert [command.run_by for command in extract_commands("X.md", doc)] == [marker, marker, None]
+    listed = [command.words()[1] for command in extract_commands("RLHF/README.md") if command.run_by]
+    assert listed == ["RLHF/make_rlhf_data.py", "tokenize_dataset_rows.py", "qwen_lora_tuning.py",
+                      "RLHF/reward_model.py", "RLHF/ppo.py", "RLHF/dpo.py", "RLHF/orpo.py", "RLHF/grpo.py",
+                      "RLHF/evaluate.py"]
 
 
 def test_extract_commands_refuses_an_unknown_line_in_a_shell_block():
