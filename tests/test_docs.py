@@ -76,8 +76,9 @@ NOT_RUN = {
 }
 MAX_STEPS = "2"
 # With README.md, the folder READMEs run beside it in these two background streams of about equal
-# length (measured alone on 2 cores: RLHF ~95 s, pretrain ~40 s, HC3 ~50 s, RulaiGPT ~30 s; SDE ~160 s,
-# bench ~55 s), so the three keep both cores busy: each command is one process on one thread.
+# length (each group alone, `pytest -n 0 -k <doc>` with one thread: RLHF ~80 s, its stage commands run
+# once, inside rlhf.sh; pretrain ~30 s, HC3 ~60 s, RulaiGPT ~40 s; SDE ~150 s, bench ~75 s, configs ~6 s),
+# so the three keep both cores busy: each command is one process on one thread.
 BACKGROUND_STREAMS = (("RLHF", "pretrain", "HC3", "RulaiGPT"), ("SDE", "bench", "configs"))
 # Commands a doc lists as what one of its scripts runs, by the words of the comment that introduces
 # them; the list ends at the block's first blank line. They ran when the script ran, earlier in the
@@ -466,7 +467,6 @@ class GroupRunner:
             written = [name for name, stat in after.items() if before.get(name) != stat]
             self.passed[command.key] = Ran(result, self.sandbox, written, command.test_id)
         return result
-
 
     def ran_by_script(self, command: DocCommand) -> Result:
         """A command the doc lists as what a script runs: the script's run, earlier in this sandbox, stands for it."""
