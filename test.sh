@@ -4,8 +4,9 @@
 #   bash test.sh --fast    the quick tier: pytest -m "not slow" (README "Test tiers")
 # Extra arguments go to pytest:  bash test.sh -k templates -x;  bash test.sh -n 0 runs every test in one process.
 # The test files run in parallel, one worker per core (at most 4), a file's tests on one worker: they
-# share its trained fixtures. tests/conftest.py gives each worker its share of the threads and starts
-# the longest files first.
+# share its trained fixtures. tests/conftest.py gives each worker its share of the threads, starts
+# the longest files first, and runs the scripts the tests start in a warm python (tests/prefork.py;
+# LLM_TUNING_PREFORK=0 starts each one fresh).
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/setup_env.sh all,dev

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -18,6 +19,7 @@ WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if WORKERS > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // WORKERS)))
 
+import prefork  # noqa: E402
 from llm_tuning.tiny_models import save_tiny_model  # noqa: E402  (imports torch)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -105,6 +107,27 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: run_order(item.path.name, tests_in_file[item.path.name]))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def warm_python():
+    """The scripts the tests start run in a warm `python` (tests/prefork.py), unless LLM_TUNING_PREFORK=0."""
+    if not prefork.enabled():
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="prefork-") as root:  # short: a socket path has a limit
+        prefork.ACTIVE = prefork.Prefork(Path(root))
+        os.environ[prefork.SOCKET_ENV] = str(prefork.ACTIVE.socket_path)
+        yield
+        os.environ.pop(prefork.SOCKET_ENV)
+        prefork.ACTIVE.close()
+        prefork.ACTIVE = None
+
+
+@pytest.fixture
+def warm_recipes(monkeypatch):
+    """A project run in-process starts its recipes with `sys.executable` (llm_tuning/experiment.py): warm too."""
+    monkeypatch.setattr(sys, "executable", prefork.python())
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """`tiny_model("qwen2")` -> path of a tiny random model + tokenizer, built once per session."""
@@ -129,10 +152,10 @@ def run_script(*args: str | Path, cwd: Path = REPO_ROOT, env: dict | None = None
                timeout: int = 600) -> subprocess.CompletedProcess:
     """Run `python <args>` (or a shell script when args[0] ends in .sh) the way a user would."""
     args = [str(a) for a in args]
-    command = ["sh", *args] if args[0].endswith(".sh") else [sys.executable, *args]
+    command = ["sh", *args] if args[0].endswith(".sh") else [prefork.python(), *args]
     full_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
                 # scripts call `python`: make it this interpreter
-                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+                "PATH": prefork.path_with_python(os.environ.get("PATH", "")),
                 # scripts in RLHF/, pretrain/, …: import this checkout's llm_tuning, not an installed one
                 "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
                 **(env or {})}

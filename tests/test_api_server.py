@@ -7,7 +7,6 @@ import contextlib
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 
@@ -17,6 +16,7 @@ import pytest
 import uvicorn
 
 import api_server
+import prefork
 from llm_tuning.serve.openai_api import create_app
 from llm_tuning.templates import encode_prompt
 from tests.inference_fixtures import REPO_ROOT, train_tiny_adapter, training_pairs
@@ -211,7 +211,7 @@ def test_the_script_serves_as_a_user_starts_it(adapter):
     port = sock.getsockname()[1]
     sock.close()
     env = {**os.environ, "API_KEY": API_KEY, "TOKENIZERS_PARALLELISM": "false"}
-    process = subprocess.Popen([sys.executable, "api_server.py", "--adapter", str(adapter), "--port", str(port)],
+    process = subprocess.Popen([prefork.python(), "api_server.py", "--adapter", str(adapter), "--port", str(port)],
                                cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 60

@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +21,8 @@ from typing import NamedTuple
 import pytest
 import torch
 from safetensors.torch import load_file
+
+import prefork
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = REPO_ROOT / "configs"
@@ -125,8 +126,7 @@ def launch(tmp_path: Path, tokenized_dir: Path, model: Path, *extra: str, shm_co
     """torchrun 2 CPU processes of the worker, and what they recorded."""
     record_dir, out, extensions = tmp_path / "record", tmp_path / "out", tmp_path / "torch_extensions"
     record_dir.mkdir()
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
-    command = [torchrun, "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000),
+    command = [*prefork.torchrun(), "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000),
                __file__, str(record_dir), "shm" if shm_comm else "gloo",
                "--tokenized_dataset", str(tokenized_dir), "--model_name_or_path", str(model),
                "--output_dir", str(out), "--use_cpu", "true", "--ddp_backend", "gloo", "--report_to", "none",

@@ -41,6 +41,8 @@ from pathlib import Path
 
 import pytest
 
+import prefork
+
 REPO = Path(__file__).resolve().parent.parent
 
 # Doc groups: the commands of a group run in order in one sandbox. README.md and README_zh.md
@@ -282,7 +284,7 @@ def make_sandbox(root: Path) -> Path:
 def sandbox_env(sandbox: Path, hub_cache: Path) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items()
            if key not in {"VIRTUAL_ENV", "PYTHONHOME"} and not key.startswith(("HF_", "PYTEST"))}
-    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", PYTHONPATH=str(sandbox),
+    env.update(PATH=prefork.path_with_python(env.get("PATH", "")), PYTHONPATH=str(sandbox),
                HF_HUB_CACHE=str(hub_cache), HF_HUB_OFFLINE="1", HF_HOME=str(hub_cache.parent / "hf_home"),
                LLM_TUNING_MAX_STEPS=MAX_STEPS, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
                LLM_TUNING_CACHE=str(REPO / ".cache"),  # the real model is fetched and converted once, not per sandbox

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 from datasets import Dataset
 from transformers import TrainingArguments
 
+import prefork
 from llm_tuning.cli import UserError
 from llm_tuning.rlhf.pair_batches import (
     PairBatchingArguments,
@@ -123,9 +123,8 @@ def test_two_processes_on_budget_micro_batches_take_the_padded_batchs_step(tiny_
     # torchrun deals the budget batches out to 2 ranks, so they hold different numbers of pairs:
     # the pairs must still count alike across ranks (DDP averages the ranks' gradients).
     padded = one_sgd_step("dpo", tiny_qwen2, tmp_path / "padded", batching(batching="random"))
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
     budget = largest_pair(tiny_qwen2, short_pairs(8)) + 8
-    command = [torchrun, "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000),
+    command = [*prefork.torchrun(), "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000),
                __file__, str(tiny_qwen2), str(tmp_path / "ddp"), str(budget)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")])}

@@ -76,7 +76,7 @@ def test_hc3_malformed_record_exits_2_with_its_line(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_hc3_end_to_end_on_the_baichuan_stand_in(tmp_path, capsys):
+def test_hc3_end_to_end_on_the_baichuan_stand_in(tmp_path, capsys, warm_recipes):
     args, recipe_argv = run_hc3.parse_args(["--output_dir", str(tmp_path)])
     results = run_hc3.main(args, recipe_argv)
     assert results["counts"]["train"] == 8 and results["train_exact_match"] == 1.0
@@ -105,7 +105,7 @@ def test_rulai_facts_are_new_and_held_out_questions_are_not_trained():
     assert sum(g["split"] == "control" for g in general) == len(general) // 2
 
 
-def test_rulai_learns_the_facts_and_replay_reduces_forgetting(tmp_path, capsys):
+def test_rulai_learns_the_facts_and_replay_reduces_forgetting(tmp_path, capsys, warm_recipes):
     args, recipe_argv = run_rulai.parse_args(["--output_dir", str(tmp_path)])
     base, facts_only, replay = run_rulai.main(args, recipe_argv)
 

@@ -202,7 +202,7 @@ def test_evaluate_by_hand_with_a_format_error():
 # --- The runner ----------------------------------------------------------------------------------
 
 
-def test_run_sde_two_designs_produces_the_table(tmp_path, capsys):
+def test_run_sde_two_designs_produces_the_table(tmp_path, capsys, warm_recipes):
     import run_sde
 
     out_dir = tmp_path / "sde"

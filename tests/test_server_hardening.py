@@ -19,6 +19,7 @@ from contextlib import contextmanager
 import httpx
 import openai
 
+import prefork
 from tests.inference_fixtures import REPO_ROOT
 
 MODEL = "tiny"
@@ -38,7 +39,7 @@ def running_server(model_dir, *flags: str):
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
     env.pop("API_KEY", None)
     process = subprocess.Popen(
-        [sys.executable, "api_server.py", "--base", str(model_dir), "--template", "qwen", "--model_name", MODEL,
+        [prefork.python(), "api_server.py", "--base", str(model_dir), "--template", "qwen", "--model_name", MODEL,
          "--max_model_len", "256", "--port", str(port), *flags],
         cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base_url = f"http://127.0.0.1:{port}"
