@@ -42,7 +42,8 @@ PRELOAD = ("torch", "torch._dynamo", "torch._inductor.compile_fx", "torch.distri
 # Environment variables that the preloaded libraries (or the interpreter) read at start-up: a script
 # whose environment sets one of them differently runs in a fresh interpreter.
 START_UP_ENV = ("OMP_", "GOMP_", "KMP_", "MKL_", "OPENBLAS_", "NPY_", "TORCH", "PYTORCH", "CUDA", "NVIDIA",
-                "BNB_", "SYMPY", "LD_", "PYTHON", "TMP", "TEMP")
+                "BNB_", "SYMPY", "LD_", "PYTHON")
+TEMP_DIR_ENV = {"TMPDIR", "TEMP", "TMP"}  # exact names: TEMPLATE (train.sh's) is not one of them
 PER_SCRIPT_ENV = {"PYTHONPATH", "PYTHONUNBUFFERED"}  # applied to each script
 # read when used, not at import: what torchrun sets for its workers, where C++ ops are built, and how
 # torch.cuda.is_available() asks (deepspeed's import sets it in the environment its processes pass on)
@@ -109,7 +110,8 @@ def start_up_env_differences(env: dict[str, str], server_env: dict[str, str],
     expected = {**server_env, **{key: env[key] for key in set_by_imports.keys() & env.keys()
                                  if env[key] == set_by_imports[key]}}
     keys = {key for key in {*env, *expected}
-            if key.startswith(START_UP_ENV) and not key.startswith(RUN_TIME_ENV) and key not in PER_SCRIPT_ENV}
+            if (key.startswith(START_UP_ENV) or key in TEMP_DIR_ENV) and not key.startswith(RUN_TIME_ENV)
+            and key not in PER_SCRIPT_ENV}
     return sorted(key for key in keys if env.get(key) != expected.get(key))
 
 

@@ -80,6 +80,17 @@ def test_what_it_cannot_run_warm_runs_in_the_real_interpreter(probe):
     assert done.stderr.splitlines()[0] == "fresh"
 
 
+def test_only_start_up_settings_send_a_script_to_a_fresh_interpreter():
+    server_env = {"OMP_NUM_THREADS": "1", "TMPDIR": "/tmp", "PATH": "/bin"}
+    set_by_imports = {"TORCHINDUCTOR_CACHE_DIR": "/tmp/inductor"}
+    same = {**server_env, "TEMPLATE": "qwen3", "PATH": "/usr/bin", "PYTHONPATH": "/repo",
+            "TORCHELASTIC_RUN_ID": "1", "TORCHINDUCTOR_CACHE_DIR": "/tmp/inductor"}
+    assert prefork.start_up_env_differences(same, server_env, set_by_imports) == []
+    other = {**server_env, "TMPDIR": "/elsewhere", "OMP_NUM_THREADS": "2", "TORCHINDUCTOR_CACHE_DIR": "/other"}
+    assert prefork.start_up_env_differences(other, server_env, set_by_imports) == \
+        ["OMP_NUM_THREADS", "TMPDIR", "TORCHINDUCTOR_CACHE_DIR"]
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_to_it_reaches_the_script(probe, sig):
     process = subprocess.Popen([prefork.python(), probe.name, "sleep"], cwd=probe.parent, stdin=subprocess.DEVNULL,
